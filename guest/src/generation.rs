@@ -1,0 +1,168 @@
+//! The generation loop: prefill in chunks, then one token per step, with the
+//! sequence's KV cache and position bookkeeping kept here in the guest.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::bindings::exports::realm::engine::engine::GuestGeneration;
+use crate::compute::{KvCache, StepOutputKind};
+use crate::realm::{Model, from_compute};
+use crate::sampler::Sampler;
+use crate::{Chunk, CompletionRequest, Error, FinishReason, Usage};
+
+/// Prompt tokens per prefill step.
+const PREFILL_CHUNK: usize = 512;
+
+pub struct Generation {
+    state: RefCell<State>,
+}
+
+struct State {
+    model: Rc<Model>,
+    cache: KvCache,
+    sampler: Sampler,
+    /// Tokens to feed at the next step (the prompt, then each sampled token).
+    pending: Vec<u32>,
+    /// Positions already in the KV cache.
+    position: u32,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    max_tokens: u32,
+    ignore_eos: bool,
+    /// Bytes of a UTF-8 character split across tokens.
+    partial_utf8: Vec<u8>,
+    finished: bool,
+}
+
+impl Generation {
+    pub fn start(model: Rc<Model>, prompt: Vec<u32>, request: CompletionRequest) -> Result<Self, Error> {
+        let context = model.info.context_length;
+        if prompt.is_empty() {
+            return Err(Error::InvalidRequest("the prompt is empty".into()));
+        }
+        if prompt.len() >= context as usize {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt is {} tokens; the context holds {context} (prompt and completion)",
+                prompt.len()
+            )));
+        }
+        let sampler = Sampler::new(request.sampling)?;
+        let hp = &model.hyperparameters;
+        let cache = KvCache::allocate(hp.n_layer, hp.kv_width(), context).map_err(from_compute)?;
+        let state = State {
+            prompt_tokens: prompt.len() as u32,
+            pending: prompt,
+            model,
+            cache,
+            sampler,
+            position: 0,
+            completion_tokens: 0,
+            max_tokens: request.max_tokens,
+            ignore_eos: request.ignore_eos,
+            partial_utf8: Vec::new(),
+            finished: false,
+        };
+        Ok(Self {
+            state: RefCell::new(state),
+        })
+    }
+}
+
+impl GuestGeneration for Generation {
+    fn next(&self) -> Result<Option<Chunk>, Error> {
+        let mut state = self.state.borrow_mut();
+        if state.finished {
+            return Ok(None);
+        }
+        let result = state.step();
+        if result.is_err() {
+            state.finished = true;
+        }
+        result.map(Some)
+    }
+}
+
+impl State {
+    fn step(&mut self) -> Result<Chunk, Error> {
+        let kind = self.sampler.output_kind();
+        // Every chunk but the last of a long prompt only fills the cache.
+        while self.pending.len() > PREFILL_CHUNK {
+            let chunk: Vec<u32> = self.pending.drain(..PREFILL_CHUNK).collect();
+            self.run(&chunk, StepOutputKind::TopK(1))?;
+        }
+        let tokens = std::mem::take(&mut self.pending);
+        let output = self.run(&tokens, kind)?;
+        let token = self
+            .sampler
+            .sample(output)
+            .ok_or_else(|| Error::Internal("the step returned no candidates".into()))?;
+        self.completion_tokens += 1;
+
+        let tokenizer = &self.model.tokenizer;
+        let mut finish = None;
+        if !self.ignore_eos && tokenizer.is_end_of_generation(token) {
+            finish = Some(FinishReason::Stop);
+        } else {
+            self.partial_utf8.extend(tokenizer.piece(token, false));
+            self.pending.push(token);
+        }
+        let full = self.position + 1 >= self.model.info.context_length;
+        if finish.is_none() && (self.completion_tokens == self.max_tokens || full) {
+            finish = Some(FinishReason::Length);
+        }
+        let text = if finish.is_some() {
+            String::from_utf8_lossy(&std::mem::take(&mut self.partial_utf8)).into_owned()
+        } else {
+            take_complete_utf8(&mut self.partial_utf8)
+        };
+        self.finished = finish.is_some();
+        Ok(Chunk {
+            text,
+            tokens: vec![token],
+            finish,
+            usage: Usage {
+                prompt_tokens: self.prompt_tokens,
+                completion_tokens: self.completion_tokens,
+            },
+        })
+    }
+
+    fn run(&mut self, tokens: &[u32], kind: StepOutputKind) -> Result<crate::compute::StepOutput, Error> {
+        let output = self
+            .model
+            .graph
+            .run(&self.cache, tokens, self.position, kind)
+            .map_err(from_compute)?;
+        self.position += tokens.len() as u32;
+        Ok(output)
+    }
+}
+
+/// Removes and returns the longest valid UTF-8 prefix, keeping an incomplete
+/// trailing character for the next token. Invalid bytes become U+FFFD.
+fn take_complete_utf8(buffer: &mut Vec<u8>) -> String {
+    let keep_from = match std::str::from_utf8(buffer) {
+        Ok(_) => buffer.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => buffer.len(),
+    };
+    let rest = buffer.split_off(keep_from);
+    let text = String::from_utf8_lossy(buffer).into_owned();
+    *buffer = rest;
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_complete_utf8;
+
+    #[test]
+    fn incomplete_characters_wait_for_their_next_bytes() {
+        let euro = "€".as_bytes();
+        let mut buffer = vec![b'a', euro[0], euro[1]];
+        assert_eq!(take_complete_utf8(&mut buffer), "a");
+        buffer.push(euro[2]);
+        assert_eq!(take_complete_utf8(&mut buffer), "€");
+        assert!(buffer.is_empty());
+    }
+}

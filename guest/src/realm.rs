@@ -1,0 +1,96 @@
+//! The `realm` resource: one loaded model for one tenant.
+
+use std::rc::Rc;
+
+use crate::bindings::exports::realm::engine::engine::{Generation as GenerationHandle, GuestRealm};
+use crate::compute::{ComputeError, Graph, Weights};
+use crate::generation::Generation;
+use crate::metadata::{Metadata, keys};
+use crate::models::{self, Hyperparameters};
+use crate::tokenizer::Tokenizer;
+use crate::{CompletionRequest, Error, ModelInfo, RealmConfig};
+
+/// Everything a generation needs from its realm; immutable once loaded.
+pub struct Model {
+    pub graph: Graph,
+    pub tokenizer: Tokenizer,
+    pub hyperparameters: Hyperparameters,
+    pub info: ModelInfo,
+    // Keeps the host's mapping of the file open for as long as the graph runs.
+    _weights: Weights,
+}
+
+pub struct Realm {
+    model: Rc<Model>,
+}
+
+impl GuestRealm for Realm {
+    fn new(config: RealmConfig) -> Result<Self, Error> {
+        if config.context_length == 0 {
+            return Err(Error::InvalidConfig("`context-length` must be at least 1".into()));
+        }
+        if config.model.is_empty() {
+            return Err(Error::InvalidConfig("`model` must name a model".into()));
+        }
+        let weights = Weights::open(&config.model).map_err(from_compute)?;
+        let meta = Metadata::new(weights.metadata())?;
+        let tensors = weights.tensors();
+        let architecture = models::load(&meta, &tensors)?;
+        let tokenizer = Tokenizer::from_metadata(&meta)?;
+        let graph = Graph::compile(&weights, &architecture.graph).map_err(from_compute)?;
+        let hp = architecture.hyperparameters;
+        let info = ModelInfo {
+            architecture: meta.architecture().to_string(),
+            name: meta.text(keys::NAME)?.unwrap_or(&config.model).to_string(),
+            vocab_size: tokenizer.vocab_size(),
+            context_length: config.context_length.min(hp.trained_context.max(1)),
+            trained_context_length: hp.trained_context,
+            bos: tokenizer.bos,
+            eos: tokenizer.eos,
+        };
+        let model = Model {
+            graph,
+            tokenizer,
+            hyperparameters: hp,
+            info,
+            _weights: weights,
+        };
+        Ok(Self { model: Rc::new(model) })
+    }
+
+    fn info(&self) -> ModelInfo {
+        self.model.info.clone()
+    }
+
+    fn tokenize(&self, text: String, add_special: bool, parse_special: bool) -> Result<Vec<u32>, Error> {
+        Ok(self.model.tokenizer.encode(&text, add_special, parse_special))
+    }
+
+    fn detokenize(&self, tokens: Vec<u32>) -> Result<String, Error> {
+        let vocab = self.model.tokenizer.vocab_size();
+        if let Some(bad) = tokens.iter().find(|&&t| t >= vocab) {
+            return Err(Error::InvalidRequest(format!(
+                "token {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        Ok(self.model.tokenizer.decode(&tokens))
+    }
+
+    fn complete(&self, request: CompletionRequest) -> Result<GenerationHandle, Error> {
+        let prompt = self.model.tokenizer.encode(&request.prompt, true, true);
+        Generation::start(self.model.clone(), prompt, request).map(GenerationHandle::new)
+    }
+}
+
+/// Maps a compute failure to the engine error a client can act on.
+pub fn from_compute(error: ComputeError) -> Error {
+    match error {
+        ComputeError::NotFound(m) => Error::ModelNotFound(m),
+        ComputeError::Denied(m) => Error::PermissionDenied(m),
+        ComputeError::InvalidFile(m) | ComputeError::Unsupported(m) => Error::UnsupportedModel(m),
+        ComputeError::InvalidGraph(m) => Error::UnsupportedModel(format!("graph: {m}")),
+        ComputeError::InvalidStep(m) => Error::InvalidRequest(m),
+        ComputeError::QuotaExceeded(m) => Error::OutOfMemory(m),
+        ComputeError::Internal(m) => Error::Internal(m),
+    }
+}

@@ -1,0 +1,138 @@
+//! The command line: `serve`, and the one-shot `run`, `tokenize` and `models`.
+
+mod run;
+mod serve;
+mod tokenize;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::compute::{self, Budget, Device, ModelCatalog, WeightsRegistry};
+use crate::runtime::{InstanceHandle, InstanceSettings, Runtime, SharedCompute, TenantCompute};
+
+#[derive(Parser)]
+#[command(
+    name = "realm-host",
+    version,
+    about = "Multi-tenant LLM inference: realm engine components on shared weights"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the OpenAI-compatible API.
+    Serve(serve::ServeArgs),
+    /// Complete one prompt and stream the text to stdout.
+    Run(run::RunArgs),
+    /// Print the token ids of a text.
+    Tokenize(tokenize::TokenizeArgs),
+    /// List the models in the models directory.
+    Models {
+        #[arg(long, default_value = "models")]
+        models_dir: PathBuf,
+    },
+}
+
+/// Options every command that runs the engine shares.
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// The engine component (realm.wasm).
+    #[arg(long)]
+    component: PathBuf,
+    /// Where model names are looked up (`NAME` is `DIR/NAME.gguf`).
+    #[arg(long, default_value = "models")]
+    models_dir: PathBuf,
+    /// CPU threads for the compute backend; 0 = one per core.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// The compute backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+    /// Positions per sequence (prompt and completion), capped at the model's.
+    #[arg(long, default_value_t = 4096)]
+    ctx_size: u32,
+    /// Linear memory limit of each engine instance, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    guest_memory_mib: usize,
+}
+
+impl EngineArgs {
+    /// The runtime and a single local tenant's instance, as the one-shot commands use them.
+    fn local_instance(&self, allow_paths: bool) -> anyhow::Result<InstanceHandle> {
+        let runtime = Runtime::load(&self.component)?;
+        let shared = self.shared_compute()?;
+        InstanceHandle::spawn(runtime, self.local_settings(shared, allow_paths))
+    }
+
+    fn shared_compute(&self) -> anyhow::Result<Arc<SharedCompute>> {
+        let backend = compute::start_backend(self.device, self.threads)?;
+        tracing::info!(backend = backend.name(), "compute backend ready");
+        Ok(Arc::new(SharedCompute {
+            backend,
+            registry: WeightsRegistry::default(),
+        }))
+    }
+
+    fn local_settings(&self, shared: Arc<SharedCompute>, allow_paths: bool) -> InstanceSettings {
+        InstanceSettings {
+            compute: TenantCompute {
+                tenant: "local".into(),
+                shared,
+                catalog: ModelCatalog {
+                    dir: self.models_dir.clone(),
+                    allow_paths,
+                },
+                allowed_models: None,
+                kv_budget: Budget::unlimited("tenant `local`"),
+            },
+            guest_memory: self.guest_memory_mib << 20,
+            context_length: self.ctx_size,
+            call_deadline: Duration::from_secs(300),
+        }
+    }
+}
+
+pub fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,realm_host=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::serve(args),
+        Command::Run(args) => run::run(args),
+        Command::Tokenize(args) => tokenize::tokenize(args),
+        Command::Models { models_dir } => {
+            let catalog = ModelCatalog {
+                dir: models_dir,
+                allow_paths: false,
+            };
+            for name in catalog.list() {
+                println!("{name}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Activations in the form a weight type's dot product consumes them, as ggml
+//! does (its `vec_dot_type`): 32-value blocks of i8 with an f16 scale for the
+//! quantized weight types, f16 or bf16 for half-precision weights. Quantizing
+//! each input row once per matrix product is what makes integer dot products
+//! possible, and it keeps realm's logits within rounding of llama.cpp's.
+
+use half::{bf16, f16};
+
+use super::quant::{self, QK};
+use crate::compute::gguf::GgmlType;
+
+/// A block of 32 activations: `x ~= d * qs`, and `s = d * sum(qs)` (Q8_1).
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ8 {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; QK],
+}
+
+pub enum Activations {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+    Q8(Vec<BlockQ8>),
+}
+
+fn round_f16(v: f32) -> f32 {
+    f16::from_f32(v).to_f32()
+}
+
+/// Quantizes a row of activations for dot products with `weights`-typed rows.
+pub fn quantize(weights: GgmlType, x: &[f32]) -> Activations {
+    match weights {
+        GgmlType::F32 => Activations::F32(x.to_vec()),
+        GgmlType::F16 => Activations::F16(x.iter().map(|&v| f16::from_f32(v)).collect()),
+        GgmlType::Bf16 => Activations::Bf16(x.iter().map(|&v| bf16::from_f32(v)).collect()),
+        _ => Activations::Q8(x.chunks_exact(QK).map(quantize_block).collect()),
+    }
+}
+
+/// ggml's `quantize_row_q8_1` for one block (Q8_0 is the same without `s`).
+fn quantize_block(x: &[f32]) -> BlockQ8 {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; QK];
+    let mut sum = 0i32;
+    for (q, &v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+        sum += *q as i32;
+    }
+    BlockQ8 {
+        d: round_f16(d),
+        s: round_f16(sum as f32 * d),
+        qs,
+    }
+}
+
+/// `row . x` for a weight row of type `ty` and activations quantized for it.
+pub fn dot(ty: GgmlType, row: &[u8], x: &Activations) -> f32 {
+    match x {
+        Activations::F32(x) => quant::dot(ty, row, x),
+        Activations::F16(x) => row
+            .chunks_exact(2)
+            .zip(x)
+            .map(|(w, a)| f16::from_le_bytes([w[0], w[1]]).to_f32() * a.to_f32())
+            .sum(),
+        Activations::Bf16(x) => row
+            .chunks_exact(2)
+            .zip(x)
+            .map(|(w, a)| bf16::from_le_bytes([w[0], w[1]]).to_f32() * a.to_f32())
+            .sum(),
+        Activations::Q8(blocks) => {
+            let bytes = ty.block_bytes();
+            row.chunks_exact(bytes)
+                .zip(blocks)
+                .map(|(w, y)| block_dot(ty, w, y))
+                .sum()
+        }
+    }
+}
+
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// One weight block times one activation block, as ggml's `vec_dot_*_q8_*`.
+fn block_dot(ty: GgmlType, w: &[u8], y: &BlockQ8) -> f32 {
+    let d = f16_at(w, 0);
+    match ty {
+        GgmlType::Q4_0 => {
+            let sumi: i32 = (0..16)
+                .map(|j| {
+                    let q = w[2 + j];
+                    ((q & 0x0F) as i32 - 8) * y.qs[j] as i32 + ((q >> 4) as i32 - 8) * y.qs[j + 16] as i32
+                })
+                .sum();
+            sumi as f32 * (d * y.d)
+        }
+        GgmlType::Q4_1 => {
+            let sumi: i32 = (0..16)
+                .map(|j| {
+                    let q = w[4 + j];
+                    (q & 0x0F) as i32 * y.qs[j] as i32 + (q >> 4) as i32 * y.qs[j + 16] as i32
+                })
+                .sum();
+            (d * y.d) * sumi as f32 + f16_at(w, 2) * y.s
+        }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let has_min = ty == GgmlType::Q5_1;
+            let rest = if has_min { &w[4..] } else { &w[2..] };
+            let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            let offset = if has_min { 0 } else { 16 };
+            let sumi: i32 = (0..16)
+                .map(|j| {
+                    let q = rest[4 + j];
+                    let h0 = ((qh >> j) << 4) & 0x10;
+                    let h1 = (qh >> (j + 12)) & 0x10;
+                    let x0 = ((q & 0x0F) as u32 | h0) as i32 - offset;
+                    let x1 = ((q >> 4) as u32 | h1) as i32 - offset;
+                    x0 * y.qs[j] as i32 + x1 * y.qs[j + 16] as i32
+                })
+                .sum();
+            let m = if has_min { f16_at(w, 2) * y.s } else { 0.0 };
+            (d * y.d) * sumi as f32 + m
+        }
+        GgmlType::Q8_0 => {
+            let sumi: i32 = w[2..34]
+                .iter()
+                .zip(&y.qs)
+                .map(|(&a, &b)| a as i8 as i32 * b as i32)
+                .sum();
+            sumi as f32 * (d * y.d)
+        }
+        _ => unreachable!("block_dot on {ty}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::cpu::quant::tests::{noise, random_row};
+
+    #[test]
+    fn quantized_dot_tracks_the_f32_reference_within_8_bit_error() {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::F16,
+            GgmlType::Bf16,
+        ] {
+            let len = 8 * QK;
+            let row = match ty {
+                GgmlType::F16 | GgmlType::Bf16 => noise(5, len * 2)
+                    .chunks(2)
+                    .flat_map(|c| {
+                        let v = (c[0] as f32 - 128.0) / 256.0;
+                        if ty == GgmlType::F16 {
+                            f16::from_f32(v).to_le_bytes()
+                        } else {
+                            bf16::from_f32(v).to_le_bytes()
+                        }
+                    })
+                    .collect(),
+                _ => random_row(ty, len / QK, 11),
+            };
+            let x: Vec<f32> = noise(3, len).iter().map(|&b| b as f32 / 64.0 - 2.0).collect();
+            let reference = quant::dot(ty, &row, &x);
+            let got = dot(ty, &row, &quantize(ty, &x));
+            let magnitude: f32 = {
+                let mut w = vec![0.0; len];
+                quant::dequantize_row(ty, &row, &mut w);
+                w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum()
+            };
+            assert!(
+                (got - reference).abs() <= 0.01 * magnitude,
+                "{ty}: {got} vs {reference} (scale {magnitude})"
+            );
+        }
+    }
+
+    #[test]
+    fn q8_blocks_follow_ggml_rounding() {
+        let mut x = [0.0f32; QK];
+        x[0] = 127.0;
+        x[1] = -63.5;
+        x[2] = 1.2;
+        let b = quantize_block(&x);
+        assert_eq!(b.d, 1.0);
+        assert_eq!((b.qs[0], b.qs[1], b.qs[2]), (127, -64, 1), "round half away from zero");
+        assert_eq!(b.s, (127 - 64 + 1) as f32);
+    }
+}

@@ -1,0 +1,186 @@
+//! Row kernels of the CPU backend: normalisation, RoPE, activations and causal
+//! attention over an f16 KV cache. They follow ggml's arithmetic (f64 sums in
+//! norms, RoPE angles by repeated multiplication) to track llama.cpp closely.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+use super::quant::dot_f32;
+use crate::compute::graph::{Attention, RopeStyle};
+
+/// RMS-normalises each `group`-long slice of `x` in place, then scales by `weight`.
+pub fn rms_norm(x: &mut [f32], group: usize, eps: f32, weight: Option<&[f32]>) {
+    for slice in x.chunks_exact_mut(group) {
+        let sum: f64 = slice.iter().map(|&v| (v * v) as f64).sum();
+        let scale = 1.0 / ((sum / group as f64) as f32 + eps).sqrt();
+        match weight {
+            Some(w) => slice.iter_mut().zip(w).for_each(|(v, w)| *v = *v * scale * w),
+            None => slice.iter_mut().for_each(|v| *v *= scale),
+        }
+    }
+}
+
+pub struct Rope {
+    pub head_dim: usize,
+    pub rotary_dims: usize,
+    pub base: f32,
+    pub freq_scale: f32,
+    pub style: RopeStyle,
+}
+
+impl Rope {
+    /// Rotates every head of `row`, a row at `position`.
+    pub fn apply(&self, row: &mut [f32], position: u32) {
+        let theta_scale = self.base.powf(-2.0 / self.rotary_dims as f32);
+        let half = self.rotary_dims / 2;
+        for head in row.chunks_exact_mut(self.head_dim) {
+            let mut theta = position as f32;
+            for i in 0..half {
+                let angle = theta * self.freq_scale;
+                let (sin, cos) = angle.sin_cos();
+                let (a, b) = match self.style {
+                    RopeStyle::Normal => (2 * i, 2 * i + 1),
+                    RopeStyle::Neox => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos - x1 * sin;
+                head[b] = x0 * sin + x1 * cos;
+                theta *= theta_scale;
+            }
+        }
+    }
+}
+
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// GELU, tanh approximation.
+pub fn gelu(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+}
+
+/// Causal attention for `rows` query rows starting at `start`: each row attends
+/// to cached positions up to its own (within the window). `keys`/`values` hold
+/// every position up to `start + rows`, `width` values each.
+/// As llama.cpp without flash attention: q is rounded to f16 for the f16 K dot
+/// products, and the softmax weights to f16 for the f16 V products.
+pub fn attention(a: &Attention, q: &[f32], keys: &[f16], values: &[f16], start: usize, out: &mut [f32]) {
+    let (hd, width) = (a.head_dim, a.n_kv_head * a.head_dim);
+    let group = a.n_head / a.n_kv_head;
+    out.par_chunks_mut(hd).enumerate().for_each(|(task, out_head)| {
+        let (row, head) = (task / a.n_head, task % a.n_head);
+        let position = start + row;
+        let first = if a.window > 0 {
+            (position + 1).saturating_sub(a.window)
+        } else {
+            0
+        };
+        let kv_offset = (head / group) * hd;
+        let query: Vec<f32> = q[row * a.n_head * hd + head * hd..][..hd]
+            .iter()
+            .map(|&v| f16::from_f32(v).to_f32())
+            .collect();
+        let mut k_row = vec![0.0f32; hd];
+        let mut scores: Vec<f32> = (first..=position)
+            .map(|t| {
+                keys[t * width + kv_offset..][..hd].convert_to_f32_slice(&mut k_row);
+                dot_f32(&query, &k_row) * a.scale
+            })
+            .collect();
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f64;
+        for s in &mut scores {
+            *s = (*s - max).exp();
+            sum += *s as f64;
+        }
+        let inv = (1.0 / sum) as f32;
+        out_head.fill(0.0);
+        let mut v_row = vec![0.0f32; hd];
+        for (t, s) in (first..=position).zip(&scores) {
+            values[t * width + kv_offset..][..hd].convert_to_f32_slice(&mut v_row);
+            let p = f16::from_f32(s * inv).to_f32();
+            out_head.iter_mut().zip(&v_row).for_each(|(o, v)| *o += p * v);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_gives_unit_mean_square() {
+        let mut x = vec![1.0, 2.0, 3.0, 4.0, 10.0, 0.0, 0.0, 0.0];
+        rms_norm(&mut x, 4, 0.0, None);
+        for group in x.chunks(4) {
+            let ms: f32 = group.iter().map(|v| v * v).sum::<f32>() / 4.0;
+            assert!((ms - 1.0).abs() < 1e-5, "{ms}");
+        }
+    }
+
+    #[test]
+    fn rope_rotates_pairs_by_position() {
+        let rope = Rope {
+            head_dim: 4,
+            rotary_dims: 4,
+            base: 10_000.0,
+            freq_scale: 1.0,
+            style: RopeStyle::Normal,
+        };
+        let mut row = vec![1.0, 0.0, 1.0, 0.0];
+        rope.apply(&mut row, 0);
+        assert_eq!(row, vec![1.0, 0.0, 1.0, 0.0], "position 0 is the identity");
+        rope.apply(&mut row, 1);
+        assert!((row[0] - 1f32.cos()).abs() < 1e-6 && (row[1] - 1f32.sin()).abs() < 1e-6);
+        let neox = Rope {
+            style: RopeStyle::Neox,
+            ..rope
+        };
+        let mut row = vec![1.0, 1.0, 0.0, 0.0];
+        neox.apply(&mut row, 1);
+        assert!((row[0] - 1f32.cos()).abs() < 1e-6 && (row[2] - 1f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn attention_to_one_position_returns_its_value() {
+        let a = Attention {
+            q: 0,
+            k: 0,
+            v: 0,
+            layer: 0,
+            n_head: 2,
+            n_kv_head: 1,
+            head_dim: 2,
+            scale: 1.0,
+            window: 0,
+        };
+        let keys: Vec<f16> = [1.0, 0.0].iter().map(|&v| f16::from_f32(v)).collect();
+        let values: Vec<f16> = [3.0, -2.0].iter().map(|&v| f16::from_f32(v)).collect();
+        let mut out = vec![0.0; 4];
+        attention(&a, &[0.5, 0.5, 1.0, 1.0], &keys, &values, 0, &mut out);
+        assert_eq!(out, vec![3.0, -2.0, 3.0, -2.0]);
+    }
+
+    #[test]
+    fn sliding_window_ignores_old_positions() {
+        let a = Attention {
+            q: 0,
+            k: 0,
+            v: 0,
+            layer: 0,
+            n_head: 1,
+            n_kv_head: 1,
+            head_dim: 1,
+            scale: 1.0,
+            window: 1,
+        };
+        let keys: Vec<f16> = [0.0, 0.0].iter().map(|&v| f16::from_f32(v)).collect();
+        let values: Vec<f16> = [5.0, 7.0].iter().map(|&v| f16::from_f32(v)).collect();
+        let mut out = vec![0.0; 1];
+        attention(&a, &[1.0], &keys, &values, 1, &mut out);
+        assert_eq!(out, vec![7.0]);
+    }
+}

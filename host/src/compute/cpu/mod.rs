@@ -1,0 +1,279 @@
+//! The CPU backend: executes a compiled step graph on a dedicated thread pool.
+//! Matrix products run over the memory-mapped weights in their stored type.
+
+pub mod activations;
+pub mod kernels;
+pub mod quant;
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::graph::{CompiledGraph, Node, TensorId};
+use super::{Backend, ComputeError, Step};
+use activations::Activations;
+use kernels::Rope;
+
+/// Output columns per parallel task of a matrix product.
+const COLUMNS_PER_TASK: usize = 32;
+
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+}
+
+impl CpuBackend {
+    /// A backend with `threads` threads; 0 means one per core.
+    pub fn new(threads: usize) -> anyhow::Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("realm-cpu-{i}"))
+            .build()?;
+        Ok(Self { pool })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn run(&self, step: Step<'_>) -> Result<Vec<f32>, ComputeError> {
+        check_step(&step)?;
+        self.pool.install(|| execute(step))
+    }
+}
+
+/// Rejects tokens outside the vocabulary and positions beyond the cache.
+pub fn check_step(step: &Step<'_>) -> Result<(), ComputeError> {
+    let g = step.graph;
+    if step.tokens.is_empty() {
+        return Err(ComputeError::InvalidStep("a step needs at least one token".into()));
+    }
+    if let Some(bad) = step.tokens.iter().find(|&&t| t as usize >= g.vocab) {
+        return Err(ComputeError::InvalidStep(format!(
+            "token {bad} is outside the vocabulary of {}",
+            g.vocab
+        )));
+    }
+    let end = step.start as u64 + step.tokens.len() as u64;
+    if end > step.cache.capacity() as u64 {
+        return Err(ComputeError::InvalidStep(format!(
+            "positions {}..{end} exceed the KV cache of {}",
+            step.start,
+            step.cache.capacity()
+        )));
+    }
+    if step.cache.layers() as usize != g.kv_layers || step.cache.width() != g.kv_width {
+        return Err(ComputeError::InvalidStep(format!(
+            "the KV cache is {}x{}, the graph needs {}x{}",
+            step.cache.layers(),
+            step.cache.width(),
+            g.kv_layers,
+            g.kv_width
+        )));
+    }
+    Ok(())
+}
+
+/// A value: `rows` rows of `cols` f32s.
+struct Matrix {
+    rows: usize,
+    cols: usize,
+    data: Vec<f32>,
+}
+
+fn execute(step: Step<'_>) -> Result<Vec<f32>, ComputeError> {
+    let g = step.graph;
+    let n = step.tokens.len();
+    let mut values: Vec<Option<Matrix>> = Vec::with_capacity(g.nodes.len());
+    for (i, node) in g.nodes.iter().enumerate() {
+        let value = match node {
+            Node::Embed { table } => embed(g, *table, step.tokens),
+            Node::RmsNorm {
+                input,
+                weight,
+                eps,
+                group,
+            } => {
+                let mut m = copy(get(&values, *input)?);
+                let w = weight.map(|w| vector(g, w));
+                kernels::rms_norm(&mut m.data, *group, *eps, w.as_deref());
+                m
+            }
+            Node::Matmul { input, weight } => matmul(g, *weight, get(&values, *input)?),
+            Node::AddTensor { input, tensor } => {
+                let mut m = copy(get(&values, *input)?);
+                let t = vector(g, *tensor);
+                m.data
+                    .chunks_exact_mut(m.cols)
+                    .for_each(|row| row.iter_mut().zip(&t).for_each(|(x, b)| *x += b));
+                m
+            }
+            Node::Add(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |x, y| x + y),
+            Node::Mul(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |x, y| x * y),
+            Node::Swiglu(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |g, u| kernels::silu(g) * u),
+            Node::Geglu(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |g, u| kernels::gelu(g) * u),
+            Node::Scale(a, factor) => {
+                let mut m = copy(get(&values, *a)?);
+                m.data.iter_mut().for_each(|x| *x *= factor);
+                m
+            }
+            Node::Rope {
+                input,
+                head_dim,
+                rotary_dims,
+                base,
+                freq_scale,
+                style,
+            } => {
+                let rope = Rope {
+                    head_dim: *head_dim,
+                    rotary_dims: *rotary_dims,
+                    base: *base,
+                    freq_scale: *freq_scale,
+                    style: *style,
+                };
+                let mut m = copy(get(&values, *input)?);
+                let cols = m.cols;
+                m.data
+                    .chunks_exact_mut(cols)
+                    .enumerate()
+                    .for_each(|(r, row)| rope.apply(row, step.start + r as u32));
+                m
+            }
+            Node::Attention(a) => {
+                let (q, k, v) = (get(&values, a.q)?, get(&values, a.k)?, get(&values, a.v)?);
+                let start = step.start as usize;
+                let width = step.cache.width();
+                let (keys, vals) = step.cache.layer_mut(a.layer, start + n);
+                write_f16(&mut keys[start * width..], &k.data);
+                write_f16(&mut vals[start * width..], &v.data);
+                let mut out = vec![0.0; q.rows * q.cols];
+                kernels::attention(a, &q.data, keys, vals, start, &mut out);
+                Matrix {
+                    rows: q.rows,
+                    cols: q.cols,
+                    data: out,
+                }
+            }
+            Node::LastRow(input) => {
+                let m = get(&values, *input)?;
+                Matrix {
+                    rows: 1,
+                    cols: m.cols,
+                    data: m.data[(m.rows - 1) * m.cols..].to_vec(),
+                }
+            }
+        };
+        values.push(Some(value));
+        for input in super::graph::inputs(node) {
+            if g.last_use[input] == i {
+                values[input] = None;
+            }
+        }
+    }
+    let output = values
+        .pop()
+        .flatten()
+        .ok_or_else(|| ComputeError::Internal("graph produced no output".into()))?;
+    Ok(output.data)
+}
+
+fn get(values: &[Option<Matrix>], id: usize) -> Result<&Matrix, ComputeError> {
+    values[id]
+        .as_ref()
+        .ok_or_else(|| ComputeError::Internal(format!("value {id} was freed before it was read")))
+}
+
+fn copy(m: &Matrix) -> Matrix {
+    Matrix {
+        rows: m.rows,
+        cols: m.cols,
+        data: m.data.clone(),
+    }
+}
+
+fn zip(a: &Matrix, b: &Matrix, f: impl Fn(f32, f32) -> f32 + Sync) -> Matrix {
+    let data = a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect();
+    Matrix {
+        rows: a.rows,
+        cols: a.cols,
+        data,
+    }
+}
+
+fn write_f16(dst: &mut [f16], src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = f16::from_f32(s));
+}
+
+/// A 1-D tensor as f32.
+fn vector(g: &CompiledGraph, id: TensorId) -> Vec<f32> {
+    let t = g.tensor(id);
+    let mut out = vec![0.0; t.row_len()];
+    quant::dequantize_row(t.ggml_type, g.model.data(t), &mut out);
+    out
+}
+
+fn embed(g: &CompiledGraph, table: TensorId, tokens: &[u32]) -> Matrix {
+    let t = g.tensor(table);
+    let cols = t.row_len();
+    let row_bytes = t.ggml_type.row_bytes(cols).unwrap_or(0);
+    let data_all = g.model.data(t);
+    let mut data = vec![0.0; tokens.len() * cols];
+    for (out, &token) in data.chunks_exact_mut(cols).zip(tokens) {
+        let at = token as usize * row_bytes;
+        quant::dequantize_row(t.ggml_type, &data_all[at..at + row_bytes], out);
+    }
+    Matrix {
+        rows: tokens.len(),
+        cols,
+        data,
+    }
+}
+
+/// `x . W^T` for a [n, k] weight in its stored type. Each input row is
+/// quantized once for the weight type; every weight row is read once and
+/// multiplied with all input rows.
+fn matmul(g: &CompiledGraph, weight: TensorId, x: &Matrix) -> Matrix {
+    let t = g.tensor(weight);
+    let (k, n) = (t.row_len(), t.rows());
+    let row_bytes = t.ggml_type.row_bytes(k).unwrap_or(0);
+    let w = g.model.data(t);
+    let ty = t.ggml_type;
+    let rows = x.rows;
+    let inputs: Vec<Activations> = x
+        .data
+        .chunks_exact(k)
+        .map(|row| activations::quantize(ty, row))
+        .collect();
+    let mut out_t = vec![0.0f32; n * rows];
+    out_t
+        .par_chunks_mut(COLUMNS_PER_TASK * rows)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            for (c, out_col) in chunk.chunks_exact_mut(rows).enumerate() {
+                let j = task * COLUMNS_PER_TASK + c;
+                let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
+                for (o, input) in out_col.iter_mut().zip(&inputs) {
+                    *o = activations::dot(ty, w_row, input);
+                }
+            }
+        });
+    if rows == 1 {
+        return Matrix {
+            rows,
+            cols: n,
+            data: out_t,
+        };
+    }
+    let mut data = vec![0.0; n * rows];
+    for j in 0..n {
+        for r in 0..rows {
+            data[r * n + j] = out_t[j * rows + r];
+        }
+    }
+    Matrix { rows, cols: n, data }
+}

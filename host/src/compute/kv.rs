@@ -1,0 +1,67 @@
+//! A sequence's KV cache: f16 keys and values per layer and position, as
+//! llama.cpp stores them. Charged to its tenant's budget for its full capacity;
+//! the memory itself grows as positions are filled.
+
+use half::f16;
+
+use super::budget::Charge;
+
+pub struct KvCache {
+    layers: u32,
+    width: usize,
+    capacity: u32,
+    keys: Vec<Vec<f16>>,
+    values: Vec<Vec<f16>>,
+    _charge: Charge,
+}
+
+impl KvCache {
+    /// Bytes a cache of this shape may grow to.
+    pub fn bytes_for(layers: u32, width: u32, capacity: u32) -> u64 {
+        2 * layers as u64 * width as u64 * capacity as u64 * size_of::<f16>() as u64
+    }
+
+    pub fn new(layers: u32, width: u32, capacity: u32, charge: Charge) -> Self {
+        let empty = || (0..layers).map(|_| Vec::new()).collect();
+        Self {
+            layers,
+            width: width as usize,
+            capacity,
+            keys: empty(),
+            values: empty(),
+            _charge: charge,
+        }
+    }
+
+    pub fn layers(&self) -> u32 {
+        self.layers
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Keys and values of `layer`, grown to hold `positions` positions.
+    pub fn layer_mut(&mut self, layer: usize, positions: usize) -> (&mut [f16], &mut [f16]) {
+        let len = positions * self.width;
+        for store in [&mut self.keys[layer], &mut self.values[layer]] {
+            if store.len() < len {
+                store.resize(len, f16::ZERO);
+            }
+        }
+        (&mut self.keys[layer][..len], &mut self.values[layer][..len])
+    }
+
+    /// Bytes actually allocated.
+    pub fn resident_bytes(&self) -> usize {
+        self.keys
+            .iter()
+            .chain(&self.values)
+            .map(|v| v.capacity() * size_of::<f16>())
+            .sum()
+    }
+}

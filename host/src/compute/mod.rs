@@ -1,0 +1,127 @@
+//! The GPU compute import's host side: shared model files, per-sequence KV
+//! caches, step graphs validated once, and the backends that execute them.
+
+pub mod budget;
+pub mod cpu;
+pub mod cuda;
+pub mod gguf;
+pub mod graph;
+pub mod kv;
+pub mod weights;
+
+use std::sync::Arc;
+
+pub use budget::Budget;
+pub use graph::CompiledGraph;
+pub use kv::KvCache;
+pub use weights::{ModelCatalog, ModelFile, WeightsRegistry};
+
+/// Why a compute call failed; each case maps to the WIT `compute-error` case of
+/// the same name.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ComputeError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Denied(String),
+    #[error("{0}")]
+    InvalidFile(String),
+    #[error("{0}")]
+    InvalidGraph(String),
+    #[error("{0}")]
+    InvalidStep(String),
+    #[error("{0}")]
+    QuotaExceeded(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What a step returns for its last position.
+#[derive(Clone, Copy, Debug)]
+pub enum OutputKind {
+    Logits,
+    TopK(usize),
+}
+
+#[derive(Clone, Debug)]
+pub enum StepOutput {
+    Logits(Vec<f32>),
+    /// (token id, logit), logit descending, id ascending among equals.
+    TopK(Vec<(u32, f32)>),
+}
+
+/// One forward step: `tokens` at positions `start..`, appending to `cache`.
+pub struct Step<'a> {
+    pub graph: &'a CompiledGraph,
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    pub start: u32,
+}
+
+/// A compute backend: executes a whole step graph and returns the last row.
+pub trait Backend: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn run(&self, step: Step<'_>) -> Result<Vec<f32>, ComputeError>;
+}
+
+/// Which backend `--device` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    /// CUDA when a GPU is present, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Starts the backend for `device`, with `threads` CPU threads (0 = all cores).
+pub fn start_backend(device: Device, threads: usize) -> anyhow::Result<Arc<dyn Backend>> {
+    match device {
+        Device::Cpu => Ok(Arc::new(cpu::CpuBackend::new(threads)?)),
+        Device::Cuda => Ok(Arc::new(cuda::CudaBackend::new()?)),
+        Device::Auto => match cuda::CudaBackend::new() {
+            Ok(cuda) => Ok(Arc::new(cuda)),
+            Err(reason) => {
+                tracing::info!(%reason, "using the CPU backend");
+                Ok(Arc::new(cpu::CpuBackend::new(threads)?))
+            }
+        },
+    }
+}
+
+/// Executes a step and shapes its result as the guest asked.
+pub fn run_step(backend: &dyn Backend, step: Step<'_>, kind: OutputKind) -> Result<StepOutput, ComputeError> {
+    let logits = backend.run(step)?;
+    Ok(match kind {
+        OutputKind::Logits => StepOutput::Logits(logits),
+        OutputKind::TopK(k) => StepOutput::TopK(top_k(&logits, k)),
+    })
+}
+
+/// The `k` largest logits, descending; the lower id first among equals.
+pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut all: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    let k = k.min(all.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < all.len() {
+        all.select_nth_unstable_by(k - 1, order);
+        all.truncate(k);
+    }
+    all.sort_unstable_by(order);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn top_k_orders_by_logit_then_id() {
+        let logits = [0.5, 3.0, -1.0, 3.0, 2.0];
+        assert_eq!(super::top_k(&logits, 3), vec![(1, 3.0), (3, 3.0), (4, 2.0)]);
+        assert_eq!(super::top_k(&logits, 1), vec![(1, 3.0)]);
+        assert_eq!(super::top_k(&logits, 9).len(), 5);
+    }
+}

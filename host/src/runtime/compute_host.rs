@@ -1,0 +1,175 @@
+//! The `compute` import, implemented over the tenant's store state: the guest
+//! holds handles, the host holds the bytes.
+
+use std::sync::Arc;
+
+use wasmtime::component::Resource;
+
+use super::state::StoreState;
+use super::wit::{
+    GraphHandle, MetadataEntry, MetadataValue, Op, StepOutput, StepOutputKind, TensorInfo, WeightsHandle,
+    WitComputeError, compute,
+};
+use crate::compute::gguf::{Array, Value};
+use crate::compute::{self as host, CompiledGraph, ComputeError, KvCache, OutputKind, Step};
+
+type Reply<T> = wasmtime::Result<Result<T, WitComputeError>>;
+
+impl From<ComputeError> for WitComputeError {
+    fn from(e: ComputeError) -> Self {
+        match e {
+            ComputeError::NotFound(m) => Self::NotFound(m),
+            ComputeError::Denied(m) => Self::Denied(m),
+            ComputeError::InvalidFile(m) => Self::InvalidFile(m),
+            ComputeError::InvalidGraph(m) => Self::InvalidGraph(m),
+            ComputeError::InvalidStep(m) => Self::InvalidStep(m),
+            ComputeError::QuotaExceeded(m) => Self::QuotaExceeded(m),
+            ComputeError::Unsupported(m) => Self::Unsupported(m),
+            ComputeError::Internal(m) => Self::Internal(m),
+        }
+    }
+}
+
+impl compute::Host for StoreState {}
+
+impl compute::HostWeights for StoreState {
+    fn open(&mut self, name: String) -> Reply<Resource<WeightsHandle>> {
+        let c = &self.compute;
+        if let Some(allowed) = &c.allowed_models
+            && !allowed.iter().any(|m| m == &name)
+        {
+            return Ok(Err(WitComputeError::Denied(format!(
+                "tenant `{}` may not use model `{name}`; allowed: {}",
+                c.tenant,
+                allowed.join(", ")
+            ))));
+        }
+        let file = match c.catalog.resolve(&name).and_then(|path| c.shared.registry.open(&path)) {
+            Ok(file) => file,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        Ok(Ok(self.table.push(WeightsHandle(file))?))
+    }
+
+    fn metadata(&mut self, weights: Resource<WeightsHandle>) -> wasmtime::Result<Vec<MetadataEntry>> {
+        let file = &self.table.get(&weights)?.0;
+        Ok(file
+            .gguf
+            .metadata
+            .iter()
+            .filter_map(|(key, value)| {
+                Some(MetadataEntry {
+                    key: key.clone(),
+                    value: metadata_value(value)?,
+                })
+            })
+            .collect())
+    }
+
+    fn tensors(&mut self, weights: Resource<WeightsHandle>) -> wasmtime::Result<Vec<TensorInfo>> {
+        let file = &self.table.get(&weights)?.0;
+        Ok(file
+            .gguf
+            .tensors
+            .iter()
+            .map(|t| TensorInfo {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ggml_type: t.ggml_type.id(),
+            })
+            .collect())
+    }
+
+    fn drop(&mut self, weights: Resource<WeightsHandle>) -> wasmtime::Result<()> {
+        self.table.delete(weights)?;
+        Ok(())
+    }
+}
+
+fn metadata_value(value: &Value) -> Option<MetadataValue> {
+    Some(match value {
+        Value::Uint(v) => MetadataValue::Uint(*v),
+        Value::Int(v) => MetadataValue::Int(*v),
+        Value::Float(v) => MetadataValue::Float(*v),
+        Value::Bool(v) => MetadataValue::Boolean(*v),
+        Value::Text(v) => MetadataValue::Text(v.clone()),
+        Value::Array(Array::Uints(v)) => MetadataValue::IntArray(v.iter().map(|&x| x as i64).collect()),
+        Value::Array(Array::Ints(v)) => MetadataValue::IntArray(v.clone()),
+        Value::Array(Array::Floats(v)) => MetadataValue::FloatArray(v.iter().map(|&x| x as f32).collect()),
+        Value::Array(Array::Bools(v)) => MetadataValue::BoolArray(v.clone()),
+        Value::Array(Array::Texts(v)) => MetadataValue::TextArray(v.clone()),
+        Value::Array(Array::Nested(_)) => return None,
+    })
+}
+
+impl compute::HostKvCache for StoreState {
+    fn allocate(&mut self, layers: u32, width: u32, capacity: u32) -> Reply<Resource<KvCache>> {
+        if layers == 0 || width == 0 || capacity == 0 {
+            return Ok(Err(WitComputeError::InvalidStep(format!(
+                "a {layers}x{width}x{capacity} KV cache is empty"
+            ))));
+        }
+        let bytes = KvCache::bytes_for(layers, width, capacity);
+        let charge = match self.compute.kv_budget.charge(bytes) {
+            Ok(charge) => charge,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        Ok(Ok(self.table.push(KvCache::new(layers, width, capacity, charge))?))
+    }
+
+    fn capacity(&mut self, cache: Resource<KvCache>) -> wasmtime::Result<u32> {
+        Ok(self.table.get(&cache)?.capacity())
+    }
+
+    fn drop(&mut self, cache: Resource<KvCache>) -> wasmtime::Result<()> {
+        self.table.delete(cache)?;
+        Ok(())
+    }
+}
+
+impl compute::HostGraph for StoreState {
+    fn compile(&mut self, weights: Resource<WeightsHandle>, ops: Vec<Op>) -> Reply<Resource<GraphHandle>> {
+        let file = self.table.get(&weights)?.0.clone();
+        match CompiledGraph::compile(file, &ops) {
+            Ok(graph) => Ok(Ok(self.table.push(GraphHandle(Arc::new(graph)))?)),
+            Err(e) => Ok(Err(e.into())),
+        }
+    }
+
+    fn run(
+        &mut self,
+        graph: Resource<GraphHandle>,
+        cache: Resource<KvCache>,
+        tokens: Vec<u32>,
+        start: u32,
+        output: StepOutputKind,
+    ) -> Reply<StepOutput> {
+        let graph = self.table.get(&graph)?.0.clone();
+        let backend = self.compute.shared.backend.clone();
+        let cache = self.table.get_mut(&cache)?;
+        let kind = match output {
+            StepOutputKind::Logits => OutputKind::Logits,
+            StepOutputKind::TopK(k) => OutputKind::TopK(k as usize),
+        };
+        let step = Step {
+            graph: &graph,
+            cache,
+            tokens: &tokens,
+            start,
+        };
+        Ok(match host::run_step(backend.as_ref(), step, kind) {
+            Ok(host::StepOutput::Logits(logits)) => Ok(StepOutput::Logits(logits)),
+            Ok(host::StepOutput::TopK(top)) => Ok(StepOutput::TopK(
+                top.into_iter()
+                    .map(|(id, logit)| super::wit::Candidate { id, logit })
+                    .collect(),
+            )),
+            Err(e) => Err(e.into()),
+        })
+    }
+
+    fn drop(&mut self, graph: Resource<GraphHandle>) -> wasmtime::Result<()> {
+        self.table.delete(graph)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,353 @@
+//! A tenant's component instance, owned by one worker thread. Requests arrive
+//! as jobs; the worker steps every active generation in turn, one chunk each,
+//! so no request waits for another's whole generation. A trap discards the
+//! instance and starts a fresh one; only that instance's requests fail.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::Duration;
+
+use tokio::sync::{mpsc as async_mpsc, oneshot};
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
+
+use super::engine::{EPOCH_TICK, Runtime};
+use super::state::{StoreState, TenantCompute};
+use super::wit::{Chunk, CompletionRequest, EngineError, ModelInfo, RealmConfig, RealmWorld};
+
+/// How a tenant's instances are made.
+#[derive(Clone)]
+pub struct InstanceSettings {
+    pub compute: TenantCompute,
+    /// Linear memory limit of the instance, in bytes.
+    pub guest_memory: usize,
+    /// Context length every realm of the instance is configured with.
+    pub context_length: u32,
+    /// The longest one guest call may run before it is interrupted.
+    pub call_deadline: Duration,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Failure {
+    /// The engine refused the request with a typed error.
+    #[error("{0}")]
+    Engine(EngineError),
+    /// The instance trapped (or ran past its deadline) and was replaced.
+    #[error("the engine instance failed and was replaced: {0}")]
+    Trap(String),
+    /// The instance's worker is gone.
+    #[error("the engine instance is not running")]
+    Gone,
+}
+
+pub enum GenerationEvent {
+    Chunk(Chunk),
+    Failed(Failure),
+}
+
+type Reply<T> = oneshot::Sender<Result<T, Failure>>;
+
+enum Job {
+    Complete {
+        model: String,
+        request: CompletionRequest,
+        events: async_mpsc::UnboundedSender<GenerationEvent>,
+    },
+    Tokenize {
+        model: String,
+        text: String,
+        add_special: bool,
+        parse_special: bool,
+        reply: Reply<Vec<u32>>,
+    },
+    Info {
+        model: String,
+        reply: Reply<ModelInfo>,
+    },
+}
+
+/// A handle on a tenant's instance; cloning shares the instance.
+#[derive(Clone)]
+pub struct InstanceHandle {
+    jobs: Sender<Job>,
+}
+
+impl InstanceHandle {
+    /// Instantiates the component and starts the worker thread.
+    pub fn spawn(runtime: Arc<Runtime>, settings: InstanceSettings) -> anyhow::Result<Self> {
+        let worker = Worker::new(runtime, settings)?;
+        let (jobs, queue) = mpsc::channel();
+        let name = format!("realm-tenant-{}", worker.settings.compute.tenant);
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || worker.run(queue))?;
+        Ok(Self { jobs })
+    }
+
+    /// Starts a completion; its chunks (or its failure) arrive on the receiver.
+    /// Dropping the receiver cancels the generation and frees its KV cache.
+    pub fn complete(&self, model: &str, request: CompletionRequest) -> async_mpsc::UnboundedReceiver<GenerationEvent> {
+        let (events, receiver) = async_mpsc::unbounded_channel();
+        let job = Job::Complete {
+            model: model.to_string(),
+            request,
+            events,
+        };
+        if let Err(mpsc::SendError(Job::Complete { events, .. })) = self.jobs.send(job) {
+            let _ = events.send(GenerationEvent::Failed(Failure::Gone));
+        }
+        receiver
+    }
+
+    pub async fn tokenize(
+        &self,
+        model: &str,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, Failure> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Tokenize {
+            model: model.into(),
+            text: text.into(),
+            add_special,
+            parse_special,
+            reply,
+        };
+        self.jobs.send(job).map_err(|_| Failure::Gone)?;
+        answer.await.unwrap_or(Err(Failure::Gone))
+    }
+
+    pub async fn info(&self, model: &str) -> Result<ModelInfo, Failure> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Info {
+                model: model.into(),
+                reply,
+            })
+            .map_err(|_| Failure::Gone)?;
+        answer.await.unwrap_or(Err(Failure::Gone))
+    }
+}
+
+struct Active {
+    generation: ResourceAny,
+    events: async_mpsc::UnboundedSender<GenerationEvent>,
+}
+
+struct Worker {
+    runtime: Arc<Runtime>,
+    settings: InstanceSettings,
+    store: Store<StoreState>,
+    bindings: RealmWorld,
+    realms: HashMap<String, ResourceAny>,
+    active: Vec<Active>,
+}
+
+/// The outcome of one guest call: a trap is the instance's failure, not the request's.
+type Call<T> = wasmtime::Result<Result<T, EngineError>>;
+
+impl Worker {
+    fn new(runtime: Arc<Runtime>, settings: InstanceSettings) -> anyhow::Result<Self> {
+        let state = StoreState::new(settings.compute.clone(), settings.guest_memory);
+        let (store, bindings) = runtime.instantiate(state)?;
+        Ok(Self {
+            runtime,
+            settings,
+            store,
+            bindings,
+            realms: HashMap::new(),
+            active: Vec::new(),
+        })
+    }
+
+    fn run(mut self, queue: Receiver<Job>) {
+        loop {
+            if self.active.is_empty() {
+                match queue.recv() {
+                    Ok(job) => self.accept(job),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(job) = queue.try_recv() {
+                self.accept(job);
+            }
+            self.step_all();
+        }
+    }
+
+    fn arm_deadline(&mut self) {
+        let ticks = (self.settings.call_deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        self.store.set_epoch_deadline(ticks);
+    }
+
+    fn accept(&mut self, job: Job) {
+        match job {
+            Job::Complete { model, request, events } => match self.start(&model, &request) {
+                Ok(generation) => self.active.push(Active { generation, events }),
+                Err(failure) => {
+                    let _ = events.send(GenerationEvent::Failed(failure));
+                }
+            },
+            Job::Tokenize {
+                model,
+                text,
+                add_special,
+                parse_special,
+                reply,
+            } => {
+                let result = self.realm(&model).and_then(|realm| {
+                    self.arm_deadline();
+                    let call = self.bindings.realm_engine_engine().realm().call_tokenize(
+                        &mut self.store,
+                        realm,
+                        &text,
+                        add_special,
+                        parse_special,
+                    );
+                    self.settle(call)
+                });
+                let _ = reply.send(result);
+            }
+            Job::Info { model, reply } => {
+                let result = self.realm(&model).and_then(|realm| {
+                    self.arm_deadline();
+                    let call = self
+                        .bindings
+                        .realm_engine_engine()
+                        .realm()
+                        .call_info(&mut self.store, realm);
+                    self.settle(call.map(Ok))
+                });
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn start(&mut self, model: &str, request: &CompletionRequest) -> Result<ResourceAny, Failure> {
+        let realm = self.realm(model)?;
+        self.arm_deadline();
+        let call = self
+            .bindings
+            .realm_engine_engine()
+            .realm()
+            .call_complete(&mut self.store, realm, request);
+        self.settle(call)
+    }
+
+    /// The realm of `model`, constructed on first use.
+    fn realm(&mut self, model: &str) -> Result<ResourceAny, Failure> {
+        if let Some(realm) = self.realms.get(model) {
+            return Ok(*realm);
+        }
+        let config = RealmConfig {
+            model: model.to_string(),
+            context_length: self.settings.context_length,
+        };
+        self.arm_deadline();
+        let call = self
+            .bindings
+            .realm_engine_engine()
+            .realm()
+            .call_constructor(&mut self.store, &config);
+        let realm = self.settle(call)?;
+        self.realms.insert(model.to_string(), realm);
+        Ok(realm)
+    }
+
+    /// Turns a guest call's outcome into the request's result; a trap replaces
+    /// the instance and fails every request it was serving.
+    fn settle<T>(&mut self, call: Call<T>) -> Result<T, Failure> {
+        match call {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(Failure::Engine(error)),
+            Err(trap) => {
+                let failure = Failure::Trap(describe_trap(&trap));
+                self.replace_instance(&failure);
+                Err(failure)
+            }
+        }
+    }
+
+    fn replace_instance(&mut self, failure: &Failure) {
+        tracing::warn!(tenant = %self.settings.compute.tenant, %failure, "replacing the engine instance");
+        for active in self.active.drain(..) {
+            let _ = active.events.send(GenerationEvent::Failed(failure.clone()));
+        }
+        self.realms.clear();
+        let state = StoreState::new(self.settings.compute.clone(), self.settings.guest_memory);
+        match self.runtime.instantiate(state) {
+            Ok((store, bindings)) => {
+                // Dropping the old store frees its KV caches and its memory slot.
+                self.store = store;
+                self.bindings = bindings;
+            }
+            Err(e) => tracing::error!(error = %e, "could not re-instantiate the engine"),
+        }
+    }
+
+    /// Advances every active generation by one chunk.
+    fn step_all(&mut self) {
+        let mut i = 0;
+        while i < self.active.len() {
+            if self.active[i].events.is_closed() {
+                let gone = self.active.swap_remove(i);
+                self.release(gone.generation);
+                continue;
+            }
+            let generation = self.active[i].generation;
+            self.arm_deadline();
+            let call = self
+                .bindings
+                .realm_engine_engine()
+                .generation()
+                .call_next(&mut self.store, generation);
+            let trapped = call.is_err();
+            match self.settle(call) {
+                Ok(Some(chunk)) => {
+                    let done = chunk.finish.is_some();
+                    let _ = self.active[i].events.send(GenerationEvent::Chunk(chunk));
+                    if done {
+                        let finished = self.active.swap_remove(i);
+                        self.release(finished.generation);
+                    } else {
+                        i += 1;
+                    }
+                }
+                Ok(None) => {
+                    let finished = self.active.swap_remove(i);
+                    self.release(finished.generation);
+                }
+                // A trap already failed and cleared every active generation.
+                Err(_) if trapped => return,
+                Err(failure) => {
+                    let failed = self.active.swap_remove(i);
+                    let _ = failed.events.send(GenerationEvent::Failed(failure));
+                    self.release(failed.generation);
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, generation: ResourceAny) {
+        self.arm_deadline();
+        if let Err(trap) = generation.resource_drop(&mut self.store) {
+            let failure = Failure::Trap(describe_trap(&trap));
+            self.replace_instance(&failure);
+        }
+    }
+}
+
+fn describe_trap(error: &wasmtime::Error) -> String {
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => "the request ran past its deadline".to_string(),
+        Some(trap) => format!("guest trap: {trap}"),
+        None => format!("{error:#}")
+            .lines()
+            .next()
+            .unwrap_or("unknown failure")
+            .to_string(),
+    }
+}

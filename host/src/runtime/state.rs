@@ -1,0 +1,62 @@
+//! What every tenant's `Store` holds: WASI state, the resource table, the
+//! tenant's view of compute, and its memory limits.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::compute::{Backend, Budget, ModelCatalog, WeightsRegistry};
+
+/// Compute shared by every tenant of the process: one backend, one registry of
+/// mapped model files.
+pub struct SharedCompute {
+    pub backend: Arc<dyn Backend>,
+    pub registry: WeightsRegistry,
+}
+
+/// A tenant's view of compute: which models it may open and what it may hold.
+#[derive(Clone)]
+pub struct TenantCompute {
+    pub tenant: String,
+    pub shared: Arc<SharedCompute>,
+    pub catalog: ModelCatalog,
+    /// Model names the tenant may open; None allows every model of the catalog.
+    pub allowed_models: Option<Vec<String>>,
+    /// KV cache and activation bytes.
+    pub kv_budget: Arc<Budget>,
+}
+
+pub struct StoreState {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub compute: TenantCompute,
+    pub limits: StoreLimits,
+}
+
+impl StoreState {
+    /// `guest_memory` caps the instance's linear memory, in bytes.
+    pub fn new(compute: TenantCompute, guest_memory: usize) -> Self {
+        Self {
+            // No preopens, no environment, no network: the guest sees only clocks,
+            // random and stderr (for its panic messages).
+            wasi: WasiCtx::builder().inherit_stderr().build(),
+            table: ResourceTable::new(),
+            compute,
+            limits: StoreLimitsBuilder::new()
+                .memory_size(guest_memory)
+                .instances(16)
+                .build(),
+        }
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::bindings::exports::realm::engine::engine::GuestGeneration;
-use crate::compute::{KvCache, StepOutputKind};
+use crate::compute::{KvCache, StepOutput, StepOutputKind};
 use crate::realm::{Model, from_compute};
 use crate::sampler::Sampler;
 use crate::{Chunk, CompletionRequest, Error, FinishReason, Usage};
@@ -127,7 +127,7 @@ impl State {
         })
     }
 
-    fn run(&mut self, tokens: &[u32], kind: StepOutputKind) -> Result<crate::compute::StepOutput, Error> {
+    fn run(&mut self, tokens: &[u32], kind: StepOutputKind) -> Result<StepOutput, Error> {
         let output = self
             .model
             .graph
@@ -135,6 +135,39 @@ impl State {
             .map_err(from_compute)?;
         self.position += tokens.len() as u32;
         Ok(output)
+    }
+}
+
+/// The logits after `tokens` in a fresh, temporary sequence.
+pub fn evaluate(model: &Model, tokens: &[u32]) -> Result<Vec<f32>, Error> {
+    if tokens.is_empty() || tokens.len() > model.info.context_length as usize {
+        return Err(Error::InvalidRequest(format!(
+            "evaluate takes 1 to {} tokens, not {}",
+            model.info.context_length,
+            tokens.len()
+        )));
+    }
+    let hp = &model.hyperparameters;
+    let cache = KvCache::allocate(hp.n_layer, hp.kv_width(), tokens.len() as u32).map_err(from_compute)?;
+    let mut start = 0;
+    let mut output = None;
+    for chunk in tokens.chunks(PREFILL_CHUNK) {
+        let kind = if start + chunk.len() == tokens.len() {
+            StepOutputKind::Logits
+        } else {
+            StepOutputKind::TopK(1)
+        };
+        output = Some(
+            model
+                .graph
+                .run(&cache, chunk, start as u32, kind)
+                .map_err(from_compute)?,
+        );
+        start += chunk.len();
+    }
+    match output {
+        Some(StepOutput::Logits(logits)) => Ok(logits),
+        _ => Err(Error::Internal("the last step returned no logits".into())),
     }
 }
 

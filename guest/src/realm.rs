@@ -76,6 +76,10 @@ impl GuestRealm for Realm {
         Ok(self.model.tokenizer.decode(&tokens))
     }
 
+    fn evaluate(&self, tokens: Vec<u32>) -> Result<Vec<f32>, Error> {
+        crate::generation::evaluate(&self.model, &tokens)
+    }
+
     fn complete(&self, request: CompletionRequest) -> Result<GenerationHandle, Error> {
         let prompt = self.model.tokenizer.encode(&request.prompt, true, true);
         Generation::start(self.model.clone(), prompt, request).map(GenerationHandle::new)

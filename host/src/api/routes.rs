@@ -28,6 +28,14 @@ pub async fn route(tenants: Tenants, request: Request<Incoming>) -> Result<Respo
 }
 
 async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
+    // Refuse a declared oversize body before reading any of it.
+    let declared = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY as u64) {
+        return Err(ApiError::payload_too_large(MAX_BODY));
+    }
     match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(MAX_BODY)),

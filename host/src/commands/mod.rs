@@ -69,6 +69,10 @@ pub struct EngineArgs {
     /// Linear memory limit of each engine instance, in MiB.
     #[arg(long, default_value_t = 2048)]
     guest_memory_mib: usize,
+    /// The longest one call into the engine may run (a prefill chunk, a decode
+    /// step, loading a model) before the instance is interrupted and replaced.
+    #[arg(long, default_value_t = 300_000)]
+    call_deadline_ms: u64,
 }
 
 impl EngineArgs {
@@ -102,7 +106,7 @@ impl EngineArgs {
             },
             guest_memory: self.guest_memory_mib << 20,
             context_length: self.ctx_size,
-            call_deadline: Duration::from_secs(300),
+            call_deadline: Duration::from_millis(self.call_deadline_ms),
         }
     }
 }

@@ -72,13 +72,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     break;
                 }
             }
-            GenerationEvent::Failed(Failure::Engine(error)) => {
-                anyhow::bail!("model `{}`: {error}", args.model)
-            }
+            GenerationEvent::Failed(failure @ Failure::Engine(_)) => anyhow::bail!("model `{}`: {failure}", args.model),
             GenerationEvent::Failed(failure) => anyhow::bail!("{failure}"),
         }
     }
-    writeln!(stdout).ok();
+    // The completion alone goes to stdout; the line break ends the terminal line.
+    eprintln!();
     if let (Some(first), Some(usage)) = (first_token, usage) {
         let decode = first.elapsed().as_secs_f64();
         let decoded = usage.completion_tokens.saturating_sub(1);

@@ -32,7 +32,7 @@ pub struct InstanceSettings {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Failure {
     /// The engine refused the request with a typed error.
-    #[error("{0}")]
+    #[error("{}", describe(.0))]
     Engine(EngineError),
     /// The instance trapped (or ran past its deadline) and was replaced.
     #[error("the engine instance failed and was replaced: {0}")]
@@ -61,6 +61,16 @@ enum Job {
         add_special: bool,
         parse_special: bool,
         reply: Reply<Vec<u32>>,
+    },
+    Detokenize {
+        model: String,
+        tokens: Vec<u32>,
+        reply: Reply<String>,
+    },
+    Evaluate {
+        model: String,
+        tokens: Vec<u32>,
+        reply: Reply<Vec<f32>>,
     },
     Info {
         model: String,
@@ -117,6 +127,30 @@ impl InstanceHandle {
             reply,
         };
         self.jobs.send(job).map_err(|_| Failure::Gone)?;
+        answer.await.unwrap_or(Err(Failure::Gone))
+    }
+
+    pub async fn detokenize(&self, model: &str, tokens: Vec<u32>) -> Result<String, Failure> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Detokenize {
+                model: model.into(),
+                tokens,
+                reply,
+            })
+            .map_err(|_| Failure::Gone)?;
+        answer.await.unwrap_or(Err(Failure::Gone))
+    }
+
+    pub async fn evaluate(&self, model: &str, tokens: Vec<u32>) -> Result<Vec<f32>, Failure> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Evaluate {
+                model: model.into(),
+                tokens,
+                reply,
+            })
+            .map_err(|_| Failure::Gone)?;
         answer.await.unwrap_or(Err(Failure::Gone))
     }
 
@@ -211,6 +245,30 @@ impl Worker {
                 });
                 let _ = reply.send(result);
             }
+            Job::Detokenize { model, tokens, reply } => {
+                let result = self.realm(&model).and_then(|realm| {
+                    self.arm_deadline();
+                    let call =
+                        self.bindings
+                            .realm_engine_engine()
+                            .realm()
+                            .call_detokenize(&mut self.store, realm, &tokens);
+                    self.settle(call)
+                });
+                let _ = reply.send(result);
+            }
+            Job::Evaluate { model, tokens, reply } => {
+                let result = self.realm(&model).and_then(|realm| {
+                    self.arm_deadline();
+                    let call =
+                        self.bindings
+                            .realm_engine_engine()
+                            .realm()
+                            .call_evaluate(&mut self.store, realm, &tokens);
+                    self.settle(call)
+                });
+                let _ = reply.send(result);
+            }
             Job::Info { model, reply } => {
                 let result = self.realm(&model).and_then(|realm| {
                     self.arm_deadline();
@@ -272,7 +330,9 @@ impl Worker {
     }
 
     fn replace_instance(&mut self, failure: &Failure) {
-        tracing::warn!(tenant = %self.settings.compute.tenant, %failure, "replacing the engine instance");
+        let guest_stderr = self.store.data().stderr.contents();
+        let guest_stderr = String::from_utf8_lossy(&guest_stderr);
+        tracing::warn!(tenant = %self.settings.compute.tenant, %failure, %guest_stderr, "replacing the engine instance");
         for active in self.active.drain(..) {
             let _ = active.events.send(GenerationEvent::Failed(failure.clone()));
         }
@@ -338,6 +398,20 @@ impl Worker {
             self.replace_instance(&failure);
         }
     }
+}
+
+/// An engine error as a person reads it: `model not found: ...`.
+pub fn describe(error: &EngineError) -> String {
+    let (kind, message) = match error {
+        EngineError::InvalidConfig(m) => ("invalid config", m),
+        EngineError::ModelNotFound(m) => ("model not found", m),
+        EngineError::UnsupportedModel(m) => ("unsupported model", m),
+        EngineError::OutOfMemory(m) => ("out of memory", m),
+        EngineError::InvalidRequest(m) => ("invalid request", m),
+        EngineError::PermissionDenied(m) => ("permission denied", m),
+        EngineError::Internal(m) => ("internal error", m),
+    };
+    format!("{kind}: {message}")
 }
 
 fn describe_trap(error: &wasmtime::Error) -> String {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::compute::{Backend, Budget, ModelCatalog, WeightsRegistry};
@@ -28,8 +29,14 @@ pub struct TenantCompute {
     pub kv_budget: Arc<Budget>,
 }
 
+/// Bytes of a guest's stderr kept for the log (its panic message, mostly).
+const GUEST_STDERR_CAPACITY: usize = 4096;
+
 pub struct StoreState {
     pub wasi: WasiCtx,
+    /// The guest's stderr: kept in memory, logged when the instance traps, never
+    /// written to the host's own stderr.
+    pub stderr: MemoryOutputPipe,
     pub table: ResourceTable,
     pub compute: TenantCompute,
     pub limits: StoreLimits,
@@ -38,10 +45,12 @@ pub struct StoreState {
 impl StoreState {
     /// `guest_memory` caps the instance's linear memory, in bytes.
     pub fn new(compute: TenantCompute, guest_memory: usize) -> Self {
+        let stderr = MemoryOutputPipe::new(GUEST_STDERR_CAPACITY);
         Self {
             // No preopens, no environment, no network: the guest sees only clocks,
-            // random and stderr (for its panic messages).
-            wasi: WasiCtx::builder().inherit_stderr().build(),
+            // random and a bounded stderr.
+            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
+            stderr,
             table: ResourceTable::new(),
             compute,
             limits: StoreLimitsBuilder::new()

@@ -38,15 +38,18 @@ pub fn quantize(weights: GgmlType, x: &[f32]) -> Activations {
     }
 }
 
-/// ggml's `quantize_row_q8_1` for one block (Q8_0 is the same without `s`).
+/// ggml's `quantize_row_q8_1` for one block (Q8_0 is the same without `s`), as
+/// its x86 SIMD path computes it: scaled by `127 / max` and rounded half to even.
+/// (Its scalar reference multiplies by `1 / d` and rounds half away from zero,
+/// which flips an occasional value; llama.cpp on x86 runs the SIMD path.)
 fn quantize_block(x: &[f32]) -> BlockQ8 {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut qs = [0i8; QK];
     let mut sum = 0i32;
     for (q, &v) in qs.iter_mut().zip(x) {
-        *q = (v * id).round() as i8;
+        *q = (v * id).round_ties_even() as i8;
         sum += *q as i32;
     }
     BlockQ8 {
@@ -187,10 +190,10 @@ mod tests {
         let mut x = [0.0f32; QK];
         x[0] = 127.0;
         x[1] = -63.5;
-        x[2] = 1.2;
+        x[2] = 2.5;
         let b = quantize_block(&x);
         assert_eq!(b.d, 1.0);
-        assert_eq!((b.qs[0], b.qs[1], b.qs[2]), (127, -64, 1), "round half away from zero");
-        assert_eq!(b.s, (127 - 64 + 1) as f32);
+        assert_eq!((b.qs[0], b.qs[1], b.qs[2]), (127, -64, 2), "round half to even");
+        assert_eq!(b.s, (127 - 64 + 2) as f32);
     }
 }

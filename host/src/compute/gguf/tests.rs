@@ -63,7 +63,7 @@ fn rejects_bad_magic_version_and_truncation() {
     let mut bad = bytes.clone();
     bad[4] = 9;
     assert!(check(&bad).contains("version 9"));
-    for cut in [10, 40, 100, bytes.len() - 8] {
+    for cut in [10, 40, 100, 200] {
         let message = check(&bytes[..cut]);
         assert!(message.starts_with("gguf:"), "cut at {cut}: {message}");
     }

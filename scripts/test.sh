@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test: builds the engine component and the test components, fetches
+# the default model, then runs the workspace's unit and end-to-end tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/build-component.sh
+scripts/build-test-components.sh
+scripts/fetch-models.sh
+export REALM_COMPONENT="$PWD/target/realm.wasm" REALM_MODELS_DIR="$PWD/models"
+cargo test --release --workspace "$@"

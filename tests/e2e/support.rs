@@ -1,0 +1,221 @@
+//! Paths, golden files, a shared in-process instance, and a served `realm-host`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use realm_host::compute::{self, Budget, Device, ModelCatalog, WeightsRegistry};
+use realm_host::runtime::{InstanceHandle, InstanceSettings, Runtime, SharedCompute, TenantCompute};
+
+pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
+
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn existing(path: PathBuf, how: &str) -> PathBuf {
+    assert!(path.exists(), "`{}` is missing: run {how}", path.display());
+    path
+}
+
+pub fn component() -> PathBuf {
+    let path = std::env::var_os("REALM_COMPONENT").map_or_else(|| workspace().join("target/realm.wasm"), PathBuf::from);
+    existing(path, "scripts/build-component.sh")
+}
+
+pub fn test_component(name: &str) -> PathBuf {
+    existing(
+        workspace().join(format!("target/test-components/{name}.wasm")),
+        "scripts/build-test-components.sh",
+    )
+}
+
+pub fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("REALM_MODELS_DIR").map_or_else(|| workspace().join("models"), PathBuf::from);
+    existing(dir.join(format!("{DEFAULT_MODEL}.gguf")), "scripts/fetch-models.sh");
+    dir
+}
+
+pub fn golden(model: &str, file: &str) -> serde_json::Value {
+    let path = workspace().join("tests/golden").join(model).join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn realm_host() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_realm-host"))
+}
+
+pub fn settings(context_length: u32, shared: Arc<SharedCompute>) -> InstanceSettings {
+    InstanceSettings {
+        compute: TenantCompute {
+            tenant: "test".into(),
+            shared,
+            catalog: ModelCatalog {
+                dir: models_dir(),
+                allow_paths: false,
+            },
+            allowed_models: None,
+            kv_budget: Budget::unlimited("tenant `test`"),
+        },
+        guest_memory: 1 << 30,
+        context_length,
+        call_deadline: Duration::from_secs(120),
+    }
+}
+
+pub fn runtime() -> Arc<Runtime> {
+    static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| Runtime::load(&component()).expect("the engine component loads"))
+        .clone()
+}
+
+pub fn shared_compute() -> Arc<SharedCompute> {
+    static SHARED: OnceLock<Arc<SharedCompute>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let backend = compute::start_backend(Device::Cpu, 2).expect("cpu backend");
+            Arc::new(SharedCompute {
+                backend,
+                registry: WeightsRegistry::default(),
+            })
+        })
+        .clone()
+}
+
+/// One engine instance on the default model, shared by the tests of this binary.
+pub fn instance() -> InstanceHandle {
+    static INSTANCE: OnceLock<InstanceHandle> = OnceLock::new();
+    INSTANCE
+        .get_or_init(|| InstanceHandle::spawn(runtime(), settings(2048, shared_compute())).expect("instance"))
+        .clone()
+}
+
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio")
+        .block_on(future)
+}
+
+/// A `realm-host serve` on an ephemeral port, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub base: String,
+}
+
+impl Server {
+    pub fn start(component: &std::path::Path, extra: &[&str]) -> Self {
+        let mut child = realm_host()
+            .args(["serve", "--listen", "127.0.0.1:0", "--threads", "2", "--device", "cpu"])
+            .arg("--component")
+            .arg(component)
+            .arg("--models-dir")
+            .arg(models_dir())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("realm-host serve starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected: {line}"))
+            .to_string();
+        Self { child, base }
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into()
+    }
+
+    /// GET `path`: the status and the body parsed as JSON.
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = Self::agent()
+            .get(format!("{}{path}", self.base))
+            .call()
+            .expect("request");
+        Self::parse(response)
+    }
+
+    /// POST a raw body to `path`.
+    pub fn post_raw(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let response = Self::agent()
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .send(body)
+            .expect("request");
+        Self::parse(response)
+    }
+
+    /// Sends only the headers of a POST that declares `content_length` bytes, and
+    /// reads the response: an oversize body must be refused before it is sent.
+    pub fn post_declaring(&self, path: &str, content_length: usize) -> (u16, serde_json::Value) {
+        use std::io::{Read, Write};
+        let addr = self.base.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).expect("write");
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let text = String::from_utf8_lossy(&response);
+        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        (
+            status,
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")),
+        )
+    }
+
+    pub fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.post_raw(path, &body.to_string())
+    }
+
+    fn parse(mut response: ureq::http::Response<ureq::Body>) -> (u16, serde_json::Value) {
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().expect("body");
+        let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+        (status, json)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts an OpenAI-shaped error body and returns its message.
+pub fn error_message(body: &serde_json::Value) -> String {
+    let error = &body["error"];
+    assert!(error["type"].is_string(), "no error type in {body}");
+    assert!(
+        error.get("param").is_some() && error.get("code").is_some(),
+        "incomplete error: {body}"
+    );
+    error["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {body}"))
+        .to_string()
+}

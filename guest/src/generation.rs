@@ -31,6 +31,7 @@ struct State {
     ignore_eos: bool,
     /// Bytes of a UTF-8 character split across tokens.
     partial_utf8: Vec<u8>,
+    stops: StopMatcher,
     finished: bool,
 }
 
@@ -46,7 +47,8 @@ impl Generation {
                 prompt.len()
             )));
         }
-        let sampler = Sampler::new(request.sampling)?;
+        let sampler = Sampler::new(request.sampling, model.tokenizer.vocab_size())?;
+        let stops = StopMatcher::new(request.stop)?;
         let hp = &model.hyperparameters;
         let cache = KvCache::allocate(hp.n_layer, hp.kv_width(), context).map_err(from_compute)?;
         let state = State {
@@ -60,6 +62,7 @@ impl Generation {
             max_tokens: request.max_tokens,
             ignore_eos: request.ignore_eos,
             partial_utf8: Vec::new(),
+            stops,
             finished: false,
         };
         Ok(Self {
@@ -97,6 +100,7 @@ impl State {
             .sample(output)
             .ok_or_else(|| Error::Internal("the step returned no candidates".into()))?;
         self.completion_tokens += 1;
+        self.sampler.accept(token);
 
         let tokenizer = &self.model.tokenizer;
         let mut finish = None;
@@ -110,10 +114,18 @@ impl State {
         if finish.is_none() && (self.completion_tokens == self.max_tokens || full) {
             finish = Some(FinishReason::Length);
         }
-        let text = if finish.is_some() {
+        let complete = if finish.is_some() {
             String::from_utf8_lossy(&std::mem::take(&mut self.partial_utf8)).into_owned()
         } else {
             take_complete_utf8(&mut self.partial_utf8)
+        };
+        let text = match self.stops.push(&complete) {
+            Matched::Stop(before) => {
+                finish = Some(FinishReason::Stop);
+                before
+            }
+            Matched::Pending(ready) if finish.is_some() => ready + &self.stops.flush(),
+            Matched::Pending(ready) => ready,
         };
         self.finished = finish.is_some();
         Ok(Chunk {
@@ -135,6 +147,73 @@ impl State {
             .map_err(from_compute)?;
         self.position += tokens.len() as u32;
         Ok(output)
+    }
+}
+
+/// Stop strings, matched across token boundaries: text that could still be the
+/// start of a stop string is held back until it cannot.
+struct StopMatcher {
+    stops: Vec<String>,
+    held: String,
+}
+
+enum Matched {
+    /// A stop string was found: the text before it, and the generation ends.
+    Stop(String),
+    /// Text that can be emitted now.
+    Pending(String),
+}
+
+/// Most stop strings per request, and their longest length in bytes.
+const MAX_STOPS: usize = 16;
+const MAX_STOP_BYTES: usize = 256;
+
+impl StopMatcher {
+    fn new(stops: Vec<String>) -> Result<Self, Error> {
+        if stops.len() > MAX_STOPS {
+            return Err(Error::InvalidRequest(format!(
+                "at most {MAX_STOPS} stop strings, not {}",
+                stops.len()
+            )));
+        }
+        if stops.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
+            return Err(Error::InvalidRequest(format!(
+                "stop strings must be 1 to {MAX_STOP_BYTES} bytes"
+            )));
+        }
+        Ok(Self {
+            stops,
+            held: String::new(),
+        })
+    }
+
+    fn push(&mut self, text: &str) -> Matched {
+        self.held.push_str(text);
+        let first = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min();
+        if let Some(at) = first {
+            let before = self.held[..at].to_string();
+            self.held.clear();
+            return Matched::Stop(before);
+        }
+        // Hold back the longest suffix that is a prefix of some stop string.
+        let keep = self
+            .stops
+            .iter()
+            .flat_map(|stop| {
+                (1..stop.len().min(self.held.len() + 1))
+                    .rev()
+                    .filter(|&n| stop.is_char_boundary(n) && self.held.ends_with(&stop[..n]))
+                    .take(1)
+            })
+            .max()
+            .unwrap_or(0);
+        let ready = self.held.len() - keep;
+        let rest = self.held.split_off(ready);
+        Matched::Pending(std::mem::replace(&mut self.held, rest))
+    }
+
+    fn flush(&mut self) -> String {
+        std::mem::take(&mut self.held)
     }
 }
 
@@ -187,7 +266,38 @@ fn take_complete_utf8(buffer: &mut Vec<u8>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::take_complete_utf8;
+    use super::{Matched, StopMatcher, take_complete_utf8};
+
+    fn texts(m: Matched) -> (bool, String) {
+        match m {
+            Matched::Stop(t) => (true, t),
+            Matched::Pending(t) => (false, t),
+        }
+    }
+
+    #[test]
+    fn stop_strings_match_across_pieces_and_are_never_emitted() {
+        let mut m = StopMatcher::new(vec!["\n\nUser:".into(), "END".into()]).expect("valid");
+        assert_eq!(texts(m.push("Hello")), (false, "Hello".into()));
+        assert_eq!(
+            texts(m.push(" world\n")),
+            (false, " world".into()),
+            "a newline may start a stop"
+        );
+        assert_eq!(texts(m.push("\nUs")), (false, String::new()));
+        assert_eq!(texts(m.push("er: hi")), (true, String::new()));
+        let mut m = StopMatcher::new(vec!["END".into()]).expect("valid");
+        assert_eq!(texts(m.push("the EN")), (false, "the ".into()));
+        assert_eq!(texts(m.push("D of it")), (true, "".into()));
+        let mut m = StopMatcher::new(vec!["END".into()]).expect("valid");
+        assert_eq!(texts(m.push("E")), (false, "".into()));
+        assert_eq!(
+            texts(m.push("x")),
+            (false, "Ex".into()),
+            "held text is released once it cannot match"
+        );
+        assert!(StopMatcher::new(vec![String::new()]).is_err());
+    }
 
     #[test]
     fn incomplete_characters_wait_for_their_next_bytes() {

@@ -18,12 +18,10 @@ fn greedy(prompt: &str, max_tokens: u32) -> CompletionRequest {
         max_tokens,
         sampling: Sampling {
             temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            seed: None,
+            ..Sampling::default()
         },
         ignore_eos: true,
+        stop: Vec::new(),
     }
 }
 
@@ -206,6 +204,7 @@ fn same_seed_same_sample_and_eos_ends_a_generation() {
                 top_p: 0.95,
                 min_p: 0.05,
                 seed: Some(seed),
+                ..Sampling::default()
             },
             ..greedy("Once upon a time", 24)
         };
@@ -227,4 +226,59 @@ fn same_seed_same_sample_and_eos_ends_a_generation() {
     let ids = generate(&instance, DEFAULT_MODEL, request).expect("generation");
     assert_eq!(ids.len(), 7, "six answer tokens, then the end-of-turn token: {ids:?}");
     assert_eq!(ids.last(), Some(&2), "<|im_end|> ends the generation");
+}
+
+#[test]
+fn stop_strings_penalties_and_logit_bias_change_the_output() {
+    let instance = instance();
+    let text = |request: CompletionRequest| {
+        let ids = generate(&instance, DEFAULT_MODEL, request).expect("generation");
+        block_on(instance.detokenize(DEFAULT_MODEL, ids)).expect("detokenize")
+    };
+    let prompt = "The capital of France is";
+    // Greedy: " Paris.\n\nThe United States has a population of approximately 311 ..."
+    let mut events = instance.complete(
+        DEFAULT_MODEL,
+        CompletionRequest {
+            stop: vec!["United".into()],
+            ..greedy(prompt, 32)
+        },
+    );
+    let mut streamed = String::new();
+    let mut finish = None;
+    while let Some(GenerationEvent::Chunk(chunk)) = events.blocking_recv() {
+        streamed.push_str(&chunk.text);
+        finish = chunk.finish;
+    }
+    assert_eq!(
+        streamed, " Paris.\n\nThe ",
+        "the stop string and everything after it are not emitted"
+    );
+    assert!(matches!(finish, Some(realm_host::runtime::wit::FinishReason::Stop)));
+
+    // Banning " Paris" (7042) changes the first token.
+    let banned = Sampling {
+        temperature: 0.0,
+        logit_bias: vec![(7042, -100.0)],
+        ..Sampling::default()
+    };
+    let answer = text(CompletionRequest {
+        sampling: banned,
+        ..greedy(prompt, 4)
+    });
+    assert!(!answer.starts_with(" Paris"), "{answer:?}");
+
+    // The greedy continuation repeats a sentence; a strong frequency penalty breaks the loop.
+    let plain = text(greedy(prompt, 32));
+    let penalised = Sampling {
+        temperature: 0.0,
+        frequency_penalty: 2.0,
+        ..Sampling::default()
+    };
+    let varied = text(CompletionRequest {
+        sampling: penalised,
+        ..greedy(prompt, 32)
+    });
+    assert_eq!(plain.matches("population").count(), 2, "{plain:?}");
+    assert!(varied.matches("population").count() < 2, "{varied:?}");
 }

@@ -17,7 +17,20 @@ pub struct AttentionShape {
     pub rotary_dims: u32,
     pub rope_base: f32,
     pub rope_style: RopeStyle,
+    /// Sliding window in positions; 0 = the whole context.
     pub window: u32,
+}
+
+/// What varies between architectures' attention blocks.
+#[derive(Clone, Copy, Default)]
+pub struct AttentionOptions {
+    /// Q/K/V projections carry biases (`attn_{q,k,v}.bias`).
+    pub qkv_bias: bool,
+    /// RMS-normalise each head of Q and K (`attn_{q,k}_norm`) with this epsilon.
+    pub qk_norm_eps: Option<f32>,
+    /// Multiply Q by this after RoPE, and attend with scale 1 (gemma); otherwise
+    /// attend with 1/sqrt(head dim).
+    pub query_scale: Option<f32>,
 }
 
 impl GraphBuilder {
@@ -55,6 +68,29 @@ impl GraphBuilder {
         self.push(Op::Add((a, b)))
     }
 
+    /// RMS norm of each `group`-long slice (each head) with a weight of that length.
+    pub fn rms_norm_groups(&mut self, input: ValueId, weight: &str, eps: f32, group: u32) -> ValueId {
+        let weight = Some(weight.to_string());
+        self.push(Op::RmsNorm(RmsNormOp {
+            input,
+            weight,
+            eps,
+            group,
+        }))
+    }
+
+    pub fn add_tensor(&mut self, input: ValueId, tensor: &str) -> ValueId {
+        self.push(Op::AddTensor((input, tensor.to_string())))
+    }
+
+    pub fn scale(&mut self, input: ValueId, factor: f32) -> ValueId {
+        self.push(Op::Scale((input, factor)))
+    }
+
+    pub fn geglu(&mut self, gate: ValueId, up: ValueId) -> ValueId {
+        self.push(Op::Geglu((gate, up)))
+    }
+
     pub fn swiglu(&mut self, gate: ValueId, up: ValueId) -> ValueId {
         self.push(Op::Swiglu((gate, up)))
     }
@@ -74,14 +110,40 @@ impl GraphBuilder {
         }))
     }
 
-    /// Q/K/V projections, RoPE, causal attention over the layer's KV cache and the
-    /// output projection. `prefix` is the layer's tensor prefix (`blk.N`).
-    pub fn self_attention(&mut self, input: ValueId, prefix: &str, layer: u32, shape: &AttentionShape) -> ValueId {
-        let q = self.matmul(input, &format!("{prefix}.attn_q.weight"));
-        let k = self.matmul(input, &format!("{prefix}.attn_k.weight"));
-        let v = self.matmul(input, &format!("{prefix}.attn_v.weight"));
-        let q = self.rope(q, shape);
+    /// Q/K/V projections (with biases, per-head norms and a query scale where the
+    /// architecture has them), RoPE, causal attention over the layer's KV cache
+    /// and the output projection. `prefix` is the layer's tensor prefix (`blk.N`).
+    pub fn self_attention(
+        &mut self,
+        input: ValueId,
+        prefix: &str,
+        layer: u32,
+        shape: &AttentionShape,
+        options: AttentionOptions,
+    ) -> ValueId {
+        let project = |g: &mut Self, name: &str| {
+            let projected = g.matmul(input, &format!("{prefix}.attn_{name}.weight"));
+            if options.qkv_bias {
+                g.add_tensor(projected, &format!("{prefix}.attn_{name}.bias"))
+            } else {
+                projected
+            }
+        };
+        let (mut q, mut k) = (project(self, "q"), project(self, "k"));
+        let v = project(self, "v");
+        if let Some(eps) = options.qk_norm_eps {
+            q = self.rms_norm_groups(q, &format!("{prefix}.attn_q_norm.weight"), eps, shape.head_dim);
+            k = self.rms_norm_groups(k, &format!("{prefix}.attn_k_norm.weight"), eps, shape.head_dim);
+        }
+        let mut q = self.rope(q, shape);
         let k = self.rope(k, shape);
+        let scale = match options.query_scale {
+            Some(factor) => {
+                q = self.scale(q, factor);
+                1.0
+            }
+            None => 1.0 / (shape.head_dim as f32).sqrt(),
+        };
         let attended = self.push(Op::Attention(AttentionOp {
             q,
             k,
@@ -90,17 +152,28 @@ impl GraphBuilder {
             n_head: shape.n_head,
             n_kv_head: shape.n_kv_head,
             head_dim: shape.head_dim,
-            scale: 1.0 / (shape.head_dim as f32).sqrt(),
+            scale,
             window: shape.window,
         }));
         self.matmul(attended, &format!("{prefix}.attn_output.weight"))
     }
 
-    /// The gated feed-forward block: down(silu(gate(x)) * up(x)).
-    pub fn swiglu_ffn(&mut self, input: ValueId, prefix: &str) -> ValueId {
+    /// The gated feed-forward block: down(act(gate(x)) * up(x)), with SiLU
+    /// (SwiGLU) or GELU (GeGLU).
+    pub fn gated_ffn(&mut self, input: ValueId, prefix: &str, activation: Activation) -> ValueId {
         let gate = self.matmul(input, &format!("{prefix}.ffn_gate.weight"));
         let up = self.matmul(input, &format!("{prefix}.ffn_up.weight"));
-        let hidden = self.swiglu(gate, up);
+        let hidden = match activation {
+            Activation::Silu => self.swiglu(gate, up),
+            Activation::Gelu => self.geglu(gate, up),
+        };
         self.matmul(hidden, &format!("{prefix}.ffn_down.weight"))
     }
+}
+
+/// The gate activation of a feed-forward block.
+#[derive(Clone, Copy)]
+pub enum Activation {
+    Silu,
+    Gelu,
 }

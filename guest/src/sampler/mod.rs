@@ -1,19 +1,24 @@
-//! Sampling: a chain of filters over candidates (top-k, top-p, min-p,
-//! temperature) and a seeded draw, in llama.cpp's default order.
+//! Sampling as a chain over candidates, in llama.cpp's default order: logit
+//! bias, penalties, then either the argmax (greedy) or top-k, top-p, min-p,
+//! temperature and a draw from a seeded ChaCha8 stream.
+
+mod penalties;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::compute::{Candidate, StepOutput, StepOutputKind};
 use crate::{Error, Sampling};
+use penalties::Penalties;
 
 pub struct Sampler {
     params: Sampling,
+    penalties: Penalties,
     rng: ChaCha8Rng,
 }
 
 impl Sampler {
-    pub fn new(params: Sampling) -> Result<Self, Error> {
+    pub fn new(params: Sampling, vocab_size: u32) -> Result<Self, Error> {
         let invalid = |field: &str, rule: &str| Err(Error::InvalidRequest(format!("`{field}` must be {rule}")));
         if !params.temperature.is_finite() || params.temperature < 0.0 {
             return invalid("temperature", "a finite number >= 0");
@@ -24,9 +29,30 @@ impl Sampler {
         if !(0.0..=1.0).contains(&params.min_p) {
             return invalid("min_p", "in [0, 1]");
         }
+        if !(params.repeat_penalty.is_finite() && params.repeat_penalty > 0.0) {
+            return invalid("repeat_penalty", "a finite number > 0");
+        }
+        if !(-2.0..=2.0).contains(&params.presence_penalty) {
+            return invalid("presence_penalty", "in [-2, 2]");
+        }
+        if !(-2.0..=2.0).contains(&params.frequency_penalty) {
+            return invalid("frequency_penalty", "in [-2, 2]");
+        }
+        if let Some((id, _)) = params.logit_bias.iter().find(|(id, _)| *id >= vocab_size) {
+            return Err(Error::InvalidRequest(format!(
+                "`logit_bias`: token {id} is outside the vocabulary of {vocab_size}"
+            )));
+        }
+        if let Some((id, _)) = params.logit_bias.iter().find(|(_, bias)| !bias.is_finite()) {
+            return Err(Error::InvalidRequest(format!(
+                "`logit_bias`: the bias of token {id} is not a finite number"
+            )));
+        }
         let seed = params.seed.unwrap_or_else(entropy_seed);
+        let penalties = Penalties::new(&params);
         Ok(Self {
             params,
+            penalties,
             rng: ChaCha8Rng::seed_from_u64(seed),
         })
     }
@@ -35,13 +61,22 @@ impl Sampler {
         self.params.temperature == 0.0
     }
 
-    /// The least the host must return for this sampler to decide.
+    /// The least the host must return for this sampler to decide: biases and
+    /// penalties need every logit; otherwise the top one (greedy) or the top k.
     pub fn output_kind(&self) -> StepOutputKind {
+        if !self.params.logit_bias.is_empty() || self.penalties.active() {
+            return StepOutputKind::Logits;
+        }
         match (self.is_greedy(), self.params.top_k) {
             (true, _) => StepOutputKind::TopK(1),
             (false, 0) => StepOutputKind::Logits,
             (false, k) => StepOutputKind::TopK(k),
         }
+    }
+
+    /// Records a generated token (for the penalties).
+    pub fn accept(&mut self, token: u32) {
+        self.penalties.accept(token);
     }
 
     pub fn sample(&mut self, output: StepOutput) -> Option<u32> {
@@ -53,6 +88,14 @@ impl Sampler {
                 .collect(),
             StepOutput::TopK(candidates) => candidates,
         };
+        if !self.params.logit_bias.is_empty() {
+            for &(id, bias) in &self.params.logit_bias {
+                if let Some(c) = candidates.get_mut(id as usize).filter(|c| c.id == id) {
+                    c.logit += bias;
+                }
+            }
+        }
+        self.penalties.apply(&mut candidates);
         if self.is_greedy() {
             return argmax(&candidates);
         }
@@ -124,16 +167,21 @@ fn entropy_seed() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn params(temperature: f32, seed: u64) -> Sampling {
+    pub fn params(temperature: f32, seed: u64) -> Sampling {
         Sampling {
             temperature,
             top_k: 0,
             top_p: 1.0,
             min_p: 0.0,
             seed: Some(seed),
+            repeat_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            penalty_last_n: 64,
+            logit_bias: Vec::new(),
         }
     }
 
@@ -143,14 +191,14 @@ mod tests {
 
     #[test]
     fn greedy_takes_the_first_maximum() {
-        let mut s = Sampler::new(params(0.0, 1)).expect("valid");
+        let mut s = Sampler::new(params(0.0, 1), 5).expect("valid");
         assert_eq!(s.sample(logits()), Some(1));
     }
 
     #[test]
     fn same_seed_same_draws_and_other_seeds_differ() {
         let draws = |seed| {
-            let mut s = Sampler::new(params(1.5, seed)).expect("valid");
+            let mut s = Sampler::new(params(1.5, seed), 5).expect("valid");
             (0..64).map(|_| s.sample(logits()).expect("token")).collect::<Vec<_>>()
         };
         assert_eq!(draws(7), draws(7));
@@ -161,15 +209,32 @@ mod tests {
     fn top_k_one_is_greedy_at_any_temperature() {
         let mut p = params(5.0, 3);
         p.top_k = 1;
-        let mut s = Sampler::new(p).expect("valid");
+        let mut s = Sampler::new(p, 5).expect("valid");
         assert!((0..32).all(|_| s.sample(logits()) == Some(1)));
     }
 
     #[test]
+    fn logit_bias_can_ban_and_force_tokens() {
+        let mut p = params(0.0, 0);
+        p.logit_bias = vec![(1, -100.0), (4, -100.0)];
+        let mut s = Sampler::new(p.clone(), 5).expect("valid");
+        assert!(matches!(s.output_kind(), StepOutputKind::Logits));
+        assert_eq!(s.sample(logits()), Some(2));
+        p.logit_bias = vec![(3, 10.0)];
+        assert_eq!(Sampler::new(p, 5).expect("valid").sample(logits()), Some(3));
+    }
+
+    #[test]
     fn invalid_parameters_are_rejected() {
-        assert!(Sampler::new(params(-1.0, 0)).is_err());
+        assert!(Sampler::new(params(-1.0, 0), 5).is_err());
         let mut p = params(1.0, 0);
         p.top_p = 0.0;
-        assert!(Sampler::new(p).is_err());
+        assert!(Sampler::new(p, 5).is_err());
+        let mut p = params(1.0, 0);
+        p.logit_bias = vec![(5, 1.0)];
+        assert!(Sampler::new(p, 5).is_err(), "token 5 is outside a vocabulary of 5");
+        let mut p = params(1.0, 0);
+        p.presence_penalty = 3.0;
+        assert!(Sampler::new(p, 5).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! `POST /v1/completions` (non-streaming). Every accepted field is honoured;
 //! any other field is refused with a 400 naming it.
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -27,8 +28,42 @@ struct CompletionBody {
     top_k: Option<u32>,
     min_p: Option<f32>,
     seed: Option<u64>,
+    stop: Option<Stop>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    repeat_penalty: Option<f32>,
+    /// Token id (as a string, as OpenAI sends it) to a bias in [-100, 100].
+    logit_bias: Option<HashMap<String, f32>>,
     stream: Option<bool>,
     n: Option<u32>,
+}
+
+/// OpenAI's `stop`: one string or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn logit_bias(bias: HashMap<String, f32>) -> Result<Vec<(u32, f32)>, ApiError> {
+    bias.into_iter()
+        .map(|(id, value)| {
+            let id = id.parse::<u32>().map_err(|_| {
+                ApiError::invalid_request(
+                    format!("`logit_bias` keys are token ids, not `{id}`"),
+                    Some("logit_bias"),
+                )
+            })?;
+            if !(-100.0..=100.0).contains(&value) {
+                return Err(ApiError::invalid_request(
+                    "`logit_bias` values must be in [-100, 100]",
+                    Some("logit_bias"),
+                ));
+            }
+            Ok((id, value))
+        })
+        .collect()
 }
 
 pub async fn complete(tenants: Tenants, body: &Bytes) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -54,8 +89,18 @@ pub async fn complete(tenants: Tenants, body: &Bytes) -> Result<Response<Full<By
             top_p: body.top_p.unwrap_or(1.0),
             min_p: body.min_p.unwrap_or(0.0),
             seed: body.seed,
+            repeat_penalty: body.repeat_penalty.unwrap_or(1.0),
+            presence_penalty: body.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: body.frequency_penalty.unwrap_or(0.0),
+            logit_bias: logit_bias(body.logit_bias.unwrap_or_default())?,
+            ..Sampling::default()
         },
         ignore_eos: false,
+        stop: match body.stop {
+            None => Vec::new(),
+            Some(Stop::One(stop)) => vec![stop],
+            Some(Stop::Many(stops)) => stops,
+        },
     };
     let tenant = tenants.for_request();
     let mut events = tenant.instance.complete(&body.model, request);

@@ -21,7 +21,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 256)]
     max_tokens: u32,
     /// Sampling temperature; 0 = greedy.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     temperature: f32,
     /// Keep the k most likely tokens; 0 = off.
     #[arg(long, default_value_t = 0)]
@@ -35,6 +35,21 @@ pub struct RunArgs {
     /// Seed of the sampler (same seed, same output).
     #[arg(long)]
     seed: Option<u64>,
+    /// Repetition penalty over the last `--penalty-last-n` tokens; 1 = off.
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Presence penalty in [-2, 2]; 0 = off.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    presence_penalty: f32,
+    /// Frequency penalty in [-2, 2]; 0 = off.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f32,
+    /// Tokens the penalties look back over; 0 = all.
+    #[arg(long, default_value_t = 64)]
+    penalty_last_n: u32,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
     /// Keep generating past end-of-sequence tokens.
     #[arg(long)]
     ignore_eos: bool,
@@ -53,8 +68,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             top_p: args.top_p,
             min_p: args.min_p,
             seed: args.seed,
+            repeat_penalty: args.repeat_penalty,
+            presence_penalty: args.presence_penalty,
+            frequency_penalty: args.frequency_penalty,
+            penalty_last_n: args.penalty_last_n,
+            logit_bias: Vec::new(),
         },
         ignore_eos: args.ignore_eos,
+        stop: args.stop,
     };
     let started = Instant::now();
     let mut events = instance.complete(&args.model, request);

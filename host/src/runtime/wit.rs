@@ -34,3 +34,21 @@ pub struct WeightsHandle(pub Arc<crate::compute::ModelFile>);
 
 /// A `graph` resource: a step graph compiled against one model file.
 pub struct GraphHandle(pub Arc<crate::compute::CompiledGraph>);
+
+/// OpenAI's defaults: temperature 1, no truncation, no penalties.
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: None,
+            repeat_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            penalty_last_n: 64,
+            logit_bias: Vec::new(),
+        }
+    }
+}

@@ -58,8 +58,21 @@ pub fn silu(x: f32) -> f32 {
 
 /// GELU, tanh approximation.
 pub fn gelu(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const SQRT_2_OVER_PI: f32 = 0.797_884_560_802_865_4;
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+}
+
+/// GELU of the gate as ggml computes it for GeGLU: the input rounded to f16 and
+/// GELU read from an f16 table (so the result is f16-rounded too); saturated
+/// outside [-10, 10].
+pub fn gelu_gate(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        f16::from_f32(gelu(f16::from_f32(x).to_f32())).to_f32()
+    }
 }
 
 /// Causal attention for `rows` query rows starting at `start`: each row attends

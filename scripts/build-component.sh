@@ -7,7 +7,9 @@ out="${REALM_COMPONENT:-target/realm.wasm}"
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
-cargo build --quiet --release -p realm-guest --target wasm32-wasip2
+# Components ship without debug info: wasmtime compiles less at a cold start.
+CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=debuginfo \
+    cargo build --quiet --release -p realm-guest --target wasm32-wasip2
 mkdir -p "$(dirname "$out")"
 cp target/wasm32-wasip2/release/realm_guest.wasm "$out"
 echo "component: $out" >&2

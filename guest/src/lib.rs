@@ -13,6 +13,7 @@ mod bindings {
     });
 }
 
+pub mod chat;
 pub mod generation;
 pub mod metadata;
 pub mod models;
@@ -21,7 +22,7 @@ pub mod sampler;
 pub mod tokenizer;
 
 pub use bindings::exports::realm::engine::engine::{
-    Chunk, CompletionRequest, Error, FinishReason, ModelInfo, RealmConfig, Sampling, Usage,
+    ChatRequest, Chunk, CompletionRequest, Error, FinishReason, Message, ModelInfo, RealmConfig, Sampling, Usage,
 };
 pub use bindings::realm::engine::compute;
 

@@ -3,17 +3,19 @@
 use std::rc::Rc;
 
 use crate::bindings::exports::realm::engine::engine::{Generation as GenerationHandle, GuestRealm};
+use crate::chat::ChatTemplate;
 use crate::compute::{ComputeError, Graph, Weights};
 use crate::generation::Generation;
 use crate::metadata::{Metadata, keys};
 use crate::models::{self, Hyperparameters};
 use crate::tokenizer::Tokenizer;
-use crate::{CompletionRequest, Error, ModelInfo, RealmConfig};
+use crate::{ChatRequest, CompletionRequest, Error, Message, ModelInfo, RealmConfig};
 
 /// Everything a generation needs from its realm; immutable once loaded.
 pub struct Model {
     pub graph: Graph,
     pub tokenizer: Tokenizer,
+    pub chat_template: ChatTemplate,
     pub hyperparameters: Hyperparameters,
     pub info: ModelInfo,
     // Keeps the host's mapping of the file open for as long as the graph runs.
@@ -37,6 +39,7 @@ impl GuestRealm for Realm {
         let tensors = weights.tensors();
         let architecture = models::load(&meta, &tensors)?;
         let tokenizer = Tokenizer::from_metadata(&meta)?;
+        let chat_template = ChatTemplate::from_metadata(&meta, &tokenizer)?;
         let graph = Graph::compile(&weights, &architecture.graph).map_err(from_compute)?;
         let hp = architecture.hyperparameters;
         let info = ModelInfo {
@@ -51,6 +54,7 @@ impl GuestRealm for Realm {
         let model = Model {
             graph,
             tokenizer,
+            chat_template,
             hyperparameters: hp,
             info,
             _weights: weights,
@@ -78,6 +82,21 @@ impl GuestRealm for Realm {
 
     fn evaluate(&self, tokens: Vec<u32>) -> Result<Vec<f32>, Error> {
         crate::generation::evaluate(&self.model, &tokens)
+    }
+
+    fn render_chat(&self, messages: Vec<Message>, add_generation_prompt: bool) -> Result<String, Error> {
+        self.model.chat_template.render(&messages, add_generation_prompt)
+    }
+
+    fn chat(&self, request: ChatRequest) -> Result<GenerationHandle, Error> {
+        let prompt = self.model.chat_template.render(&request.messages, true)?;
+        self.complete(CompletionRequest {
+            prompt,
+            max_tokens: request.max_tokens,
+            sampling: request.sampling,
+            ignore_eos: request.ignore_eos,
+            stop: request.stop,
+        })
     }
 
     fn complete(&self, request: CompletionRequest) -> Result<GenerationHandle, Error> {

@@ -2,7 +2,7 @@
 //! tokenizer ids and greedy continuations against llama.cpp's golden files.
 
 use realm_host::runtime::state::StoreState;
-use realm_host::runtime::wit::{CompletionRequest, EngineError, RealmConfig, Sampling};
+use realm_host::runtime::wit::{ChatRequest, CompletionRequest, EngineError, Message, RealmConfig, Sampling};
 use realm_host::runtime::{Failure, GenerationEvent, InstanceHandle};
 
 use crate::support::{self, DEFAULT_MODEL, block_on, instance};
@@ -281,4 +281,78 @@ fn stop_strings_penalties_and_logit_bias_change_the_output() {
     });
     assert_eq!(plain.matches("population").count(), 2, "{plain:?}");
     assert!(varied.matches("population").count() < 2, "{varied:?}");
+}
+
+fn message(role: &str, content: &str) -> Message {
+    Message {
+        role: role.into(),
+        content: content.into(),
+    }
+}
+
+#[test]
+fn chat_template_renders_as_the_gguf_template_says() {
+    let instance = instance();
+    let render = |messages| block_on(instance.render_chat(DEFAULT_MODEL, messages)).expect("render");
+    // SmolLM2's template inserts its default system prompt when the first message is not one.
+    assert_eq!(
+        render(vec![message("user", "What is 2+2?")]),
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(
+        render(vec![
+            message("system", "Be brief."),
+            message("user", "Hi"),
+            message("assistant", "Hello!"),
+            message("user", "Bye")
+        ]),
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+         <|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
+    );
+    match block_on(instance.render_chat(DEFAULT_MODEL, Vec::new())) {
+        Err(Failure::Engine(EngineError::InvalidRequest(m))) => assert!(m.contains("at least one message"), "{m}"),
+        other => panic!("an empty chat: expected invalid-request, got {other:?}"),
+    }
+}
+
+#[test]
+fn chat_replies_as_the_assistant_and_ends_at_end_of_turn() {
+    let instance = instance();
+    let request = ChatRequest {
+        messages: vec![
+            message("system", "You answer in one word."),
+            message("user", "Capital of France?"),
+        ],
+        max_tokens: 64,
+        sampling: Sampling {
+            temperature: 0.0,
+            ..Sampling::default()
+        },
+        ignore_eos: false,
+        stop: Vec::new(),
+    };
+    let mut events = instance.chat(DEFAULT_MODEL, request);
+    let (mut text, mut finish, mut usage) = (String::new(), None, None);
+    while let Some(GenerationEvent::Chunk(chunk)) = events.blocking_recv() {
+        text.push_str(&chunk.text);
+        finish = chunk.finish;
+        usage = Some(chunk.usage);
+    }
+    assert!(text.contains("Paris"), "{text:?}");
+    assert!(
+        !text.contains("<|im_end|>"),
+        "control tokens are not rendered: {text:?}"
+    );
+    assert!(
+        matches!(finish, Some(realm_host::runtime::wit::FinishReason::Stop)),
+        "ended at <|im_end|>: {text:?}"
+    );
+    let messages = vec![
+        message("system", "You answer in one word."),
+        message("user", "Capital of France?"),
+    ];
+    let rendered = block_on(instance.render_chat(DEFAULT_MODEL, messages)).expect("render");
+    let prompt_ids = block_on(instance.tokenize(DEFAULT_MODEL, &rendered, true, true)).expect("tokenize");
+    assert_eq!(usage.expect("usage").prompt_tokens as usize, prompt_ids.len());
 }

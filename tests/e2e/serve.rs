@@ -28,6 +28,78 @@ fn health_and_a_greedy_completion() {
 }
 
 #[test]
+fn chat_completions_answer_in_openai_shape() {
+    let server = Server::start(&support::component(), &[]);
+    let request = json!({
+        "model": DEFAULT_MODEL,
+        "messages": [{"role": "system", "content": "You answer in one word."}, {"role": "user", "content": "Capital of France?"}],
+        "temperature": 0,
+        "max_completion_tokens": 24,
+        "user": "someone",
+    });
+    let (status, body) = server.post("/v1/chat/completions", request);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    let content = body["choices"][0]["message"]["content"].as_str().expect("content");
+    assert!(content.contains("Paris"), "{content:?}");
+    assert!(
+        body["usage"]["completion_tokens"]
+            .as_u64()
+            .is_some_and(|n| (1..=24).contains(&n))
+    );
+    for (request, needle) in [
+        (json!({"model": DEFAULT_MODEL, "messages": []}), "messages"),
+        (
+            json!({"model": DEFAULT_MODEL, "prompt": "x", "messages": [{"role": "user", "content": "x"}]}),
+            "prompt",
+        ),
+        (
+            json!({"model": DEFAULT_MODEL, "messages": [{"role": "user"}]}),
+            "content",
+        ),
+        (
+            json!({"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1, "max_completion_tokens": 1}),
+            "max_completion_tokens",
+        ),
+    ] {
+        let (status, body) = server.post("/v1/chat/completions", request.clone());
+        assert_eq!(status, 400, "{request}: {body}");
+        assert!(error_message(&body).contains(needle), "{request}: {body}");
+    }
+}
+
+#[test]
+fn completion_fields_are_honoured_over_http() {
+    let server = Server::start(&support::component(), &[]);
+    let base =
+        json!({"model": DEFAULT_MODEL, "prompt": "The capital of France is", "temperature": 0, "max_tokens": 32});
+    let with = |extra: serde_json::Value| {
+        let mut request = base.clone();
+        request
+            .as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        let (status, body) = server.post("/v1/completions", request);
+        assert_eq!(status, 200, "{body}");
+        (
+            body["choices"][0]["text"].as_str().expect("text").to_string(),
+            body["choices"][0]["finish_reason"].clone(),
+        )
+    };
+    let (text, finish) = with(json!({"stop": ["United"]}));
+    assert_eq!((text.as_str(), finish.as_str()), (" Paris.\n\nThe ", Some("stop")));
+    let (text, _) = with(json!({"logit_bias": {"7042": -100}}));
+    assert!(!text.starts_with(" Paris"), "{text:?}");
+    let (plain, _) = with(json!({}));
+    let (varied, _) = with(json!({"frequency_penalty": 2.0}));
+    assert_ne!(plain, varied);
+    let (a, _) = with(json!({"temperature": 1.0, "seed": 7}));
+    let (b, _) = with(json!({"temperature": 1.0, "seed": 7}));
+    assert_eq!(a, b, "the same seed gives the same completion");
+}
+
+#[test]
 fn bad_requests_get_openai_shaped_errors() {
     let server = Server::start(&support::component(), &[]);
     let cases = [
@@ -49,6 +121,26 @@ fn bad_requests_get_openai_shaped_errors() {
             "temperature",
         ),
         (json!({"model": DEFAULT_MODEL}), 400, "prompt"),
+        (
+            json!({"model": DEFAULT_MODEL, "prompt": "x", "logit_bias": {"abc": 1}}),
+            400,
+            "logit_bias",
+        ),
+        (
+            json!({"model": DEFAULT_MODEL, "prompt": "x", "logit_bias": {"99999999": 1}}),
+            400,
+            "vocabulary",
+        ),
+        (
+            json!({"model": DEFAULT_MODEL, "prompt": "x", "presence_penalty": 5}),
+            400,
+            "presence_penalty",
+        ),
+        (
+            json!({"model": DEFAULT_MODEL, "prompt": "x", "stop": [""]}),
+            400,
+            "stop",
+        ),
         (
             json!({"model": "../models/x", "prompt": "x"}),
             403,

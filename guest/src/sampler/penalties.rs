@@ -38,14 +38,14 @@ impl Penalties {
         }
         self.history.push_back(token);
         *self.counts.entry(token).or_default() += 1;
-        if self.last_n > 0 && self.history.len() > self.last_n {
-            if let Some(old) = self.history.pop_front()
-                && let Some(count) = self.counts.get_mut(&old)
-            {
-                *count -= 1;
-                if *count == 0 {
-                    self.counts.remove(&old);
-                }
+        if self.last_n > 0
+            && self.history.len() > self.last_n
+            && let Some(old) = self.history.pop_front()
+            && let Some(count) = self.counts.get_mut(&old)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&old);
             }
         }
     }

@@ -1,109 +1,77 @@
-//! `POST /v1/completions` (non-streaming). Every accepted field is honoured;
-//! any other field is refused with a 400 naming it.
+//! `POST /v1/completions` and `POST /v1/chat/completions` (non-streaming).
 
-use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
-use serde::Deserialize;
 
 use super::error::ApiError;
+use super::request::{DEFAULT_COMPLETION_TOKENS, GenerationBody};
 use super::routes::json_response;
 use crate::runtime::GenerationEvent;
-use crate::runtime::wit::{CompletionRequest, FinishReason, Sampling};
+use crate::runtime::wit::{ChatRequest, CompletionRequest, FinishReason, Usage};
 use crate::tenants::Tenants;
 
-const DEFAULT_MAX_TOKENS: u32 = 16;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompletionBody {
-    model: String,
-    prompt: String,
-    max_tokens: Option<u32>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<u32>,
-    min_p: Option<f32>,
-    seed: Option<u64>,
-    stop: Option<Stop>,
-    presence_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
-    repeat_penalty: Option<f32>,
-    /// Token id (as a string, as OpenAI sends it) to a bias in [-100, 100].
-    logit_bias: Option<HashMap<String, f32>>,
-    stream: Option<bool>,
-    n: Option<u32>,
+#[derive(Clone, Copy, PartialEq)]
+pub enum Endpoint {
+    Completions,
+    ChatCompletions,
 }
 
-/// OpenAI's `stop`: one string or a list.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Stop {
-    One(String),
-    Many(Vec<String>),
-}
-
-fn logit_bias(bias: HashMap<String, f32>) -> Result<Vec<(u32, f32)>, ApiError> {
-    bias.into_iter()
-        .map(|(id, value)| {
-            let id = id.parse::<u32>().map_err(|_| {
-                ApiError::invalid_request(
-                    format!("`logit_bias` keys are token ids, not `{id}`"),
-                    Some("logit_bias"),
-                )
-            })?;
-            if !(-100.0..=100.0).contains(&value) {
+pub async fn generate(tenants: Tenants, endpoint: Endpoint, bytes: &Bytes) -> Result<Response<Full<Bytes>>, ApiError> {
+    let mut body = GenerationBody::parse(bytes)?;
+    let sampling = body.sampling()?;
+    let stop = body.stop();
+    let tenant = tenants.for_request();
+    let mut events = match endpoint {
+        Endpoint::Completions => {
+            if body.messages.is_some() {
                 return Err(ApiError::invalid_request(
-                    "`logit_bias` values must be in [-100, 100]",
-                    Some("logit_bias"),
+                    "`messages` belongs to /v1/chat/completions",
+                    Some("messages"),
                 ));
             }
-            Ok((id, value))
-        })
-        .collect()
-}
-
-pub async fn complete(tenants: Tenants, body: &Bytes) -> Result<Response<Full<Bytes>>, ApiError> {
-    let body: CompletionBody = serde_json::from_slice(body).map_err(|e| {
-        let param = e.to_string().split('`').nth(1).map(str::to_string);
-        ApiError::invalid_request(format!("invalid request body: {e}"), param.as_deref())
-    })?;
-    if body.stream == Some(true) {
-        return Err(ApiError::invalid_request(
-            "`stream: true` is not supported by this endpoint yet",
-            Some("stream"),
-        ));
-    }
-    if body.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::invalid_request("only `n: 1` is supported", Some("n")));
-    }
-    let request = CompletionRequest {
-        prompt: body.prompt,
-        max_tokens: body.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-        sampling: Sampling {
-            temperature: body.temperature.unwrap_or(1.0),
-            top_k: body.top_k.unwrap_or(0),
-            top_p: body.top_p.unwrap_or(1.0),
-            min_p: body.min_p.unwrap_or(0.0),
-            seed: body.seed,
-            repeat_penalty: body.repeat_penalty.unwrap_or(1.0),
-            presence_penalty: body.presence_penalty.unwrap_or(0.0),
-            frequency_penalty: body.frequency_penalty.unwrap_or(0.0),
-            logit_bias: logit_bias(body.logit_bias.unwrap_or_default())?,
-            ..Sampling::default()
-        },
-        ignore_eos: false,
-        stop: match body.stop {
-            None => Vec::new(),
-            Some(Stop::One(stop)) => vec![stop],
-            Some(Stop::Many(stops)) => stops,
-        },
+            let Some(prompt) = body.prompt.take() else {
+                return Err(ApiError::invalid_request("`prompt` is required", Some("prompt")));
+            };
+            let max_tokens = body.max_tokens().unwrap_or(DEFAULT_COMPLETION_TOKENS);
+            let request = CompletionRequest {
+                prompt,
+                max_tokens,
+                sampling,
+                ignore_eos: false,
+                stop,
+            };
+            tenant.instance.complete(&body.model, request)
+        }
+        Endpoint::ChatCompletions => {
+            if body.prompt.is_some() {
+                return Err(ApiError::invalid_request(
+                    "`prompt` belongs to /v1/completions",
+                    Some("prompt"),
+                ));
+            }
+            let messages = body.messages();
+            if messages.is_empty() {
+                return Err(ApiError::invalid_request(
+                    "`messages` must hold at least one message",
+                    Some("messages"),
+                ));
+            }
+            let max_tokens = body.max_tokens().unwrap_or(0);
+            tenant.instance.chat(
+                &body.model,
+                ChatRequest {
+                    messages,
+                    max_tokens,
+                    sampling,
+                    ignore_eos: false,
+                    stop,
+                },
+            )
+        }
     };
-    let tenant = tenants.for_request();
-    let mut events = tenant.instance.complete(&body.model, request);
     let mut text = String::new();
     let mut finish = None;
     let mut usage = None;
@@ -123,25 +91,52 @@ pub async fn complete(tenants: Tenants, body: &Bytes) -> Result<Response<Full<By
     let (Some(finish), Some(usage)) = (finish, usage) else {
         return Err(ApiError::internal("the generation ended without a finish reason"));
     };
+    Ok(json_response(respond(endpoint, &body.model, text, finish, usage)))
+}
+
+fn respond(endpoint: Endpoint, model: &str, text: String, finish: FinishReason, usage: Usage) -> serde_json::Value {
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    Ok(json_response(serde_json::json!({
-        "id": format!("cmpl-{created:x}{:x}", usage.prompt_tokens),
-        "object": "text_completion",
-        "created": created,
-        "model": body.model,
-        "choices": [{
-            "text": text,
-            "index": 0,
-            "logprobs": null,
-            "finish_reason": match finish { FinishReason::Stop => "stop", FinishReason::Length => "length" },
-        }],
-        "usage": {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        },
-    })))
+    let finish_reason = match finish {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    };
+    let usage = serde_json::json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    });
+    let id = format!("{created:x}{:08x}", rand_suffix());
+    match endpoint {
+        Endpoint::Completions => serde_json::json!({
+            "id": format!("cmpl-{id}"),
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [{ "text": text, "index": 0, "logprobs": null, "finish_reason": finish_reason }],
+            "usage": usage,
+        }),
+        Endpoint::ChatCompletions => serde_json::json!({
+            "id": format!("chatcmpl-{id}"),
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": text },
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }],
+            "usage": usage,
+        }),
+    }
+}
+
+/// A per-process-unique suffix for response ids.
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }

@@ -1,7 +1,9 @@
-//! The HTTP API (hyper 1 on tokio): `/health` and `/v1/completions`.
+//! The HTTP API (hyper 1 on tokio): `/health`, `/v1/completions` and
+//! `/v1/chat/completions`.
 
 mod completions;
 mod error;
+mod request;
 mod routes;
 
 use std::net::SocketAddr;

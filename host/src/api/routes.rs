@@ -7,7 +7,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
-use super::completions;
+use super::completions::{self, Endpoint};
 use super::error::ApiError;
 use crate::tenants::Tenants;
 
@@ -18,10 +18,14 @@ pub async fn route(tenants: Tenants, request: Request<Incoming>) -> Result<Respo
     let result = match (request.method(), request.uri().path()) {
         (&Method::GET, "/health") => Ok(json_response(serde_json::json!({ "status": "ok" }))),
         (&Method::POST, "/v1/completions") => match read_body(request).await {
-            Ok(body) => completions::complete(tenants, &body).await,
+            Ok(body) => completions::generate(tenants, Endpoint::Completions, &body).await,
             Err(e) => Err(e),
         },
-        (_, "/health" | "/v1/completions") => Err(ApiError::method_not_allowed()),
+        (&Method::POST, "/v1/chat/completions") => match read_body(request).await {
+            Ok(body) => completions::generate(tenants, Endpoint::ChatCompletions, &body).await,
+            Err(e) => Err(e),
+        },
+        (_, "/health" | "/v1/completions" | "/v1/chat/completions") => Err(ApiError::method_not_allowed()),
         (_, path) => Err(ApiError::not_found(format!("no route for `{path}`"))),
     };
     Ok(result.unwrap_or_else(ApiError::into_response))

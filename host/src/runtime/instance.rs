@@ -14,7 +14,7 @@ use wasmtime::component::ResourceAny;
 
 use super::engine::{EPOCH_TICK, Runtime};
 use super::state::{StoreState, TenantCompute};
-use super::wit::{Chunk, CompletionRequest, EngineError, ModelInfo, RealmConfig, RealmWorld};
+use super::wit::{ChatRequest, Chunk, CompletionRequest, EngineError, Message, ModelInfo, RealmConfig, RealmWorld};
 
 /// How a tenant's instances are made.
 #[derive(Clone)]
@@ -49,11 +49,23 @@ pub enum GenerationEvent {
 
 type Reply<T> = oneshot::Sender<Result<T, Failure>>;
 
+/// What a generation continues: a raw prompt, or a conversation rendered with
+/// the model's chat template.
+pub enum GenerationRequest {
+    Completion(CompletionRequest),
+    Chat(ChatRequest),
+}
+
 enum Job {
     Complete {
         model: String,
-        request: CompletionRequest,
+        request: GenerationRequest,
         events: async_mpsc::UnboundedSender<GenerationEvent>,
+    },
+    RenderChat {
+        model: String,
+        messages: Vec<Message>,
+        reply: Reply<String>,
     },
     Tokenize {
         model: String,
@@ -99,6 +111,28 @@ impl InstanceHandle {
     /// Starts a completion; its chunks (or its failure) arrive on the receiver.
     /// Dropping the receiver cancels the generation and frees its KV cache.
     pub fn complete(&self, model: &str, request: CompletionRequest) -> async_mpsc::UnboundedReceiver<GenerationEvent> {
+        self.generate(model, GenerationRequest::Completion(request))
+    }
+
+    /// Starts the assistant's reply to a conversation, like `complete`.
+    pub fn chat(&self, model: &str, request: ChatRequest) -> async_mpsc::UnboundedReceiver<GenerationEvent> {
+        self.generate(model, GenerationRequest::Chat(request))
+    }
+
+    /// The prompt a conversation renders to with the model's chat template.
+    pub async fn render_chat(&self, model: &str, messages: Vec<Message>) -> Result<String, Failure> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::RenderChat {
+                model: model.into(),
+                messages,
+                reply,
+            })
+            .map_err(|_| Failure::Gone)?;
+        answer.await.unwrap_or(Err(Failure::Gone))
+    }
+
+    fn generate(&self, model: &str, request: GenerationRequest) -> async_mpsc::UnboundedReceiver<GenerationEvent> {
         let (events, receiver) = async_mpsc::unbounded_channel();
         let job = Job::Complete {
             model: model.to_string(),
@@ -245,6 +279,19 @@ impl Worker {
                 });
                 let _ = reply.send(result);
             }
+            Job::RenderChat { model, messages, reply } => {
+                let result = self.realm(&model).and_then(|realm| {
+                    self.arm_deadline();
+                    let call = self.bindings.realm_engine_engine().realm().call_render_chat(
+                        &mut self.store,
+                        realm,
+                        &messages,
+                        true,
+                    );
+                    self.settle(call)
+                });
+                let _ = reply.send(result);
+            }
             Job::Detokenize { model, tokens, reply } => {
                 let result = self.realm(&model).and_then(|realm| {
                     self.arm_deadline();
@@ -284,14 +331,14 @@ impl Worker {
         }
     }
 
-    fn start(&mut self, model: &str, request: &CompletionRequest) -> Result<ResourceAny, Failure> {
+    fn start(&mut self, model: &str, request: &GenerationRequest) -> Result<ResourceAny, Failure> {
         let realm = self.realm(model)?;
         self.arm_deadline();
-        let call = self
-            .bindings
-            .realm_engine_engine()
-            .realm()
-            .call_complete(&mut self.store, realm, request);
+        let realms = self.bindings.realm_engine_engine().realm();
+        let call = match request {
+            GenerationRequest::Completion(request) => realms.call_complete(&mut self.store, realm, request),
+            GenerationRequest::Chat(request) => realms.call_chat(&mut self.store, realm, request),
+        };
         self.settle(call)
     }
 

@@ -22,7 +22,8 @@ use std::sync::Arc;
 pub use generated::Realm as RealmWorld;
 pub use generated::RealmPre as RealmWorldPre;
 pub use generated::exports::realm::engine::engine::{
-    Chunk, CompletionRequest, Error as EngineError, FinishReason, ModelInfo, RealmConfig, Sampling,
+    ChatRequest, Chunk, CompletionRequest, Error as EngineError, FinishReason, Message, ModelInfo, RealmConfig,
+    Sampling, Usage,
 };
 pub use generated::realm::engine::compute::{
     self, AttentionOp, Candidate, ComputeError as WitComputeError, MetadataEntry, MetadataValue, Op, RopeStyle,

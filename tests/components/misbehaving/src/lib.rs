@@ -14,8 +14,8 @@ mod bindings {
 use std::cell::Cell;
 
 use bindings::exports::realm::engine::engine::{
-    Chunk, CompletionRequest, Error, FinishReason, Generation as GenerationHandle, GuestGeneration, GuestRealm,
-    ModelInfo, RealmConfig, Usage,
+    ChatRequest, Chunk, CompletionRequest, Error, FinishReason, Generation as GenerationHandle, GuestGeneration,
+    GuestRealm, Message, ModelInfo, RealmConfig, Usage,
 };
 
 pub struct Realm {
@@ -69,6 +69,17 @@ impl GuestRealm for Realm {
 
     fn evaluate(&self, _tokens: Vec<u32>) -> Result<Vec<f32>, Error> {
         Ok(vec![0.0])
+    }
+
+    fn render_chat(&self, _messages: Vec<Message>, _add_generation_prompt: bool) -> Result<String, Error> {
+        Ok(String::new())
+    }
+
+    fn chat(&self, _request: ChatRequest) -> Result<GenerationHandle, Error> {
+        Ok(GenerationHandle::new(Generation {
+            trap_midway: self.model == "trap-midway",
+            chunks: Cell::new(0),
+        }))
     }
 
     fn complete(&self, _request: CompletionRequest) -> Result<GenerationHandle, Error> {

@@ -1,0 +1,140 @@
+//! The request body of `/v1/completions` and `/v1/chat/completions`, parsed and
+//! validated: every accepted field is honoured, and any other field is refused
+//! with a 400 that names it.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use super::error::ApiError;
+use crate::runtime::wit::{Message, Sampling};
+
+/// OpenAI's default `max_tokens` for completions; chat defaults to the context.
+pub const DEFAULT_COMPLETION_TOKENS: u32 = 16;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationBody {
+    pub model: String,
+    /// `/v1/completions` only.
+    pub prompt: Option<String>,
+    /// `/v1/chat/completions` only.
+    pub messages: Option<Vec<ChatMessage>>,
+    pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    min_p: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    repeat_penalty: Option<f32>,
+    /// Token id (a string, as OpenAI sends it) to a bias in [-100, 100].
+    logit_bias: Option<HashMap<String, f32>>,
+    pub stream: Option<bool>,
+    n: Option<u32>,
+    /// An end-user id for abuse monitoring; realm records nothing about it.
+    #[allow(dead_code)]
+    user: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    role: String,
+    content: String,
+    /// A participant's name; realm's templates do not use it.
+    #[allow(dead_code)]
+    name: Option<String>,
+}
+
+/// OpenAI's `stop`: one string or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl GenerationBody {
+    pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
+        let body: Self = serde_json::from_slice(bytes).map_err(|e| {
+            let param = e.to_string().split('`').nth(1).map(str::to_string);
+            ApiError::invalid_request(format!("invalid request body: {e}"), param.as_deref())
+        })?;
+        if body.stream == Some(true) {
+            return Err(ApiError::invalid_request(
+                "`stream: true` is not supported yet",
+                Some("stream"),
+            ));
+        }
+        if body.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid_request("only `n: 1` is supported", Some("n")));
+        }
+        if body.max_tokens.is_some() && body.max_completion_tokens.is_some() {
+            return Err(ApiError::invalid_request(
+                "give `max_tokens` or `max_completion_tokens`, not both",
+                Some("max_completion_tokens"),
+            ));
+        }
+        Ok(body)
+    }
+
+    /// The token limit the client asked for, if any.
+    pub fn max_tokens(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    pub fn sampling(&self) -> Result<Sampling, ApiError> {
+        Ok(Sampling {
+            temperature: self.temperature.unwrap_or(1.0),
+            top_k: self.top_k.unwrap_or(0),
+            top_p: self.top_p.unwrap_or(1.0),
+            min_p: self.min_p.unwrap_or(0.0),
+            seed: self.seed,
+            repeat_penalty: self.repeat_penalty.unwrap_or(1.0),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            logit_bias: logit_bias(self.logit_bias.as_ref())?,
+            ..Sampling::default()
+        })
+    }
+
+    pub fn stop(&mut self) -> Vec<String> {
+        match self.stop.take() {
+            None => Vec::new(),
+            Some(Stop::One(stop)) => vec![stop],
+            Some(Stop::Many(stops)) => stops,
+        }
+    }
+
+    pub fn messages(&mut self) -> Vec<Message> {
+        self.messages
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| Message {
+                role: m.role,
+                content: m.content,
+            })
+            .collect()
+    }
+}
+
+fn logit_bias(bias: Option<&HashMap<String, f32>>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let invalid = |message: String| ApiError::invalid_request(message, Some("logit_bias"));
+    bias.into_iter()
+        .flatten()
+        .map(|(id, &value)| {
+            let id = id
+                .parse::<u32>()
+                .map_err(|_| invalid(format!("`logit_bias` keys are token ids, not `{id}`")))?;
+            if !(-100.0..=100.0).contains(&value) {
+                return Err(invalid("`logit_bias` values must be in [-100, 100]".into()));
+            }
+            Ok((id, value))
+        })
+        .collect()
+}

@@ -70,6 +70,74 @@ fn chat_completions_answer_in_openai_shape() {
 }
 
 #[test]
+fn streams_are_server_sent_events_that_add_up_to_the_whole_response() {
+    let server = Server::start(&support::component(), &[]);
+    let request =
+        json!({"model": DEFAULT_MODEL, "prompt": "The capital of France is", "temperature": 0, "max_tokens": 12});
+    let (_, whole) = server.post("/v1/completions", request.clone());
+    let mut streamed_request = request;
+    streamed_request["stream"] = json!(true);
+    let (status, events) = server.post_stream("/v1/completions", streamed_request);
+    assert_eq!(status, 200);
+    assert_eq!(events.last(), Some(&json!("[DONE]")));
+    let chunks = &events[..events.len() - 1];
+    assert!(chunks.len() >= 2, "one event per token: {events:?}");
+    let text: String = chunks
+        .iter()
+        .map(|e| e["choices"][0]["text"].as_str().expect("text"))
+        .collect();
+    assert_eq!(text, whole["choices"][0]["text"].as_str().expect("text"));
+    assert!(
+        chunks
+            .iter()
+            .all(|e| e["object"] == "text_completion" && e["id"] == chunks[0]["id"])
+    );
+    let finishes: Vec<_> = chunks
+        .iter()
+        .map(|e| e["choices"][0]["finish_reason"].clone())
+        .collect();
+    assert_eq!(finishes.last(), Some(&json!("length")));
+    assert!(finishes[..finishes.len() - 1].iter().all(|f| f.is_null()));
+
+    let chat = json!({
+        "model": DEFAULT_MODEL, "stream": true, "stream_options": {"include_usage": true}, "temperature": 0,
+        "messages": [{"role": "system", "content": "You answer in one word."}, {"role": "user", "content": "Capital of France?"}],
+    });
+    let (status, events) = server.post_stream("/v1/chat/completions", chat);
+    assert_eq!(status, 200);
+    assert_eq!(events.last(), Some(&json!("[DONE]")));
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    let usage = &events[events.len() - 2];
+    assert_eq!(usage["choices"], json!([]));
+    assert!(
+        usage["usage"]["completion_tokens"].as_u64().is_some_and(|n| n >= 1),
+        "{usage}"
+    );
+    let content: String = events[1..events.len() - 2]
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(content.contains("Paris"), "{content:?}");
+    assert!(
+        events[..events.len() - 2]
+            .iter()
+            .all(|e| e["object"] == "chat.completion.chunk" && e["usage"].is_null())
+    );
+
+    // Errors found before the first token are HTTP errors, not events.
+    let (status, body) = server.post_stream(
+        "/v1/completions",
+        json!({"model": "nope", "prompt": "x", "stream": true}),
+    );
+    assert_eq!(status, 404, "{body:?}");
+    let (status, _) = server.post_stream(
+        "/v1/completions",
+        json!({"model": DEFAULT_MODEL, "prompt": "x", "stream_options": {"include_usage": true}}),
+    );
+    assert_eq!(status, 400, "stream_options without stream");
+}
+
+#[test]
 fn completion_fields_are_honoured_over_http() {
     let server = Server::start(&support::component(), &[]);
     let base =
@@ -108,11 +176,6 @@ fn bad_requests_get_openai_shaped_errors() {
             json!({"model": DEFAULT_MODEL, "prompt": "x", "frobnicate": 1}),
             400,
             "frobnicate",
-        ),
-        (
-            json!({"model": DEFAULT_MODEL, "prompt": "x", "stream": true}),
-            400,
-            "stream",
         ),
         (json!({"model": DEFAULT_MODEL, "prompt": "x", "n": 2}), 400, "n"),
         (

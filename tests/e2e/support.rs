@@ -183,6 +183,39 @@ impl Server {
         )
     }
 
+    /// POSTs a streaming request and returns the status and the `data:` payloads
+    /// of its server-sent events, in order (`[DONE]` kept as a string).
+    pub fn post_stream(&self, path: &str, body: serde_json::Value) -> (u16, Vec<serde_json::Value>) {
+        let mut response = Self::agent()
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .send(body.to_string())
+            .expect("request");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = response.body_mut().read_to_string().expect("body");
+        if status != 200 {
+            return (status, vec![serde_json::from_str(&text).unwrap_or_default()]);
+        }
+        assert_eq!(content_type, "text/event-stream");
+        let events = text
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|event| {
+                let data = event
+                    .strip_prefix("data: ")
+                    .unwrap_or_else(|| panic!("not an SSE data event: {event:?}"));
+                serde_json::from_str(data).unwrap_or_else(|_| serde_json::Value::String(data.to_string()))
+            })
+            .collect();
+        (status, events)
+    }
+
     pub fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         self.post_raw(path, &body.to_string())
     }

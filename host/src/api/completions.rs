@@ -1,16 +1,18 @@
-//! `POST /v1/completions` and `POST /v1/chat/completions` (non-streaming).
+//! `POST /v1/completions` and `POST /v1/chat/completions`, whole or streamed as
+//! server-sent events ending in `data: [DONE]`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::Response;
+use serde_json::json;
+use tokio::sync::mpsc::UnboundedReceiver;
 
+use super::body::{ApiBody, EventSender, event_stream, json_response};
 use super::error::ApiError;
 use super::request::{DEFAULT_COMPLETION_TOKENS, GenerationBody};
-use super::routes::json_response;
 use crate::runtime::GenerationEvent;
-use crate::runtime::wit::{ChatRequest, CompletionRequest, FinishReason, Usage};
+use crate::runtime::wit::{ChatRequest, Chunk, CompletionRequest, FinishReason, Usage};
 use crate::tenants::Tenants;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -19,7 +21,7 @@ pub enum Endpoint {
     ChatCompletions,
 }
 
-pub async fn generate(tenants: Tenants, endpoint: Endpoint, bytes: &Bytes) -> Result<Response<Full<Bytes>>, ApiError> {
+pub async fn generate(tenants: Tenants, endpoint: Endpoint, bytes: &Bytes) -> Result<Response<ApiBody>, ApiError> {
     let mut body = GenerationBody::parse(bytes)?;
     let sampling = body.sampling()?;
     let stop = body.stop();
@@ -72,70 +74,183 @@ pub async fn generate(tenants: Tenants, endpoint: Endpoint, bytes: &Bytes) -> Re
             )
         }
     };
-    let mut text = String::new();
-    let mut finish = None;
-    let mut usage = None;
-    while let Some(event) = events.recv().await {
-        match event {
-            GenerationEvent::Chunk(chunk) => {
-                text.push_str(&chunk.text);
-                usage = Some(chunk.usage);
-                if chunk.finish.is_some() {
-                    finish = chunk.finish;
-                    break;
-                }
-            }
-            GenerationEvent::Failed(failure) => return Err(failure.into()),
-        }
-    }
-    let (Some(finish), Some(usage)) = (finish, usage) else {
-        return Err(ApiError::internal("the generation ended without a finish reason"));
+    let meta = Meta::new(endpoint, body.model.clone());
+    let first = match events.recv().await {
+        Some(GenerationEvent::Chunk(chunk)) => chunk,
+        Some(GenerationEvent::Failed(failure)) => return Err(failure.into()),
+        None => return Err(ApiError::internal("the engine ended the generation without a word")),
     };
-    Ok(json_response(respond(endpoint, &body.model, text, finish, usage)))
+    if body.stream == Some(true) {
+        let (response, sender) = event_stream();
+        let include_usage = body.include_usage();
+        tokio::spawn(stream(meta, first, events, sender, include_usage));
+        return Ok(response);
+    }
+    let mut text = String::new();
+    let mut chunk = first;
+    loop {
+        text.push_str(&chunk.text);
+        if let Some(finish) = chunk.finish {
+            return Ok(json_response(meta.whole(text, finish, chunk.usage)));
+        }
+        chunk = match events.recv().await {
+            Some(GenerationEvent::Chunk(chunk)) => chunk,
+            Some(GenerationEvent::Failed(failure)) => return Err(failure.into()),
+            None => return Err(ApiError::internal("the generation ended without a finish reason")),
+        };
+    }
 }
 
-fn respond(endpoint: Endpoint, model: &str, text: String, finish: FinishReason, usage: Usage) -> serde_json::Value {
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let finish_reason = match finish {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-    };
-    let usage = serde_json::json!({
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-    });
-    let id = format!("{created:x}{:08x}", rand_suffix());
-    match endpoint {
-        Endpoint::Completions => serde_json::json!({
-            "id": format!("cmpl-{id}"),
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "choices": [{ "text": text, "index": 0, "logprobs": null, "finish_reason": finish_reason }],
-            "usage": usage,
-        }),
-        Endpoint::ChatCompletions => serde_json::json!({
-            "id": format!("chatcmpl-{id}"),
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [{
+/// Forwards a generation as server-sent events until it finishes, fails, or the
+/// client goes away (which drops `events` and so cancels the generation).
+async fn stream(
+    meta: Meta,
+    first: Chunk,
+    mut events: UnboundedReceiver<GenerationEvent>,
+    sender: EventSender,
+    include_usage: bool,
+) {
+    if meta.endpoint == Endpoint::ChatCompletions && !sender.data(&meta.delta(Delta::Role, None, include_usage)).await {
+        return;
+    }
+    let mut chunk = first;
+    loop {
+        let event = meta.delta(Delta::Text(&chunk.text), chunk.finish, include_usage);
+        if !sender.data(&event).await {
+            return;
+        }
+        if chunk.finish.is_some() {
+            if include_usage && !sender.data(&meta.usage_only(chunk.usage)).await {
+                return;
+            }
+            sender.done().await;
+            return;
+        }
+        chunk = match events.recv().await {
+            Some(GenerationEvent::Chunk(chunk)) => chunk,
+            Some(GenerationEvent::Failed(failure)) => {
+                let error = ApiError::from(failure);
+                sender.data(&error.body()).await;
+                return;
+            }
+            None => return,
+        };
+    }
+}
+
+enum Delta<'a> {
+    Role,
+    Text(&'a str),
+}
+
+/// What every response and event of one request shares.
+struct Meta {
+    endpoint: Endpoint,
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Meta {
+    fn new(endpoint: Endpoint, model: String) -> Self {
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let prefix = match endpoint {
+            Endpoint::Completions => "cmpl",
+            Endpoint::ChatCompletions => "chatcmpl",
+        };
+        Self {
+            endpoint,
+            id: format!("{prefix}-{created:x}{:08x}", next_id()),
+            created,
+            model,
+        }
+    }
+
+    fn object(&self, streamed: bool) -> &'static str {
+        match (self.endpoint, streamed) {
+            (Endpoint::Completions, _) => "text_completion",
+            (Endpoint::ChatCompletions, false) => "chat.completion",
+            (Endpoint::ChatCompletions, true) => "chat.completion.chunk",
+        }
+    }
+
+    fn whole(&self, text: String, finish: FinishReason, usage: Usage) -> serde_json::Value {
+        let choice = match self.endpoint {
+            Endpoint::Completions => {
+                json!({ "text": text, "index": 0, "logprobs": null, "finish_reason": reason(finish) })
+            }
+            Endpoint::ChatCompletions => json!({
                 "index": 0,
                 "message": { "role": "assistant", "content": text },
                 "logprobs": null,
-                "finish_reason": finish_reason,
-            }],
-            "usage": usage,
-        }),
+                "finish_reason": reason(finish),
+            }),
+        };
+        json!({
+            "id": self.id, "object": self.object(false), "created": self.created, "model": self.model,
+            "choices": [choice], "usage": usage_json(usage),
+        })
+    }
+
+    fn delta(&self, delta: Delta<'_>, finish: Option<FinishReason>, include_usage: bool) -> serde_json::Value {
+        let finish = finish.map(reason);
+        let choice = match (self.endpoint, delta) {
+            (Endpoint::Completions, Delta::Text(text)) => {
+                json!({ "text": text, "index": 0, "logprobs": null, "finish_reason": finish })
+            }
+            (Endpoint::Completions, Delta::Role) => {
+                json!({ "text": "", "index": 0, "logprobs": null, "finish_reason": null })
+            }
+            (Endpoint::ChatCompletions, Delta::Role) => {
+                json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null })
+            }
+            (Endpoint::ChatCompletions, Delta::Text(text)) => {
+                let delta = if finish.is_some() && text.is_empty() {
+                    json!({})
+                } else {
+                    json!({ "content": text })
+                };
+                json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish })
+            }
+        };
+        let mut event = json!({
+            "id": self.id, "object": self.object(true), "created": self.created, "model": self.model, "choices": [choice],
+        });
+        if include_usage {
+            event["usage"] = serde_json::Value::Null;
+        }
+        event
+    }
+
+    /// The last event when `stream_options.include_usage` is set: no choices, the usage.
+    fn usage_only(&self, usage: Usage) -> serde_json::Value {
+        json!({
+            "id": self.id, "object": self.object(true), "created": self.created, "model": self.model,
+            "choices": [], "usage": usage_json(usage),
+        })
     }
 }
 
-/// A per-process-unique suffix for response ids.
-fn rand_suffix() -> u32 {
+fn reason(finish: FinishReason) -> &'static str {
+    match finish {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+fn usage_json(usage: Usage) -> serde_json::Value {
+    json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    })
+}
+
+/// A per-process sequence number for response ids.
+fn next_id() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)

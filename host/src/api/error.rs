@@ -1,9 +1,9 @@
 //! API errors in OpenAI's shape: `{"error":{"message","type","param","code"}}`.
 //! The only place that picks HTTP statuses.
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{Response, StatusCode};
+
+use super::body::{ApiBody, json_response};
 
 use crate::runtime::Failure;
 use crate::runtime::wit::EngineError;
@@ -68,16 +68,16 @@ impl ApiError {
         }
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        let body = serde_json::json!({
+    /// The OpenAI error document.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
             "error": { "message": self.message, "type": self.kind, "param": self.param, "code": self.code }
-        });
-        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        })
+    }
+
+    pub fn into_response(self) -> Response<ApiBody> {
+        let mut response = json_response(self.body());
         *response.status_mut() = self.status;
-        response.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("application/json"),
-        );
         response
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP API (hyper 1 on tokio): `/health`, `/v1/completions` and
 //! `/v1/chat/completions`.
 
+mod body;
 mod completions;
 mod error;
 mod request;

@@ -34,6 +34,7 @@ pub struct GenerationBody {
     /// Token id (a string, as OpenAI sends it) to a bias in [-100, 100].
     logit_bias: Option<HashMap<String, f32>>,
     pub stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
     n: Option<u32>,
     /// An end-user id for abuse monitoring; realm records nothing about it.
     #[allow(dead_code)]
@@ -50,6 +51,13 @@ pub struct ChatMessage {
     name: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamOptions {
+    /// Send a last event with the token usage (and `usage: null` on the others).
+    include_usage: Option<bool>,
+}
+
 /// OpenAI's `stop`: one string or a list.
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -64,10 +72,10 @@ impl GenerationBody {
             let param = e.to_string().split('`').nth(1).map(str::to_string);
             ApiError::invalid_request(format!("invalid request body: {e}"), param.as_deref())
         })?;
-        if body.stream == Some(true) {
+        if body.stream_options.is_some() && body.stream != Some(true) {
             return Err(ApiError::invalid_request(
-                "`stream: true` is not supported yet",
-                Some("stream"),
+                "`stream_options` needs `stream: true`",
+                Some("stream_options"),
             ));
         }
         if body.n.is_some_and(|n| n != 1) {
@@ -80,6 +88,13 @@ impl GenerationBody {
             ));
         }
         Ok(body)
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
     }
 
     /// The token limit the client asked for, if any.

@@ -3,10 +3,11 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
+use super::body::{ApiBody, json_response};
 use super::completions::{self, Endpoint};
 use super::error::ApiError;
 use crate::tenants::Tenants;
@@ -14,7 +15,7 @@ use crate::tenants::Tenants;
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 4 << 20;
 
-pub async fn route(tenants: Tenants, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn route(tenants: Tenants, request: Request<Incoming>) -> Result<Response<ApiBody>, Infallible> {
     let result = match (request.method(), request.uri().path()) {
         (&Method::GET, "/health") => Ok(json_response(serde_json::json!({ "status": "ok" }))),
         (&Method::POST, "/v1/completions") => match read_body(request).await {
@@ -45,13 +46,4 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(MAX_BODY)),
         Err(e) => Err(ApiError::invalid_request(format!("could not read the body: {e}"), None)),
     }
-}
-
-pub fn json_response(value: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    response
 }

@@ -86,7 +86,13 @@ const LOGIT_TOLERANCE: f32 = 1.0;
 
 #[test]
 fn first_step_logits_agree_with_llama_cpp() {
-    let golden = support::golden(DEFAULT_MODEL, "greedy.json");
+    for model in support::golden_models() {
+        first_step_logits_agree(model);
+    }
+}
+
+fn first_step_logits_agree(model: &str) {
+    let golden = support::golden(model, "greedy.json");
     let instance = instance();
     let mut worst = 0.0f32;
     let cases: Vec<_> = golden
@@ -100,13 +106,12 @@ fn first_step_logits_agree_with_llama_cpp() {
         let prompt = &case["prompt"];
         let prompt_ids: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).expect("ids");
         let file = case["logits_file"].as_str().expect("file");
-        let bytes =
-            std::fs::read(support::workspace().join("tests/golden").join(DEFAULT_MODEL).join(file)).expect("logits");
+        let bytes = std::fs::read(support::workspace().join("tests/golden").join(model).join(file)).expect("logits");
         let expected: Vec<f32> = bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let got = block_on(instance.evaluate(DEFAULT_MODEL, prompt_ids)).expect("evaluate");
+        let got = block_on(instance.evaluate(model, prompt_ids)).expect("evaluate");
         assert_eq!(got.len(), expected.len());
         let diff = got
             .iter()
@@ -141,33 +146,45 @@ fn first_step_logits_agree_with_llama_cpp() {
             }
         }
     }
-    eprintln!("max |logit difference| from llama.cpp over the golden prompts: {worst}");
+    eprintln!("{model}: max |logit difference| from llama.cpp over the golden prompts: {worst}");
 }
 
 #[test]
 fn tokenizer_ids_equal_llama_cpp() {
-    let golden = support::golden(DEFAULT_MODEL, "tokenizer.json");
-    let cases = golden.as_array().expect("array");
-    assert!(cases.len() >= 40, "the golden corpus has {} strings", cases.len());
     let instance = instance();
-    for case in cases {
-        let text = case["text"].as_str().expect("text");
-        let expected: Vec<u32> = serde_json::from_value(case["ids"].clone()).expect("ids");
-        let got = block_on(instance.tokenize(DEFAULT_MODEL, text, true, true)).expect("tokenize");
-        assert_eq!(got, expected, "ids of {text:?}");
-        let expected_plain: Vec<u32> = serde_json::from_value(case["ids_no_parse_special"].clone()).expect("ids");
-        let plain = block_on(instance.tokenize(DEFAULT_MODEL, text, true, false)).expect("tokenize");
-        assert_eq!(plain, expected_plain, "ids of {text:?} without special-token parsing");
-        if let Some(decoded) = case["decoded"].as_str() {
-            let round_trip = block_on(instance.detokenize(DEFAULT_MODEL, got)).expect("detokenize");
-            assert_eq!(round_trip, decoded, "text of the ids of {text:?}");
+    for model in support::golden_models() {
+        let golden = support::golden(model, "tokenizer.json");
+        let cases = golden.as_array().expect("array");
+        assert!(cases.len() >= 40, "the golden corpus has {} strings", cases.len());
+        for case in cases {
+            let text = case["text"].as_str().expect("text");
+            let expected: Vec<u32> = serde_json::from_value(case["ids"].clone()).expect("ids");
+            let got = block_on(instance.tokenize(model, text, true, true)).expect("tokenize");
+            assert_eq!(got, expected, "{model}: ids of {text:?}");
+            let expected_plain: Vec<u32> = serde_json::from_value(case["ids_no_parse_special"].clone()).expect("ids");
+            let plain = block_on(instance.tokenize(model, text, true, false)).expect("tokenize");
+            assert_eq!(
+                plain, expected_plain,
+                "{model}: ids of {text:?} without special-token parsing"
+            );
+            if let Some(decoded) = case["decoded"].as_str() {
+                let round_trip = block_on(instance.detokenize(model, got)).expect("detokenize");
+                assert_eq!(round_trip, decoded, "{model}: text of the ids of {text:?}");
+            }
         }
+        eprintln!("{model}: {} strings tokenize as llama.cpp does", cases.len());
     }
 }
 
 #[test]
 fn greedy_continuations_equal_llama_cpp() {
-    let golden = support::golden(DEFAULT_MODEL, "greedy.json");
+    for model in support::golden_models() {
+        greedy_continuations_agree(model);
+    }
+}
+
+fn greedy_continuations_agree(model: &str) {
+    let golden = support::golden(model, "greedy.json");
     let instance = instance();
     let mut compared = Vec::new();
     for case in golden.as_array().expect("array") {
@@ -175,7 +192,7 @@ fn greedy_continuations_equal_llama_cpp() {
         let expected: Vec<u32> = serde_json::from_value(case["ids"].clone()).expect("ids");
         let margins: Vec<f64> = serde_json::from_value(case["margins"].clone()).expect("margins");
         let comparable = margins.iter().position(|&m| m < NEAR_TIE).unwrap_or(expected.len());
-        let got = generate(&instance, DEFAULT_MODEL, greedy(prompt, expected.len() as u32)).expect("generation");
+        let got = generate(&instance, model, greedy(prompt, expected.len() as u32)).expect("generation");
         let agree = got.iter().zip(&expected).take_while(|(a, b)| a == b).count();
         eprintln!(
             "{prompt:?}: {agree} of {} tokens equal llama.cpp's; its first near-tie is at {comparable}",
@@ -185,11 +202,11 @@ fn greedy_continuations_equal_llama_cpp() {
             agree >= comparable,
             "{prompt:?}: diverged at token {agree}, before llama.cpp's first near-tie ({comparable})\n ours:   {got:?}\n theirs: {expected:?}"
         );
-        compared.push(comparable);
+        compared.push(agree);
     }
     assert!(
         compared.iter().filter(|&&n| n >= 8).count() >= 3,
-        "too few prompts compare 8 tokens or more: {compared:?}"
+        "{model}: too few prompts agree for 8 tokens or more: {compared:?}"
     );
 }
 

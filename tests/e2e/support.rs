@@ -38,6 +38,28 @@ pub fn models_dir() -> PathBuf {
     dir
 }
 
+/// Models with golden files that the larger run (`scripts/fetch-models.sh --all`)
+/// adds; the default model is always required.
+const EXTRA_MODELS: &[&str] = &["qwen2.5-coder-0.5b-instruct-q4_k_m", "gemma-3-270m-q4_k_m"];
+
+/// The default model and every extra model present in the models directory;
+/// an absent extra model is skipped with a printed reason.
+pub fn golden_models() -> Vec<&'static str> {
+    let dir = models_dir();
+    let mut models = vec![DEFAULT_MODEL];
+    for model in EXTRA_MODELS {
+        if dir.join(format!("{model}.gguf")).exists() {
+            models.push(model);
+        } else {
+            eprintln!(
+                "skipping {model}: not in {} (scripts/fetch-models.sh --all fetches it)",
+                dir.display()
+            );
+        }
+    }
+    models
+}
+
 pub fn golden(model: &str, file: &str) -> serde_json::Value {
     let path = workspace().join("tests/golden").join(model).join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -1,11 +1,13 @@
 //! Activations in the form a weight type's dot product consumes them, as ggml
 //! does (its `vec_dot_type`): 32-value blocks of i8 with an f16 scale for the
-//! quantized weight types, f16 or bf16 for half-precision weights. Quantizing
+//! 32-value quantized weight types, 256-value Q8_K blocks (f32 scale, i16 group
+//! sums) for the K-quants, f16 or bf16 for half-precision weights. Quantizing
 //! each input row once per matrix product is what makes integer dot products
 //! possible, and it keeps realm's logits within rounding of llama.cpp's.
 
 use half::{bf16, f16};
 
+use super::kquants::{self, BlockQ8K};
 use super::quant::{self, QK};
 use crate::compute::gguf::GgmlType;
 
@@ -22,6 +24,8 @@ pub enum Activations {
     F16(Vec<f16>),
     Bf16(Vec<bf16>),
     Q8(Vec<BlockQ8>),
+    /// 256-value blocks, for the K-quants.
+    Q8K(Vec<BlockQ8K>),
 }
 
 fn round_f16(v: f32) -> f32 {
@@ -34,6 +38,7 @@ pub fn quantize(weights: GgmlType, x: &[f32]) -> Activations {
         GgmlType::F32 => Activations::F32(x.to_vec()),
         GgmlType::F16 => Activations::F16(x.iter().map(|&v| f16::from_f32(v)).collect()),
         GgmlType::Bf16 => Activations::Bf16(x.iter().map(|&v| bf16::from_f32(v)).collect()),
+        _ if kquants::is_k_quant(weights) => Activations::Q8K(kquants::quantize_q8k(x)),
         _ => Activations::Q8(x.chunks_exact(QK).map(quantize_block).collect()),
     }
 }
@@ -80,6 +85,7 @@ pub fn dot(ty: GgmlType, row: &[u8], x: &Activations) -> f32 {
                 .map(|(w, y)| block_dot(ty, w, y))
                 .sum()
         }
+        Activations::Q8K(blocks) => kquants::dot(ty, row, blocks),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod activations;
 pub mod kernels;
+pub mod kquants;
 pub mod quant;
 
 use half::f16;
@@ -115,7 +116,7 @@ fn execute(step: Step<'_>) -> Result<Vec<f32>, ComputeError> {
             Node::Add(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |x, y| x + y),
             Node::Mul(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |x, y| x * y),
             Node::Swiglu(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |g, u| kernels::silu(g) * u),
-            Node::Geglu(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |g, u| kernels::gelu(g) * u),
+            Node::Geglu(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |g, u| kernels::gelu_gate(g) * u),
             Node::Scale(a, factor) => {
                 let mut m = copy(get(&values, *a)?);
                 m.data.iter_mut().for_each(|x| *x *= factor);

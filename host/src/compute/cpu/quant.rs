@@ -6,6 +6,7 @@
 
 use half::{bf16, f16};
 
+use super::kquants;
 use crate::compute::gguf::GgmlType;
 
 /// Types the CPU backend computes with.
@@ -20,6 +21,11 @@ pub fn supported(ty: GgmlType) -> bool {
             | GgmlType::Q5_0
             | GgmlType::Q5_1
             | GgmlType::Q8_0
+            | GgmlType::Q2K
+            | GgmlType::Q3K
+            | GgmlType::Q4K
+            | GgmlType::Q5K
+            | GgmlType::Q6K
     )
 }
 
@@ -91,6 +97,7 @@ pub fn dequantize_row(ty: GgmlType, row: &[u8], out: &mut [f32]) {
                 *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
             }
         }
+        _ if kquants::is_k_quant(ty) => kquants::dequantize_row(ty, row, out),
         _ => {
             let mut block = [0.0; QK];
             for (chunk, b) in out.chunks_exact_mut(QK).zip(row.chunks_exact(ty.block_bytes())) {
@@ -120,6 +127,15 @@ pub fn dot(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
             sum
         }
         GgmlType::Q4_1 => dot_q4_1(row, x),
+        _ if kquants::is_k_quant(ty) => {
+            let mut block = [0.0; kquants::QK_K];
+            let mut sum = 0.0;
+            for (b, xs) in row.chunks_exact(ty.block_bytes()).zip(x.chunks_exact(kquants::QK_K)) {
+                kquants::dequantize_row(ty, b, &mut block);
+                sum += dot_f32(&block, xs);
+            }
+            sum
+        }
         _ => {
             let mut block = [0.0; QK];
             let mut sum = 0.0;

@@ -9,6 +9,15 @@ fn health_and_a_greedy_completion() {
     let server = Server::start(&support::component(), &[]);
     let (status, body) = server.get("/health");
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, body) = server.get("/v1/models");
+    assert_eq!((status, body["object"].as_str()), (200, Some("list")));
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(ids.contains(&DEFAULT_MODEL), "{ids:?}");
 
     let request = json!({
         "model": DEFAULT_MODEL, "prompt": "The capital of France is", "max_tokens": 16, "temperature": 0

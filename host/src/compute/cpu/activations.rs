@@ -9,6 +9,7 @@ use half::{bf16, f16};
 
 use super::kquants::{self, BlockQ8K};
 use super::quant::{self, QK};
+use super::simd;
 use crate::compute::gguf::GgmlType;
 
 /// A block of 32 activations: `x ~= d * qs`, and `s = d * sum(qs)` (Q8_1).
@@ -16,6 +17,8 @@ use crate::compute::gguf::GgmlType;
 pub struct BlockQ8 {
     pub d: f32,
     pub s: f32,
+    /// The exact sum of `qs`.
+    pub sum: i32,
     pub qs: [i8; QK],
 }
 
@@ -60,6 +63,7 @@ fn quantize_block(x: &[f32]) -> BlockQ8 {
     BlockQ8 {
         d: round_f16(d),
         s: round_f16(sum as f32 * d),
+        sum,
         qs,
     }
 }
@@ -78,15 +82,18 @@ pub fn dot(ty: GgmlType, row: &[u8], x: &Activations) -> f32 {
             .zip(x)
             .map(|(w, a)| bf16::from_le_bytes([w[0], w[1]]).to_f32() * a.to_f32())
             .sum(),
-        Activations::Q8(blocks) => {
-            let bytes = ty.block_bytes();
-            row.chunks_exact(bytes)
-                .zip(blocks)
-                .map(|(w, y)| block_dot(ty, w, y))
-                .sum()
-        }
+        Activations::Q8(blocks) => simd::row_dot(ty, row, blocks).unwrap_or_else(|| dot_blocks(ty, row, blocks)),
         Activations::Q8K(blocks) => kquants::dot(ty, row, blocks),
     }
+}
+
+/// The portable row dot product: one exact integer sum per block, scaled and
+/// summed in block order.
+pub fn dot_blocks(ty: GgmlType, row: &[u8], blocks: &[BlockQ8]) -> f32 {
+    row.chunks_exact(ty.block_bytes())
+        .zip(blocks)
+        .map(|(w, y)| block_dot(ty, w, y))
+        .sum()
 }
 
 fn f16_at(bytes: &[u8], at: usize) -> f32 {
@@ -97,52 +104,38 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
 fn block_dot(ty: GgmlType, w: &[u8], y: &BlockQ8) -> f32 {
     let d = f16_at(w, 0);
     match ty {
-        GgmlType::Q4_0 => {
-            let sumi: i32 = (0..16)
-                .map(|j| {
-                    let q = w[2 + j];
-                    ((q & 0x0F) as i32 - 8) * y.qs[j] as i32 + ((q >> 4) as i32 - 8) * y.qs[j + 16] as i32
-                })
-                .sum();
-            sumi as f32 * (d * y.d)
-        }
-        GgmlType::Q4_1 => {
-            let sumi: i32 = (0..16)
-                .map(|j| {
-                    let q = w[4 + j];
-                    (q & 0x0F) as i32 * y.qs[j] as i32 + (q >> 4) as i32 * y.qs[j + 16] as i32
-                })
-                .sum();
-            (d * y.d) * sumi as f32 + f16_at(w, 2) * y.s
-        }
+        GgmlType::Q4_0 => (simd::nibbles_dot(packed(&w[2..18]), &y.qs) - 8 * y.sum) as f32 * (d * y.d),
+        GgmlType::Q4_1 => (d * y.d) * simd::nibbles_dot(packed(&w[4..20]), &y.qs) as f32 + f16_at(w, 2) * y.s,
         GgmlType::Q5_0 | GgmlType::Q5_1 => {
             let has_min = ty == GgmlType::Q5_1;
             let rest = if has_min { &w[4..] } else { &w[2..] };
             let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-            let offset = if has_min { 0 } else { 16 };
-            let sumi: i32 = (0..16)
-                .map(|j| {
-                    let q = rest[4 + j];
-                    let h0 = ((qh >> j) << 4) & 0x10;
-                    let h1 = (qh >> (j + 12)) & 0x10;
-                    let x0 = ((q & 0x0F) as u32 | h0) as i32 - offset;
-                    let x1 = ((q >> 4) as u32 | h1) as i32 - offset;
-                    x0 * y.qs[j] as i32 + x1 * y.qs[j + 16] as i32
-                })
-                .sum();
+            let mut x = [0u8; QK];
+            for (j, &q) in rest[4..20].iter().enumerate() {
+                x[j] = (q & 0x0F) | ((((qh >> j) << 4) & 0x10) as u8);
+                x[j + 16] = (q >> 4) | (((qh >> (j + 12)) & 0x10) as u8);
+            }
+            let sumi = simd::unsigned_dot(&x, &y.qs) - if has_min { 0 } else { 16 * y.sum };
             let m = if has_min { f16_at(w, 2) * y.s } else { 0.0 };
             (d * y.d) * sumi as f32 + m
         }
         GgmlType::Q8_0 => {
-            let sumi: i32 = w[2..34]
-                .iter()
-                .zip(&y.qs)
-                .map(|(&a, &b)| a as i8 as i32 * b as i32)
-                .sum();
-            sumi as f32 * (d * y.d)
+            let x: &[i8; QK] = bytemuck_i8(&w[2..34]);
+            simd::signed_dot(x, &y.qs) as f32 * (d * y.d)
         }
         _ => unreachable!("block_dot on {ty}"),
     }
+}
+
+fn packed(bytes: &[u8]) -> &[u8; 16] {
+    bytes.try_into().expect("16 packed bytes")
+}
+
+/// A Q8_0 block's quants as i8 (same size and alignment as u8).
+fn bytemuck_i8(bytes: &[u8]) -> &[i8; QK] {
+    let bytes: &[u8; QK] = bytes.try_into().expect("32 quant bytes");
+    // SAFETY: u8 and i8 have the same size and alignment; every bit pattern is valid.
+    unsafe { &*(bytes as *const [u8; QK]).cast::<[i8; QK]>() }
 }
 
 #[cfg(test)]
@@ -188,6 +181,64 @@ mod tests {
                 (got - reference).abs() <= 0.01 * magnitude,
                 "{ty}: {got} vs {reference} (scale {magnitude})"
             );
+        }
+    }
+
+    /// ggml's per-element formulas for the integer sum of one block.
+    fn reference_sumi(ty: GgmlType, w: &[u8], y: &BlockQ8) -> i32 {
+        let value = |j: usize| -> i32 {
+            let (lo, hi, at) = (j < 16, j >= 16, j % 16);
+            match ty {
+                GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                    let q = w[if ty == GgmlType::Q4_0 { 2 } else { 4 } + at];
+                    let nibble = if lo { q & 0x0F } else { q >> 4 } as i32;
+                    if ty == GgmlType::Q4_0 { nibble - 8 } else { nibble }
+                }
+                GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                    let rest = if ty == GgmlType::Q5_1 { &w[4..] } else { &w[2..] };
+                    let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                    let q = rest[4 + at];
+                    let h = if hi {
+                        (qh >> (at + 12)) & 0x10
+                    } else {
+                        ((qh >> at) << 4) & 0x10
+                    };
+                    let x = (if lo { q & 0x0F } else { q >> 4 }) as u32 | h;
+                    x as i32 - if ty == GgmlType::Q5_0 { 16 } else { 0 }
+                }
+                _ => w[2 + j] as i8 as i32,
+            }
+        };
+        (0..QK).map(|j| value(j) * y.qs[j] as i32).sum()
+    }
+
+    #[test]
+    fn block_dots_equal_ggml_formulas_exactly() {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+        ] {
+            for seed in 0..50 {
+                let w = random_row(ty, 1, seed + 7);
+                let x: Vec<f32> = noise(seed, QK).iter().map(|&b| b as f32 / 64.0 - 2.0).collect();
+                let y = quantize_block(&x);
+                let (d, dy) = (f16_at(&w, 0), y.d);
+                let sumi = reference_sumi(ty, &w, &y);
+                let m = if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
+                    f16_at(&w, 2) * y.s
+                } else {
+                    0.0
+                };
+                let expected = if m != 0.0 || matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
+                    (d * dy) * sumi as f32 + m
+                } else {
+                    sumi as f32 * (d * dy)
+                };
+                assert_eq!(block_dot(ty, &w, &y), expected, "{ty} seed {seed}");
+            }
         }
     }
 

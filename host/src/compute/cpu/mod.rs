@@ -5,6 +5,7 @@ pub mod activations;
 pub mod kernels;
 pub mod kquants;
 pub mod quant;
+pub mod simd;
 
 use half::f16;
 use rayon::prelude::*;

@@ -4,6 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
+use super::Vocab;
 use crate::Error;
 
 /// Merge table keyed by the ids of the two halves: (rank, merged id).
@@ -14,8 +15,9 @@ pub struct Bpe {
 }
 
 impl Bpe {
-    pub fn new(ids: &HashMap<String, u32>, merges: &[String]) -> Result<Self, Error> {
+    pub fn new(vocab: &Vocab, merges: &[String]) -> Result<Self, Error> {
         let mut table = HashMap::with_capacity(merges.len());
+        let mut joined = String::new();
         for (rank, merge) in merges.iter().enumerate() {
             // A merge is "left right"; the left half may itself begin with a space
             // character only at index 0, so split at the first space after it.
@@ -26,17 +28,21 @@ impl Bpe {
                 .map(|(i, _)| i)
                 .ok_or_else(|| Error::UnsupportedModel(format!("gguf: malformed merge `{merge}`")))?;
             let (left, right) = (&merge[..split], &merge[split + 1..]);
-            let (Some(&l), Some(&r)) = (ids.get(left), ids.get(right)) else {
+            let (Some(l), Some(r)) = (vocab.get(left), vocab.get(right)) else {
                 continue;
             };
-            let Some(&merged) = ids.get(&format!("{left}{right}")) else {
+            joined.clear();
+            joined.push_str(left);
+            joined.push_str(right);
+            let Some(merged) = vocab.get(&joined) else {
                 continue;
             };
             table.entry((l, r)).or_insert((rank as u32, merged));
         }
         let mut byte_tokens = [None; 256];
         for (byte, slot) in byte_tokens.iter_mut().enumerate() {
-            *slot = ids.get(&byte_char(byte as u8).to_string()).copied();
+            let mut buf = [0; 4];
+            *slot = vocab.get(byte_char(byte as u8).encode_utf8(&mut buf));
         }
         Ok(Self {
             merges: table,
@@ -163,13 +169,9 @@ mod tests {
     #[test]
     fn merges_apply_lowest_rank_first() {
         let vocab = ["a", "b", "c", "ab", "bc", "abc"];
-        let ids: HashMap<String, u32> = vocab
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.to_string(), i as u32))
-            .collect();
+        let vocab = Vocab::new(&vocab).expect("vocabulary");
         let merges = vec!["b c".to_string(), "a b".to_string(), "a bc".to_string()];
-        let bpe = Bpe::new(&ids, &merges).expect("valid merges");
+        let bpe = Bpe::new(&vocab, &merges).expect("valid merges");
         let mut out = Vec::new();
         bpe.encode_word("abc", &mut out);
         assert_eq!(out, vec![5], "b+c (rank 0) then a+bc (rank 2)");

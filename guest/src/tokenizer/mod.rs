@@ -1,16 +1,27 @@
 //! Tokenizers: an immutable vocabulary built once per realm from GGUF metadata,
-//! with special-token handling as llama.cpp does it.
+//! with special-token handling as llama.cpp does it. This file holds what every
+//! tokenizer model shares (the vocabulary, token types, special-token splitting,
+//! BOS/EOS and decoding); the models themselves are byte-level BPE (`gpt2`, in
+//! [`bpe`]) and SentencePiece (`llama`, in [`spm`]).
 
 mod bpe;
+#[cfg(test)]
+mod golden_tests;
 mod pretokenize;
+mod spm;
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
 
 use crate::Error;
 use crate::compute::MetadataValue;
 use crate::metadata::{Metadata, keys};
 
 pub use pretokenize::PreTokenizer;
+
+/// Tokenizer keys that only this module reads.
+const UNK_ID: &str = "tokenizer.ggml.unknown_token_id";
+const EOM_ID: &str = "tokenizer.ggml.eom_token_id";
+const ADD_SPACE_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
 
 /// GGUF token types (`tokenizer.ggml.token_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,38 +45,58 @@ impl TokenType {
             _ => Self::Normal,
         }
     }
+
+    /// Split out of the text before the model tokenizes it (llama.cpp's special
+    /// tokens cache: control, user-defined and unknown tokens).
+    fn is_special(self) -> bool {
+        matches!(self, Self::Control | Self::UserDefined | Self::Unknown)
+    }
+}
+
+/// The tokenizer model, from `tokenizer.ggml.model`.
+enum Model {
+    /// `gpt2`: byte-level BPE over the words of a regex pre-tokenizer.
+    Bpe { bpe: bpe::Bpe, pre: PreTokenizer },
+    /// `llama`: SentencePiece, merging by score with byte fallback.
+    Spm(spm::Spm),
 }
 
 /// A model's vocabulary and the rules for turning text into ids and back.
 pub struct Tokenizer {
-    tokens: Vec<String>,
+    vocab: Vocab,
     types: Vec<TokenType>,
-    ids: HashMap<String, u32>,
-    /// Control, user-defined and unknown tokens, longest text first.
-    specials: Vec<u32>,
-    bpe: bpe::Bpe,
-    pre: PreTokenizer,
+    specials: Specials,
+    model: Model,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
-    /// Tokens that end a generation: EOS, EOT and the vocabulary's end-of-turn markers.
+    /// Tokens that end a generation: EOS, EOT, EOM and the vocabulary's end-of-turn markers.
     pub end_of_generation: Vec<u32>,
     add_bos: bool,
     add_eos: bool,
+    /// SentencePiece only: a space goes before text that starts the input or
+    /// follows a special token, and decoding drops it again.
+    add_space_prefix: bool,
 }
 
 impl Tokenizer {
     pub fn from_metadata(meta: &Metadata) -> Result<Self, Error> {
-        let model = meta.text(keys::TOKENIZER_MODEL)?.unwrap_or("");
-        if model != "gpt2" {
-            return Err(Error::UnsupportedModel(format!(
-                "tokenizer model `{model}` is not supported (supported: gpt2)"
-            )));
-        }
+        let model_name = meta.text(keys::TOKENIZER_MODEL)?.unwrap_or("");
+        let spm = match model_name {
+            "gpt2" => false,
+            "llama" => true,
+            other => {
+                return Err(unsupported(format!(
+                    "tokenizer model `{other}` is not supported (supported: gpt2, llama)"
+                )));
+            }
+        };
         let tokens = match meta.get(keys::TOKENS) {
-            Some(MetadataValue::TextArray(tokens)) if !tokens.is_empty() => tokens.clone(),
+            Some(MetadataValue::TextArray(tokens)) if !tokens.is_empty() => tokens,
             _ => return Err(unsupported(format!("gguf: missing `{}`", keys::TOKENS))),
         };
-        let types = match meta.get(keys::TOKEN_TYPES) {
+        let vocab = Vocab::new(tokens)?;
+        let vocab_size = vocab.len() as u32;
+        let mut types = match meta.get(keys::TOKEN_TYPES) {
             Some(MetadataValue::IntArray(types)) if types.len() == tokens.len() => {
                 types.iter().map(|&t| TokenType::from_gguf(t)).collect()
             }
@@ -74,47 +105,59 @@ impl Tokenizer {
             }
             None => vec![TokenType::Normal; tokens.len()],
         };
-        let merges = match meta.get(keys::MERGES) {
-            Some(MetadataValue::TextArray(merges)) => merges.as_slice(),
-            _ => return Err(unsupported(format!("gguf: missing `{}`", keys::MERGES))),
-        };
-        let ids: HashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let bpe = bpe::Bpe::new(&ids, merges)?;
-        let pre = PreTokenizer::from_name(meta.text(keys::TOKENIZER_PRE)?.unwrap_or("default"))?;
+        apply_llama_cpp_overrides(meta, &vocab, &mut types)?;
 
-        let vocab_size = tokens.len() as u32;
         let token_id = |key: &str| -> Result<Option<u32>, Error> { Ok(meta.u32(key)?.filter(|&id| id < vocab_size)) };
-        let bos = token_id(keys::BOS_ID)?;
-        let eos = token_id(keys::EOS_ID)?;
-        let eot = token_id(keys::EOT_ID)?;
-        let mut end_of_generation: Vec<u32> = eos.into_iter().chain(eot).collect();
-        for marker in END_OF_TURN_MARKERS {
-            if let Some(&id) = ids.get(*marker) {
-                end_of_generation.push(id);
+        // llama.cpp's defaults for SentencePiece vocabularies: <unk> 0, <s> 1, </s> 2.
+        let default = |id: u32| (spm && id < vocab_size).then_some(id);
+        let bos = token_id(keys::BOS_ID)?.or(default(1));
+        let eos = token_id(keys::EOS_ID)?.or(default(2));
+        let unk = token_id(UNK_ID)?.or(default(0));
+
+        let model = if spm {
+            let scores = match meta.get(keys::SCORES) {
+                None => vec![0.0; tokens.len()],
+                Some(MetadataValue::FloatArray(scores)) if scores.len() >= tokens.len() => {
+                    scores[..tokens.len()].to_vec()
+                }
+                Some(MetadataValue::IntArray(scores)) if scores.len() >= tokens.len() => {
+                    scores[..tokens.len()].iter().map(|&s| s as f32).collect()
+                }
+                Some(_) => {
+                    return Err(unsupported(format!(
+                        "gguf: `{}` does not match the vocabulary",
+                        keys::SCORES
+                    )));
+                }
+            };
+            Model::Spm(spm::Spm::new(&vocab, scores, unk))
+        } else {
+            let merges = match meta.get(keys::MERGES) {
+                Some(MetadataValue::TextArray(merges)) => merges.as_slice(),
+                _ => return Err(unsupported(format!("gguf: missing `{}`", keys::MERGES))),
+            };
+            Model::Bpe {
+                bpe: bpe::Bpe::new(&vocab, merges)?,
+                pre: PreTokenizer::from_name(meta.text(keys::TOKENIZER_PRE)?.unwrap_or("default"))?,
             }
-        }
+        };
+
+        let eot = token_id(keys::EOT_ID)?;
+        let eom = token_id(EOM_ID)?;
+        let mut end_of_generation: Vec<u32> = eos.into_iter().chain(eot).chain(eom).collect();
+        end_of_generation.extend(END_OF_TURN_MARKERS.iter().filter_map(|marker| vocab.get(marker)));
         end_of_generation.sort_unstable();
         end_of_generation.dedup();
 
-        let mut specials: Vec<u32> = (0..vocab_size)
-            .filter(|&id| {
-                matches!(
-                    types[id as usize],
-                    TokenType::Control | TokenType::UserDefined | TokenType::Unknown
-                ) && !tokens[id as usize].is_empty()
-            })
-            .collect();
-        specials.sort_by_key(|&id| std::cmp::Reverse(tokens[id as usize].len()));
-
+        let specials = Specials::new(&vocab, &types);
         Ok(Self {
-            add_bos: meta.bool(keys::ADD_BOS)?.unwrap_or(false),
+            add_bos: meta.bool(keys::ADD_BOS)?.unwrap_or(spm),
             add_eos: meta.bool(keys::ADD_EOS)?.unwrap_or(false),
-            tokens,
+            add_space_prefix: spm && meta.bool(ADD_SPACE_PREFIX)?.unwrap_or(true),
+            vocab,
             types,
-            ids,
             specials,
-            bpe,
-            pre,
+            model,
             bos,
             eos,
             end_of_generation,
@@ -122,7 +165,7 @@ impl Tokenizer {
     }
 
     pub fn vocab_size(&self) -> u32 {
-        self.tokens.len() as u32
+        self.vocab.len() as u32
     }
 
     pub fn is_end_of_generation(&self, id: u32) -> bool {
@@ -137,12 +180,35 @@ impl Tokenizer {
         if add_special && self.add_bos {
             out.extend(self.bos);
         }
-        for fragment in self.partition_specials(text, parse_special) {
-            match fragment {
-                Fragment::Token(id) => out.push(id),
-                Fragment::Text(text) => {
-                    for word in self.pre.split(text) {
-                        self.bpe.encode_word(word, &mut out);
+        let fragments = self.partition_specials(text, parse_special);
+        match &self.model {
+            Model::Bpe { bpe, pre } => {
+                for fragment in fragments {
+                    match fragment {
+                        Fragment::Token(id) => out.push(id),
+                        Fragment::Text(text) => {
+                            for word in pre.split(text) {
+                                bpe.encode_word(word, &mut out);
+                            }
+                        }
+                    }
+                }
+            }
+            Model::Spm(spm) => {
+                // The input's start counts as following a special token.
+                let mut after_special = true;
+                let mut escaped = String::new();
+                for fragment in fragments {
+                    match fragment {
+                        Fragment::Token(id) => {
+                            out.push(id);
+                            after_special = true;
+                        }
+                        Fragment::Text(text) => {
+                            spm::escape_whitespace(text, self.add_space_prefix && after_special, &mut escaped);
+                            spm.encode(&self.vocab, &escaped, &mut out);
+                            after_special = false;
+                        }
                     }
                 }
             }
@@ -156,11 +222,15 @@ impl Tokenizer {
     /// The bytes a token stands for. Control and unknown tokens render as nothing
     /// unless `special`; the result may be a partial UTF-8 sequence.
     pub fn piece(&self, id: u32, special: bool) -> Vec<u8> {
-        let Some(text) = self.tokens.get(id as usize) else {
+        if id >= self.vocab_size() {
             return Vec::new();
-        };
+        }
+        let text = self.vocab.text(id);
         match self.types[id as usize] {
-            TokenType::Normal => bpe::decode_bytes(text),
+            TokenType::Normal => match self.model {
+                Model::Bpe { .. } => bpe::decode_bytes(text),
+                Model::Spm(_) => spm::unescape_whitespace(text),
+            },
             TokenType::UserDefined => text.as_bytes().to_vec(),
             TokenType::Byte => parse_byte_token(text).map(|b| vec![b]).unwrap_or_default(),
             TokenType::Control | TokenType::Unknown if special => text.as_bytes().to_vec(),
@@ -168,29 +238,42 @@ impl Tokenizer {
         }
     }
 
+    /// The text of `ids`, special tokens not rendered. With a space prefix the
+    /// first token's leading space is dropped, as llama.cpp's detokenizer does.
     pub fn decode(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids.iter().flat_map(|&id| self.piece(id, false)).collect();
+        let mut bytes = Vec::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let piece = self.piece(id, false);
+            let piece = match piece.strip_prefix(b" ") {
+                Some(rest) if i == 0 && self.add_space_prefix => rest,
+                _ => &piece,
+            };
+            bytes.extend_from_slice(piece);
+        }
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize).map(String::as_str)
+        (id < self.vocab_size()).then(|| self.vocab.text(id))
     }
 
     pub fn id_of(&self, text: &str) -> Option<u32> {
-        self.ids.get(text).copied()
+        self.vocab.get(text)
     }
 
     /// Splits `text` around special-token text, longest special token first.
     fn partition_specials<'t>(&self, text: &'t str, parse_special: bool) -> Vec<Fragment<'t>> {
+        if text.is_empty() {
+            return Vec::new();
+        }
         let mut fragments = vec![Fragment::Text(text)];
-        for &id in &self.specials {
-            let ty = self.types[id as usize];
-            if !parse_special && matches!(ty, TokenType::Control | TokenType::Unknown) {
+        for rank in self.specials.occurring(&self.vocab, text) {
+            let id = self.specials.ids[rank];
+            if !parse_special && matches!(self.types[id as usize], TokenType::Control | TokenType::Unknown) {
                 continue;
             }
-            let special = self.tokens[id as usize].as_str();
-            let mut next = Vec::with_capacity(fragments.len());
+            let special = self.vocab.text(id);
+            let mut next = Vec::with_capacity(fragments.len() + 2);
             for fragment in fragments {
                 let Fragment::Text(mut rest) = fragment else {
                     next.push(fragment);
@@ -218,8 +301,291 @@ enum Fragment<'t> {
     Token(u32),
 }
 
-/// Vocabulary entries that end an assistant turn in the chat formats realm knows.
-const END_OF_TURN_MARKERS: &[&str] = &["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>"];
+/// The token texts, stored back to back in one buffer (a 262k-token vocabulary
+/// is two allocations, not one per token), with an open-addressing hash index
+/// from text to id. Like llama.cpp's map, a repeated text resolves to its last id.
+struct Vocab {
+    text: String,
+    /// `ends[id]`: where the token's text ends in `text`; it starts where the previous one ends.
+    ends: Vec<u32>,
+    /// Token ids by hash of their text, linear probing; a power of two long, at most half full.
+    slots: Vec<u32>,
+}
+
+const EMPTY_SLOT: u32 = u32::MAX;
+
+impl Vocab {
+    fn new<S: AsRef<str>>(tokens: &[S]) -> Result<Self, Error> {
+        let total: usize = tokens.iter().map(|t| t.as_ref().len()).sum();
+        if total > u32::MAX as usize || tokens.len() >= EMPTY_SLOT as usize {
+            return Err(unsupported("gguf: the vocabulary is too large".into()));
+        }
+        let mut text = String::with_capacity(total);
+        let mut ends = Vec::with_capacity(tokens.len());
+        for token in tokens {
+            text.push_str(token.as_ref());
+            ends.push(text.len() as u32);
+        }
+        let mut vocab = Self {
+            text,
+            ends,
+            slots: vec![EMPTY_SLOT; (tokens.len() * 2).next_power_of_two().max(2)],
+        };
+        for id in 0..tokens.len() as u32 {
+            let slot = vocab.slot_of(vocab.text(id));
+            vocab.slots[slot] = id;
+        }
+        Ok(vocab)
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The text of token `id`, which must be in the vocabulary.
+    fn text(&self, id: u32) -> &str {
+        let id = id as usize;
+        let start = if id == 0 { 0 } else { self.ends[id - 1] as usize };
+        &self.text[start..self.ends[id] as usize]
+    }
+
+    fn get(&self, text: &str) -> Option<u32> {
+        let id = self.slots[self.slot_of(text)];
+        (id != EMPTY_SLOT).then_some(id)
+    }
+
+    /// The slot that holds `text`, or the empty slot where it would go.
+    fn slot_of(&self, text: &str) -> usize {
+        let mask = self.slots.len() - 1;
+        let mut slot = hash(text.as_bytes()) as usize & mask;
+        loop {
+            let id = self.slots[slot];
+            if id == EMPTY_SLOT || self.text(id) == text {
+                return slot;
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+}
+
+/// FNV-1a, finished with a multiply-xorshift so that its low bits (the slot) mix well.
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 32;
+    h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
+    h ^ (h >> 32)
+}
+
+/// Control, user-defined and unknown tokens, longest text first (the order
+/// llama.cpp splits them out in), indexed by their first two bytes so that a
+/// text is scanned once for the few that occur in it, not once per special
+/// token (gemma has 6k of them).
+struct Specials {
+    ids: Vec<u32>,
+    /// Ranks (positions in `ids`) of the one-byte specials, by byte.
+    one_byte: Vec<Vec<usize>>,
+    /// By two-byte prefix `(b0 << 8) | b1`: 1 + the index of its bucket, or 0.
+    by_prefix: Vec<u32>,
+    /// Ranks of the specials that start with a prefix.
+    buckets: Vec<Vec<usize>>,
+}
+
+impl Specials {
+    fn new(vocab: &Vocab, types: &[TokenType]) -> Self {
+        let mut ids: Vec<u32> = (0..vocab.len() as u32)
+            .filter(|&id| types[id as usize].is_special() && !vocab.text(id).is_empty())
+            .collect();
+        ids.sort_by_key(|&id| Reverse(vocab.text(id).len()));
+        let mut one_byte = vec![Vec::new(); 256];
+        let mut by_prefix = vec![0u32; 1 << 16];
+        let mut buckets: Vec<Vec<usize>> = Vec::new();
+        for (rank, &id) in ids.iter().enumerate() {
+            match *vocab.text(id).as_bytes() {
+                [b] => one_byte[b as usize].push(rank),
+                [b0, b1, ..] => {
+                    let prefix = usize::from(b0) << 8 | usize::from(b1);
+                    if by_prefix[prefix] == 0 {
+                        buckets.push(Vec::new());
+                        by_prefix[prefix] = buckets.len() as u32;
+                    }
+                    buckets[by_prefix[prefix] as usize - 1].push(rank);
+                }
+                [] => {}
+            }
+        }
+        Self {
+            ids,
+            one_byte,
+            by_prefix,
+            buckets,
+        }
+    }
+
+    /// Ranks of the specials whose text occurs in `text`, in rank order. Only
+    /// they can split it: every fragment is a substring of `text`.
+    fn occurring(&self, vocab: &Vocab, text: &str) -> Vec<usize> {
+        let bytes = text.as_bytes();
+        let mut found = vec![false; self.ids.len()];
+        for (i, &b0) in bytes.iter().enumerate() {
+            for &rank in &self.one_byte[b0 as usize] {
+                found[rank] = true;
+            }
+            let Some(&b1) = bytes.get(i + 1) else { break };
+            let bucket = self.by_prefix[usize::from(b0) << 8 | usize::from(b1)];
+            if bucket == 0 {
+                continue;
+            }
+            for &rank in &self.buckets[bucket as usize - 1] {
+                if !found[rank] && bytes[i..].starts_with(vocab.text(self.ids[rank]).as_bytes()) {
+                    found[rank] = true;
+                }
+            }
+        }
+        (0..found.len()).filter(|&rank| found[rank]).collect()
+    }
+}
+
+/// Vocabulary entries that end a generation, as llama.cpp recognises them by
+/// text: end-of-turn markers of the chat formats, and code models' file and
+/// repository separators.
+const END_OF_TURN_MARKERS: &[&str] = &[
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end|>",
+    "</s>",
+    "<reponame>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+    "<file_sep>",
+];
+
+/// Texts that llama.cpp takes for end-of-generation tokens and so makes control
+/// tokens whatever their GGUF type (e.g. gemma's user-defined `</s>`): they are
+/// split out only when parsing specials, and render as nothing.
+const CONTROL_BY_TEXT: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
+];
+
+/// Fill-in-the-middle tokens llama.cpp finds by text, and makes control tokens,
+/// when the GGUF does not name them (keys `tokenizer.ggml.fim_*_token_id`).
+const FIM_BY_TEXT: &[(&[&str], &[&str])] = &[
+    (
+        &["tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"],
+        &[
+            "<|fim_prefix|>",
+            "<fim-prefix>",
+            "<fim_prefix>",
+            "<｜fim▁begin｜>",
+            "<PRE>",
+            "▁<PRE>",
+            "<|code_prefix|>",
+            "<|prefix|>",
+        ],
+    ),
+    (
+        &["tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"],
+        &[
+            "<|fim_suffix|>",
+            "<fim-suffix>",
+            "<fim_suffix>",
+            "<｜fim▁hole｜>",
+            "<SUF>",
+            "▁<SUF>",
+            "<|code_suffix|>",
+            "<|suffix|>",
+        ],
+    ),
+    (
+        &["tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"],
+        &[
+            "<|fim_middle|>",
+            "<fim-middle>",
+            "<fim_middle>",
+            "<｜fim▁end｜>",
+            "<MID>",
+            "▁<MID>",
+            "<|code_middle|>",
+            "<|middle|>",
+        ],
+    ),
+    (
+        &["tokenizer.ggml.fim_pad_token_id"],
+        &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"],
+    ),
+    (
+        &["tokenizer.ggml.fim_rep_token_id"],
+        &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"],
+    ),
+    (&["tokenizer.ggml.fim_sep_token_id"], &["<|file_sep|>"]),
+];
+
+/// The token attributes llama.cpp derives from token text rather than from the
+/// GGUF types (its `load` after reading the vocabulary). It sets no lstrip or
+/// rstrip for the models realm runs (only for phi-3, jina and modern-bert).
+fn apply_llama_cpp_overrides(meta: &Metadata, vocab: &Vocab, types: &mut [TokenType]) -> Result<(), Error> {
+    let mut make_control = |text: &str| {
+        if let Some(id) = vocab.get(text) {
+            types[id as usize] = TokenType::Control;
+        }
+    };
+    for (keys, texts) in FIM_BY_TEXT {
+        let mut named = false;
+        for key in *keys {
+            named |= meta.u32(key)?.is_some_and(|id| (id as usize) < vocab.len());
+        }
+        if !named {
+            texts.iter().for_each(|text| make_control(text));
+        }
+    }
+    CONTROL_BY_TEXT.iter().for_each(|text| make_control(text));
+    let has = |text: &str| vocab.get(text).is_some();
+    // gpt-oss (harmony) and solar-open: `<|end|>` is an ordinary user-defined token.
+    if let Some(end) = vocab.get("<|end|>")
+        && ((has("<|return|>") && has("<|call|>")) || (has("<|calls|>") && has("<|flush|>")))
+    {
+        types[end as usize] = TokenType::UserDefined;
+    }
+    // gemma4: `</s>` is a normal token.
+    if has("<|tool_response>")
+        && let Some(id) = vocab.get("</s>")
+    {
+        types[id as usize] = TokenType::Normal;
+    }
+    // gpt-oss: channel markers always render.
+    for text in ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"] {
+        if let Some(id) = vocab.get(text) {
+            types[id as usize] = TokenType::UserDefined;
+        }
+    }
+    Ok(())
+}
 
 fn parse_byte_token(text: &str) -> Option<u8> {
     let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
@@ -228,4 +594,137 @@ fn parse_byte_token(text: &str) -> Option<u8> {
 
 fn unsupported(message: String) -> Error {
     Error::UnsupportedModel(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::MetadataEntry;
+
+    /// A SentencePiece vocabulary: (text, GGUF type, score).
+    const SPM_VOCAB: &[(&str, i64, f32)] = &[
+        ("<unk>", 2, 0.0),
+        ("<s>", 3, 0.0),
+        ("</s>", 3, 0.0),
+        ("<0x41>", 6, 0.0),
+        ("▁", 1, -1.0),
+        ("h", 1, -1.0),
+        ("i", 1, -1.0),
+        ("▁h", 1, -2.0),
+        ("▁hi", 1, -3.0),
+        ("hi", 1, -4.0),
+        ("<ctl>", 3, 0.0),
+        ("<user>", 4, 0.0),
+        // Normal in the GGUF; llama.cpp makes it control by its text.
+        ("<end_of_turn>", 1, 0.0),
+    ];
+
+    fn spm(extra: Vec<(&str, MetadataValue)>) -> Tokenizer {
+        let mut entries = vec![
+            ("general.architecture", MetadataValue::Text("llama".into())),
+            (keys::TOKENIZER_MODEL, MetadataValue::Text("llama".into())),
+            (
+                keys::TOKENS,
+                MetadataValue::TextArray(SPM_VOCAB.iter().map(|t| t.0.to_string()).collect()),
+            ),
+            (
+                keys::TOKEN_TYPES,
+                MetadataValue::IntArray(SPM_VOCAB.iter().map(|t| t.1).collect()),
+            ),
+            (
+                keys::SCORES,
+                MetadataValue::FloatArray(SPM_VOCAB.iter().map(|t| t.2).collect()),
+            ),
+        ];
+        entries.extend(extra);
+        let entries = entries
+            .into_iter()
+            .map(|(key, value)| MetadataEntry { key: key.into(), value })
+            .collect();
+        Tokenizer::from_metadata(&Metadata::new(entries).expect("metadata")).expect("tokenizer")
+    }
+
+    #[test]
+    fn spm_defaults_add_bos_and_a_space_prefix() {
+        let tok = spm(Vec::new());
+        assert_eq!((tok.bos, tok.eos), (Some(1), Some(2)), "llama.cpp's SPM defaults");
+        // "hi" -> "▁hi": "▁h" (-2) merges before "hi" (-4), then "▁hi".
+        assert_eq!(tok.encode("hi", true, true), vec![1, 8]);
+        assert_eq!(tok.encode("hi", false, true), vec![8]);
+        assert_eq!(tok.encode("", true, true), vec![1]);
+        assert_eq!(tok.encode("", false, true), Vec::<u32>::new());
+        // The prefix goes again after a special token, not after text.
+        assert_eq!(tok.encode("hi<ctl>hi", false, true), vec![8, 10, 8]);
+        assert_eq!(tok.encode("hi<user>hi", false, false), vec![8, 11, 8]);
+        // Byte fallback: 'A' is no entry, its byte token is.
+        assert_eq!(tok.encode("A", false, true), vec![4, 3]);
+    }
+
+    #[test]
+    fn spm_decoding_drops_the_prefix_space_of_the_first_token_only() {
+        let tok = spm(Vec::new());
+        assert_eq!(tok.decode(&[8, 8]), "hi hi");
+        // After BOS the space stays, as in llama.cpp (BOS takes the strip, rendering nothing).
+        assert_eq!(tok.decode(&[1, 8]), " hi");
+        assert_eq!(tok.decode(&[8, 10, 3, 11]), "hiA<user>");
+        assert_eq!(tok.piece(8, false), b" hi".to_vec());
+        assert_eq!(tok.piece(10, true), b"<ctl>".to_vec());
+    }
+
+    #[test]
+    fn spm_metadata_turns_off_bos_and_the_space_prefix() {
+        let tok = spm(vec![
+            (ADD_SPACE_PREFIX, MetadataValue::Boolean(false)),
+            (keys::ADD_BOS, MetadataValue::Boolean(false)),
+            (keys::BOS_ID, MetadataValue::Uint(2)),
+        ]);
+        assert_eq!(tok.bos, Some(2));
+        assert_eq!(tok.encode("hi", true, true), vec![9]);
+        assert_eq!(tok.encode(" hi", true, true), vec![8]);
+        assert_eq!(tok.decode(&[8]), " hi");
+    }
+
+    #[test]
+    fn end_of_generation_texts_become_control_tokens() {
+        let tok = spm(vec![(keys::EOT_ID, MetadataValue::Uint(10))]);
+        assert_eq!(tok.encode("<end_of_turn>", false, true), vec![12]);
+        assert!(!tok.encode("<end_of_turn>", false, false).contains(&12));
+        assert_eq!(tok.piece(12, false), Vec::<u8>::new());
+        assert_eq!(tok.end_of_generation, vec![2, 10, 12], "EOS, EOT and <end_of_turn>");
+    }
+
+    #[test]
+    fn vocab_index_finds_every_token_and_the_last_of_a_repeated_text() {
+        let texts: Vec<String> = (0..1000)
+            .map(|i| format!("t{i}"))
+            .chain(["t5".into(), String::new()])
+            .collect();
+        let vocab = Vocab::new(&texts).expect("vocabulary");
+        assert_eq!(vocab.len(), 1002);
+        for id in (0..1000).filter(|&id| id != 5) {
+            assert_eq!(vocab.get(&format!("t{id}")), Some(id), "t{id}");
+        }
+        assert_eq!(vocab.get("t5"), Some(1000));
+        assert_eq!(vocab.text(1000), "t5");
+        assert_eq!(vocab.get(""), Some(1001));
+        assert_eq!(vocab.get("t1000"), None);
+    }
+
+    #[test]
+    fn specials_found_in_a_text_are_those_that_occur() {
+        let texts = ["a", "<x>", "<xy>", "\n", "b"];
+        let vocab = Vocab::new(&texts).expect("vocabulary");
+        let types = [
+            TokenType::Normal,
+            TokenType::Control,
+            TokenType::Control,
+            TokenType::UserDefined,
+            TokenType::Normal,
+        ];
+        let specials = Specials::new(&vocab, &types);
+        assert_eq!(specials.ids, vec![2, 1, 3], "longest first");
+        assert_eq!(specials.occurring(&vocab, "a<x>\nb"), vec![1, 2]);
+        assert_eq!(specials.occurring(&vocab, "<xy><x"), vec![0]);
+        assert_eq!(specials.occurring(&vocab, "ab"), Vec::<usize>::new());
+    }
 }

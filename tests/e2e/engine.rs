@@ -394,3 +394,30 @@ fn chat_replies_as_the_assistant_and_ends_at_end_of_turn() {
     let prompt_ids = block_on(instance.tokenize(DEFAULT_MODEL, &rendered, true, true)).expect("tokenize");
     assert_eq!(usage.expect("usage").prompt_tokens as usize, prompt_ids.len());
 }
+
+#[test]
+fn other_architectures_get_a_typed_unsupported_error_naming_them() {
+    use realm_host::compute::gguf::writer::GgufWriter;
+    use realm_host::compute::gguf::{Array, Value};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut writer = GgufWriter::new();
+    writer
+        .metadata("general.architecture", Value::Text("falcon".into()))
+        .metadata("falcon.block_count", Value::Uint(1))
+        .metadata("tokenizer.ggml.model", Value::Text("gpt2".into()))
+        .metadata("tokenizer.ggml.tokens", Value::Array(Array::Texts(vec!["a".into()])))
+        .tensor_f32("token_embd.weight", &[4, 1], &[0.0; 4]);
+    let mut file = std::fs::File::create(dir.path().join("tiny-falcon.gguf")).expect("create");
+    writer.write(&mut file).expect("write");
+
+    let mut settings = support::settings(64, support::shared_compute());
+    settings.compute.catalog.dir = dir.path().to_path_buf();
+    let instance = InstanceHandle::spawn(support::runtime(), settings).expect("instance");
+    match block_on(instance.info("tiny-falcon")) {
+        Err(Failure::Engine(EngineError::UnsupportedModel(message))) => {
+            assert!(message.contains("falcon"), "{message}")
+        }
+        other => panic!("expected unsupported-model, got {other:?}"),
+    }
+}

@@ -7,13 +7,24 @@ use super::{Hyperparameters, TensorNames};
 use crate::compute::{Op, RopeStyle};
 
 pub fn graph(hp: &Hyperparameters, names: &TensorNames) -> Vec<Op> {
-    let shape = hp.attention(RopeStyle::Normal);
+    pre_norm_graph(hp, names, RopeStyle::Normal, AttentionOptions::default())
+}
+
+/// llama's pre-norm block stack, with the RoPE style and attention options that
+/// llama-like architectures (qwen2) vary.
+pub fn pre_norm_graph(
+    hp: &Hyperparameters,
+    names: &TensorNames,
+    rope: RopeStyle,
+    options: AttentionOptions,
+) -> Vec<Op> {
+    let shape = hp.attention(rope);
     let mut g = GraphBuilder::default();
     let mut x = g.embed(TensorNames::TOKEN_EMBEDDING);
     for layer in 0..hp.n_layer {
         let prefix = format!("blk.{layer}");
         let h = g.rms_norm(x, &format!("{prefix}.attn_norm.weight"), hp.rms_eps);
-        let attended = g.self_attention(h, &prefix, layer, &shape, AttentionOptions::default());
+        let attended = g.self_attention(h, &prefix, layer, &shape, options);
         x = g.add(x, attended);
         let h = g.rms_norm(x, &format!("{prefix}.ffn_norm.weight"), hp.rms_eps);
         let ffn = g.gated_ffn(h, &prefix, Activation::Silu);

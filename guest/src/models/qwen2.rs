@@ -1,29 +1,14 @@
 //! The qwen2 architecture (Qwen2, Qwen2.5): llama's block with biases on the
 //! Q/K/V projections and NeoX-style (half-split) RoPE.
 
-use super::graph::{Activation, AttentionOptions, GraphBuilder};
-use super::{Hyperparameters, TensorNames};
+use super::graph::AttentionOptions;
+use super::{Hyperparameters, TensorNames, llama};
 use crate::compute::{Op, RopeStyle};
 
 pub fn graph(hp: &Hyperparameters, names: &TensorNames) -> Vec<Op> {
-    let shape = hp.attention(RopeStyle::Neox);
     let options = AttentionOptions {
         qkv_bias: true,
         ..AttentionOptions::default()
     };
-    let mut g = GraphBuilder::default();
-    let mut x = g.embed(TensorNames::TOKEN_EMBEDDING);
-    for layer in 0..hp.n_layer {
-        let prefix = format!("blk.{layer}");
-        let h = g.rms_norm(x, &format!("{prefix}.attn_norm.weight"), hp.rms_eps);
-        let attended = g.self_attention(h, &prefix, layer, &shape, options);
-        x = g.add(x, attended);
-        let h = g.rms_norm(x, &format!("{prefix}.ffn_norm.weight"), hp.rms_eps);
-        let ffn = g.gated_ffn(h, &prefix, Activation::Silu);
-        x = g.add(x, ffn);
-    }
-    let last = g.last_row(x);
-    let normed = g.rms_norm(last, TensorNames::OUTPUT_NORM, hp.rms_eps);
-    g.matmul(normed, names.output());
-    g.finish()
+    llama::pre_norm_graph(hp, names, RopeStyle::Neox, options)
 }

@@ -14,7 +14,9 @@ use wasmtime::component::ResourceAny;
 
 use super::engine::{EPOCH_TICK, Runtime};
 use super::state::{StoreState, TenantCompute};
-use super::wit::{ChatRequest, Chunk, CompletionRequest, EngineError, Message, ModelInfo, RealmConfig, RealmWorld};
+use super::wit::{
+    ChatRequest, Chunk, CompletionRequest, EngineError, GuestRealm, Message, ModelInfo, RealmConfig, RealmWorld,
+};
 
 /// How a tenant's instances are made.
 #[derive(Clone)]
@@ -266,66 +268,31 @@ impl Worker {
                 parse_special,
                 reply,
             } => {
-                let result = self.realm(&model).and_then(|realm| {
-                    self.arm_deadline();
-                    let call = self.bindings.realm_engine_engine().realm().call_tokenize(
-                        &mut self.store,
-                        realm,
-                        &text,
-                        add_special,
-                        parse_special,
-                    );
-                    self.settle(call)
+                let result = self.call_realm(&model, |realms, store, realm| {
+                    realms.call_tokenize(store, realm, &text, add_special, parse_special)
                 });
                 let _ = reply.send(result);
             }
             Job::RenderChat { model, messages, reply } => {
-                let result = self.realm(&model).and_then(|realm| {
-                    self.arm_deadline();
-                    let call = self.bindings.realm_engine_engine().realm().call_render_chat(
-                        &mut self.store,
-                        realm,
-                        &messages,
-                        true,
-                    );
-                    self.settle(call)
+                let result = self.call_realm(&model, |realms, store, realm| {
+                    realms.call_render_chat(store, realm, &messages, true)
                 });
                 let _ = reply.send(result);
             }
             Job::Detokenize { model, tokens, reply } => {
-                let result = self.realm(&model).and_then(|realm| {
-                    self.arm_deadline();
-                    let call =
-                        self.bindings
-                            .realm_engine_engine()
-                            .realm()
-                            .call_detokenize(&mut self.store, realm, &tokens);
-                    self.settle(call)
+                let result = self.call_realm(&model, |realms, store, realm| {
+                    realms.call_detokenize(store, realm, &tokens)
                 });
                 let _ = reply.send(result);
             }
             Job::Evaluate { model, tokens, reply } => {
-                let result = self.realm(&model).and_then(|realm| {
-                    self.arm_deadline();
-                    let call =
-                        self.bindings
-                            .realm_engine_engine()
-                            .realm()
-                            .call_evaluate(&mut self.store, realm, &tokens);
-                    self.settle(call)
+                let result = self.call_realm(&model, |realms, store, realm| {
+                    realms.call_evaluate(store, realm, &tokens)
                 });
                 let _ = reply.send(result);
             }
             Job::Info { model, reply } => {
-                let result = self.realm(&model).and_then(|realm| {
-                    self.arm_deadline();
-                    let call = self
-                        .bindings
-                        .realm_engine_engine()
-                        .realm()
-                        .call_info(&mut self.store, realm);
-                    self.settle(call.map(Ok))
-                });
+                let result = self.call_realm(&model, |realms, store, realm| realms.call_info(store, realm).map(Ok));
                 let _ = reply.send(result);
             }
         }
@@ -340,6 +307,19 @@ impl Worker {
             GenerationRequest::Chat(request) => realms.call_chat(&mut self.store, realm, request),
         };
         self.settle(call)
+    }
+
+    /// One call on the realm of `model` (constructed on first use), under the
+    /// call deadline.
+    fn call_realm<T>(
+        &mut self,
+        model: &str,
+        call: impl FnOnce(&GuestRealm, &mut Store<StoreState>, ResourceAny) -> Call<T>,
+    ) -> Result<T, Failure> {
+        let realm = self.realm(model)?;
+        self.arm_deadline();
+        let outcome = call(&self.bindings.realm_engine_engine().realm(), &mut self.store, realm);
+        self.settle(outcome)
     }
 
     /// The realm of `model`, constructed on first use.

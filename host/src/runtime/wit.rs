@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 pub use generated::Realm as RealmWorld;
 pub use generated::RealmPre as RealmWorldPre;
+pub use generated::exports::realm::engine::engine::GuestRealm;
 pub use generated::exports::realm::engine::engine::{
     ChatRequest, Chunk, CompletionRequest, Error as EngineError, FinishReason, Message, ModelInfo, RealmConfig,
     Sampling, Usage,

@@ -421,3 +421,21 @@ fn other_architectures_get_a_typed_unsupported_error_naming_them() {
         other => panic!("expected unsupported-model, got {other:?}"),
     }
 }
+
+#[test]
+fn dropping_the_receiver_cancels_the_generation_and_frees_its_kv_cache() {
+    let settings = support::settings(2048, support::shared_compute());
+    let budget = settings.compute.kv_budget.clone();
+    let instance = InstanceHandle::spawn(support::runtime(), settings).expect("instance");
+    let mut events = instance.complete(DEFAULT_MODEL, greedy("Once upon a time", 2000));
+    assert!(matches!(events.blocking_recv(), Some(GenerationEvent::Chunk(_))));
+    assert!(budget.used() > 0, "a running generation holds its KV cache");
+    drop(events);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while budget.used() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(budget.used(), 0, "the cancelled generation's KV cache is freed");
+    // The instance goes on serving.
+    assert!(block_on(instance.tokenize(DEFAULT_MODEL, "Hello", true, true)).is_ok());
+}

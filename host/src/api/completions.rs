@@ -110,12 +110,12 @@ async fn stream(
     sender: EventSender,
     include_usage: bool,
 ) {
-    if meta.endpoint == Endpoint::ChatCompletions && !sender.data(&meta.delta(Delta::Role, None, include_usage)).await {
+    if meta.endpoint == Endpoint::ChatCompletions && !sender.data(&meta.role(include_usage)).await {
         return;
     }
     let mut chunk = first;
     loop {
-        let event = meta.delta(Delta::Text(&chunk.text), chunk.finish, include_usage);
+        let event = meta.delta(&chunk.text, chunk.finish, include_usage);
         if !sender.data(&event).await {
             return;
         }
@@ -136,11 +136,6 @@ async fn stream(
             None => return,
         };
     }
-}
-
-enum Delta<'a> {
-    Role,
-    Text(&'a str),
 }
 
 /// What every response and event of one request shares.
@@ -195,19 +190,18 @@ impl Meta {
         })
     }
 
-    fn delta(&self, delta: Delta<'_>, finish: Option<FinishReason>, include_usage: bool) -> serde_json::Value {
+    /// A chat stream's first event: the assistant's role.
+    fn role(&self, include_usage: bool) -> serde_json::Value {
+        let choice = json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null });
+        self.event(choice, include_usage)
+    }
+
+    /// The event carrying one chunk's text (and the finish reason on the last).
+    fn delta(&self, text: &str, finish: Option<FinishReason>, include_usage: bool) -> serde_json::Value {
         let finish = finish.map(reason);
-        let choice = match (self.endpoint, delta) {
-            (Endpoint::Completions, Delta::Text(text)) => {
-                json!({ "text": text, "index": 0, "logprobs": null, "finish_reason": finish })
-            }
-            (Endpoint::Completions, Delta::Role) => {
-                json!({ "text": "", "index": 0, "logprobs": null, "finish_reason": null })
-            }
-            (Endpoint::ChatCompletions, Delta::Role) => {
-                json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null })
-            }
-            (Endpoint::ChatCompletions, Delta::Text(text)) => {
+        let choice = match self.endpoint {
+            Endpoint::Completions => json!({ "text": text, "index": 0, "logprobs": null, "finish_reason": finish }),
+            Endpoint::ChatCompletions => {
                 let delta = if finish.is_some() && text.is_empty() {
                     json!({})
                 } else {
@@ -216,6 +210,11 @@ impl Meta {
                 json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish })
             }
         };
+        self.event(choice, include_usage)
+    }
+
+    /// A stream event around one choice; `usage: null` when a usage event follows at the end.
+    fn event(&self, choice: serde_json::Value, include_usage: bool) -> serde_json::Value {
         let mut event = json!({
             "id": self.id, "object": self.object(true), "created": self.created, "model": self.model, "choices": [choice],
         });

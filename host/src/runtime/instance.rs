@@ -123,14 +123,18 @@ impl InstanceHandle {
 
     /// The prompt a conversation renders to with the model's chat template.
     pub async fn render_chat(&self, model: &str, messages: Vec<Message>) -> Result<String, Failure> {
+        self.ask(|reply| Job::RenderChat {
+            model: model.into(),
+            messages,
+            reply,
+        })
+        .await
+    }
+
+    /// Sends a job that answers once, and awaits its answer.
+    async fn ask<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, Failure> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job::RenderChat {
-                model: model.into(),
-                messages,
-                reply,
-            })
-            .map_err(|_| Failure::Gone)?;
+        self.jobs.send(job(reply)).map_err(|_| Failure::Gone)?;
         answer.await.unwrap_or(Err(Failure::Gone))
     }
 
@@ -154,51 +158,40 @@ impl InstanceHandle {
         add_special: bool,
         parse_special: bool,
     ) -> Result<Vec<u32>, Failure> {
-        let (reply, answer) = oneshot::channel();
-        let job = Job::Tokenize {
+        self.ask(|reply| Job::Tokenize {
             model: model.into(),
             text: text.into(),
             add_special,
             parse_special,
             reply,
-        };
-        self.jobs.send(job).map_err(|_| Failure::Gone)?;
-        answer.await.unwrap_or(Err(Failure::Gone))
+        })
+        .await
     }
 
     pub async fn detokenize(&self, model: &str, tokens: Vec<u32>) -> Result<String, Failure> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job::Detokenize {
-                model: model.into(),
-                tokens,
-                reply,
-            })
-            .map_err(|_| Failure::Gone)?;
-        answer.await.unwrap_or(Err(Failure::Gone))
+        self.ask(|reply| Job::Detokenize {
+            model: model.into(),
+            tokens,
+            reply,
+        })
+        .await
     }
 
     pub async fn evaluate(&self, model: &str, tokens: Vec<u32>) -> Result<Vec<f32>, Failure> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job::Evaluate {
-                model: model.into(),
-                tokens,
-                reply,
-            })
-            .map_err(|_| Failure::Gone)?;
-        answer.await.unwrap_or(Err(Failure::Gone))
+        self.ask(|reply| Job::Evaluate {
+            model: model.into(),
+            tokens,
+            reply,
+        })
+        .await
     }
 
     pub async fn info(&self, model: &str) -> Result<ModelInfo, Failure> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job::Info {
-                model: model.into(),
-                reply,
-            })
-            .map_err(|_| Failure::Gone)?;
-        answer.await.unwrap_or(Err(Failure::Gone))
+        self.ask(|reply| Job::Info {
+            model: model.into(),
+            reply,
+        })
+        .await
     }
 }
 

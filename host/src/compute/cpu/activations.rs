@@ -141,19 +141,11 @@ fn bytemuck_i8(bytes: &[u8]) -> &[i8; QK] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compute::cpu::quant::tests::{noise, random_row};
+    use crate::compute::cpu::quant::tests::{BLOCK_TYPES, noise, random_row};
 
     #[test]
     fn quantized_dot_tracks_the_f32_reference_within_8_bit_error() {
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::Q8_0,
-            GgmlType::F16,
-            GgmlType::Bf16,
-        ] {
+        for ty in BLOCK_TYPES.into_iter().chain([GgmlType::F16, GgmlType::Bf16]) {
             let len = 8 * QK;
             let row = match ty {
                 GgmlType::F16 | GgmlType::Bf16 => noise(5, len * 2)
@@ -214,13 +206,7 @@ mod tests {
 
     #[test]
     fn block_dots_equal_ggml_formulas_exactly() {
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::Q8_0,
-        ] {
+        for ty in BLOCK_TYPES {
             for seed in 0..50 {
                 let w = random_row(ty, 1, seed + 7);
                 let x: Vec<f32> = noise(seed, QK).iter().map(|&b| b as f32 / 64.0 - 2.0).collect();

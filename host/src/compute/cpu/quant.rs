@@ -184,6 +184,15 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 pub mod tests {
     use super::*;
 
+    /// The 32-value block types.
+    pub const BLOCK_TYPES: [GgmlType; 5] = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+    ];
+
     /// Deterministic pseudo-random bytes for block contents.
     pub fn noise(seed: u64, n: usize) -> Vec<u8> {
         let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -243,13 +252,7 @@ pub mod tests {
 
     #[test]
     fn dot_agrees_with_the_reference_dequantization() {
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::Q8_0,
-        ] {
+        for ty in BLOCK_TYPES {
             let blocks = 7;
             let row = random_row(ty, blocks, ty.id() as u64);
             let x: Vec<f32> = noise(99, blocks * QK).iter().map(|&b| b as f32 / 128.0 - 1.0).collect();

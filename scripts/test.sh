@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: builds the engine component and the test components, fetches
-# the default model, then runs the workspace's unit and end-to-end tests.
+# the default model, runs the workspace's unit and end-to-end tests, then checks
+# the official OpenAI Python client against a multi-tenant server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build-component.sh
@@ -8,3 +9,4 @@ scripts/build-test-components.sh
 scripts/fetch-models.sh
 export REALM_COMPONENT="$PWD/target/realm.wasm" REALM_MODELS_DIR="$PWD/models"
 cargo test --release --workspace "$@"
+scripts/openai-client-check.sh

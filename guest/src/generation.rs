@@ -50,7 +50,13 @@ impl Generation {
         let sampler = Sampler::new(request.sampling, model.tokenizer.vocab_size())?;
         let stops = StopMatcher::new(request.stop)?;
         let hp = &model.hyperparameters;
-        let cache = KvCache::allocate(hp.n_layer, hp.kv_width(), context).map_err(from_compute)?;
+        // The cache holds what this request can reach, so a tenant's KV-token
+        // limit counts real demand rather than whole contexts.
+        let reach = match request.max_tokens {
+            0 => context,
+            max => (prompt.len() as u32).saturating_add(max).min(context),
+        };
+        let cache = KvCache::allocate(hp.n_layer, hp.kv_width(), reach).map_err(from_compute)?;
         let state = State {
             prompt_tokens: prompt.len() as u32,
             pending: prompt,

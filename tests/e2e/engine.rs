@@ -425,7 +425,7 @@ fn other_architectures_get_a_typed_unsupported_error_naming_them() {
 #[test]
 fn dropping_the_receiver_cancels_the_generation_and_frees_its_kv_cache() {
     let settings = support::settings(2048, support::shared_compute());
-    let budget = settings.compute.kv_budget.clone();
+    let budget = settings.compute.kv_tokens.clone();
     let instance = InstanceHandle::spawn(support::runtime(), settings).expect("instance");
     let mut events = instance.complete(DEFAULT_MODEL, greedy("Once upon a time", 2000));
     assert!(matches!(events.blocking_recv(), Some(GenerationEvent::Chunk(_))));

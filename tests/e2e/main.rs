@@ -9,3 +9,4 @@ mod engine;
 mod isolation;
 mod serve;
 mod support;
+mod tenants;

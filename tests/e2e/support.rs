@@ -80,7 +80,7 @@ pub fn settings(context_length: u32, shared: Arc<SharedCompute>) -> InstanceSett
                 allow_paths: false,
             },
             allowed_models: None,
-            kv_budget: Budget::unlimited("tenant `test`"),
+            kv_tokens: Budget::unlimited("the KV tokens of tenant `test`"),
         },
         guest_memory: 1 << 30,
         context_length,
@@ -124,6 +124,53 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
+/// A models directory and a tenants file in a temporary directory.
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    /// `real` models link to the default model's file; `fake` ones are empty
+    /// files that only the misbehaving test component "opens".
+    pub fn new(real: &[&str], fake: &[&str], tenants: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let models = dir.path().join("models");
+        std::fs::create_dir(&models).expect("models dir");
+        let source = models_dir().join(format!("{DEFAULT_MODEL}.gguf"));
+        for name in real {
+            std::os::unix::fs::symlink(&source, models.join(format!("{name}.gguf"))).expect("link");
+        }
+        for name in fake {
+            std::fs::write(models.join(format!("{name}.gguf")), b"").expect("fake model");
+        }
+        std::fs::write(dir.path().join("tenants.toml"), tenants).expect("tenants file");
+        Self { dir }
+    }
+
+    pub fn models(&self) -> PathBuf {
+        self.dir.path().join("models")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("tenants.toml")
+    }
+
+    pub fn serve(&self, extra: &[&str], log: Stdio) -> Server {
+        let config = self.config();
+        let mut args = vec!["--config", config.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        Server::start_in(&component(), &self.models(), &args, log)
+    }
+}
+
+/// A `[[tenant]]` entry whose key is `key-<id>`.
+pub fn tenant(id: &str, rest: &str) -> String {
+    format!(
+        "[[tenant]]\nid = \"{id}\"\napi_keys = [\"{}\"]\n{rest}\n",
+        realm_host::tenants::keys::KeyHash::of(&format!("key-{id}"))
+    )
+}
+
 /// A `realm-host serve` on an ephemeral port, killed when dropped.
 pub struct Server {
     child: Child,
@@ -132,15 +179,20 @@ pub struct Server {
 
 impl Server {
     pub fn start(component: &std::path::Path, extra: &[&str]) -> Self {
+        Self::start_in(component, &models_dir(), extra, Stdio::inherit())
+    }
+
+    /// A server on `models`, its stderr (the log) sent to `log`.
+    pub fn start_in(component: &std::path::Path, models: &std::path::Path, extra: &[&str], log: Stdio) -> Self {
         let mut child = realm_host()
             .args(["serve", "--listen", "127.0.0.1:0", "--threads", "2", "--device", "cpu"])
             .arg("--component")
             .arg(component)
             .arg("--models-dir")
-            .arg(models_dir())
+            .arg(models)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("realm-host serve starts");
         let stdout = child.stdout.take().expect("stdout");
@@ -151,9 +203,53 @@ impl Server {
         let base = line
             .trim()
             .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected: {line}"))
+            .unwrap_or_else(|| panic!("server did not start: {line:?}"))
             .to_string();
         Self { child, base }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the server to exit; its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        self.child.wait().ok()?.code()
+    }
+
+    /// A request as the holder of `key` (None: no `Authorization` header).
+    pub fn call(&self, method: &str, path: &str, key: Option<&str>, body: Option<serde_json::Value>) -> Reply {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let request = request.header("content-type", "application/json");
+        let response = match body {
+            Some(body) => Self::agent().run(request.body(body.to_string()).expect("request")),
+            None => Self::agent().run(request.body(()).expect("request")),
+        };
+        let mut response = response.expect("response");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = header("retry-after").map(|v| v.parse().expect("Retry-After is seconds"));
+        let content_type = header("content-type").unwrap_or_default();
+        let request_id = header("x-request-id");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().expect("body");
+        Reply {
+            status,
+            retry_after,
+            content_type,
+            request_id,
+            text,
+        }
     }
 
     fn agent() -> ureq::Agent {
@@ -208,34 +304,14 @@ impl Server {
     /// POSTs a streaming request and returns the status and the `data:` payloads
     /// of its server-sent events, in order (`[DONE]` kept as a string).
     pub fn post_stream(&self, path: &str, body: serde_json::Value) -> (u16, Vec<serde_json::Value>) {
-        let mut response = Self::agent()
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .send(body.to_string())
-            .expect("request");
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let text = response.body_mut().read_to_string().expect("body");
-        if status != 200 {
-            return (status, vec![serde_json::from_str(&text).unwrap_or_default()]);
+        let reply = self.call("POST", path, None, Some(body));
+        if reply.status != 200 {
+            return (
+                reply.status,
+                vec![serde_json::from_str(&reply.text).unwrap_or_default()],
+            );
         }
-        assert_eq!(content_type, "text/event-stream");
-        let events = text
-            .split("\n\n")
-            .filter(|e| !e.is_empty())
-            .map(|event| {
-                let data = event
-                    .strip_prefix("data: ")
-                    .unwrap_or_else(|| panic!("not an SSE data event: {event:?}"));
-                serde_json::from_str(data).unwrap_or_else(|_| serde_json::Value::String(data.to_string()))
-            })
-            .collect();
-        (status, events)
+        (reply.status, reply.events())
     }
 
     pub fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
@@ -258,6 +334,36 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An answer to `Server::call`.
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<u64>,
+    pub content_type: String,
+    pub request_id: Option<String>,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    /// The `data:` payloads of a server-sent event stream (`[DONE]` as a string).
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        assert_eq!(self.content_type, "text/event-stream", "{}", self.text);
+        self.text
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|event| {
+                let data = event
+                    .strip_prefix("data: ")
+                    .unwrap_or_else(|| panic!("not an SSE data event: {event:?}"));
+                serde_json::from_str(data).unwrap_or_else(|_| serde_json::Value::String(data.to_string()))
+            })
+            .collect()
     }
 }
 

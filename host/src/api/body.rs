@@ -23,6 +23,14 @@ pub fn json_response(value: serde_json::Value) -> Response<ApiBody> {
     response
 }
 
+pub fn text_response(text: String) -> Response<ApiBody> {
+    let mut response = Response::new(Full::new(Bytes::from(text)).boxed());
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
 /// A `text/event-stream` response and the sender of its events.
 pub fn event_stream() -> (Response<ApiBody>, EventSender) {
     let (sender, receiver) = mpsc::channel(64);

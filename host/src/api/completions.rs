@@ -1,19 +1,24 @@
 //! `POST /v1/completions` and `POST /v1/chat/completions`, whole or streamed as
 //! server-sent events ending in `data: [DONE]`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hyper::Response;
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::Instrument;
 
+use super::App;
 use super::body::{ApiBody, EventSender, event_stream, json_response};
 use super::error::ApiError;
+use super::metrics::{ErrorLabels, Metrics, RequestLabels};
 use super::request::{DEFAULT_COMPLETION_TOKENS, GenerationBody};
 use crate::runtime::GenerationEvent;
+use crate::runtime::instance::GenerationRequest;
 use crate::runtime::wit::{ChatRequest, Chunk, CompletionRequest, FinishReason, Usage};
-use crate::tenants::Tenants;
+use crate::tenants::{Permit, Tenant};
 
 #[derive(Clone, Copy, PartialEq)]
 pub enum Endpoint {
@@ -21,12 +26,57 @@ pub enum Endpoint {
     ChatCompletions,
 }
 
-pub async fn generate(tenants: Tenants, endpoint: Endpoint, bytes: &Bytes) -> Result<Response<ApiBody>, ApiError> {
+impl Endpoint {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Completions => "completions",
+            Self::ChatCompletions => "chat_completions",
+        }
+    }
+}
+
+/// Runs one generation request for `tenant`; every error is counted and logged.
+pub async fn generate(
+    app: &App,
+    tenant: Arc<Tenant>,
+    endpoint: Endpoint,
+    bytes: &Bytes,
+    request_id: &str,
+) -> Result<Response<ApiBody>, ApiError> {
+    let mut labels = RequestLabels {
+        tenant: tenant.id.clone(),
+        model: "-".into(),
+        endpoint: endpoint.label(),
+    };
+    let result = admit_and_start(app, &tenant, endpoint, bytes, request_id, &mut labels).await;
+    if let Err(error) = &result {
+        count_error(&app.metrics, &labels, error.status.as_u16());
+        tracing::info!(status = error.status.as_u16(), error = %error.message, "request refused");
+    }
+    result
+}
+
+async fn admit_and_start(
+    app: &App,
+    tenant: &Tenant,
+    endpoint: Endpoint,
+    bytes: &Bytes,
+    request_id: &str,
+    labels: &mut RequestLabels,
+) -> Result<Response<ApiBody>, ApiError> {
     let mut body = GenerationBody::parse(bytes)?;
+    if !app.tenants.models().contains(&body.model) {
+        return Err(ApiError::model_not_found(&body.model));
+    }
+    labels.model = body.model.clone();
+    tracing::Span::current().record("model", body.model.as_str());
+    if !tenant.may_use(&body.model) {
+        return Err(ApiError::model_not_allowed(&body.model));
+    }
+    let max_tokens = max_tokens(endpoint, body.max_tokens(), tenant.max_tokens_per_request)?;
     let sampling = body.sampling()?;
     let stop = body.stop();
-    let tenant = tenants.for_request();
-    let mut events = match endpoint {
+    let request = match endpoint {
         Endpoint::Completions => {
             if body.messages.is_some() {
                 return Err(ApiError::invalid_request(
@@ -37,15 +87,13 @@ pub async fn generate(tenants: Tenants, endpoint: Endpoint, bytes: &Bytes) -> Re
             let Some(prompt) = body.prompt.take() else {
                 return Err(ApiError::invalid_request("`prompt` is required", Some("prompt")));
             };
-            let max_tokens = body.max_tokens().unwrap_or(DEFAULT_COMPLETION_TOKENS);
-            let request = CompletionRequest {
+            GenerationRequest::Completion(CompletionRequest {
                 prompt,
                 max_tokens,
                 sampling,
                 ignore_eos: false,
                 stop,
-            };
-            tenant.instance.complete(&body.model, request)
+            })
         }
         Endpoint::ChatCompletions => {
             if body.prompt.is_some() {
@@ -61,29 +109,39 @@ pub async fn generate(tenants: Tenants, endpoint: Endpoint, bytes: &Bytes) -> Re
                     Some("messages"),
                 ));
             }
-            let max_tokens = body.max_tokens().unwrap_or(0);
-            tenant.instance.chat(
-                &body.model,
-                ChatRequest {
-                    messages,
-                    max_tokens,
-                    sampling,
-                    ignore_eos: false,
-                    stop,
-                },
-            )
+            GenerationRequest::Chat(ChatRequest {
+                messages,
+                max_tokens,
+                sampling,
+                ignore_eos: false,
+                stop,
+            })
         }
     };
-    let meta = Meta::new(endpoint, body.model.clone());
-    let first = match events.recv().await {
-        Some(GenerationEvent::Chunk(chunk)) => chunk,
-        Some(GenerationEvent::Failed(failure)) => return Err(failure.into()),
-        None => return Err(ApiError::internal("the engine ended the generation without a word")),
+    let permit = tenant.admit()?;
+    app.metrics.requests.get_or_create(labels).inc();
+    let instance = tenant
+        .instance()
+        .map_err(|e| ApiError::internal(format!("could not start the tenant's engine instance: {e:#}")))?;
+    let mut run = Run {
+        events: instance.generate(&body.model, request),
+        deadline: tenant.request_deadline.map(|d| Instant::now() + d),
+        accounting: Accounting {
+            metrics: app.metrics.clone(),
+            labels: labels.clone(),
+            permit,
+            started: Instant::now(),
+            usage: None,
+        },
     };
+    let meta = Meta::new(endpoint, body.model.clone(), request_id);
+    let first = run.next().await?;
+    run.accounting.first_chunk();
     if body.stream == Some(true) {
         let (response, sender) = event_stream();
         let include_usage = body.include_usage();
-        tokio::spawn(stream(meta, first, events, sender, include_usage));
+        let span = tracing::Span::current();
+        tokio::spawn(stream(meta, first, run, sender, include_usage).instrument(span));
         return Ok(response);
     }
     let mut text = String::new();
@@ -91,49 +149,146 @@ pub async fn generate(tenants: Tenants, endpoint: Endpoint, bytes: &Bytes) -> Re
     loop {
         text.push_str(&chunk.text);
         if let Some(finish) = chunk.finish {
+            run.accounting.finish(200);
             return Ok(json_response(meta.whole(text, finish, chunk.usage)));
         }
-        chunk = match events.recv().await {
-            Some(GenerationEvent::Chunk(chunk)) => chunk,
-            Some(GenerationEvent::Failed(failure)) => return Err(failure.into()),
-            None => return Err(ApiError::internal("the generation ended without a finish reason")),
-        };
+        chunk = run.next().await?;
     }
 }
 
-/// Forwards a generation as server-sent events until it finishes, fails, or the
-/// client goes away (which drops `events` and so cancels the generation).
-async fn stream(
-    meta: Meta,
-    first: Chunk,
-    mut events: UnboundedReceiver<GenerationEvent>,
-    sender: EventSender,
-    include_usage: bool,
-) {
+/// The completion's token limit: the client's, within the tenant's limit.
+/// Without one, completions default to OpenAI's 16 and chat to the context
+/// (0), each capped by the tenant's limit.
+fn max_tokens(endpoint: Endpoint, asked: Option<u32>, limit: Option<u32>) -> Result<u32, ApiError> {
+    match (asked, limit) {
+        (Some(asked), Some(limit)) if asked > limit => Err(ApiError::invalid_request(
+            format!("`max_tokens` is {asked}; this API key allows at most {limit} per request"),
+            Some("max_tokens"),
+        )),
+        (Some(asked), _) => Ok(asked),
+        (None, limit) => Ok(match endpoint {
+            Endpoint::Completions => DEFAULT_COMPLETION_TOKENS.min(limit.unwrap_or(u32::MAX)),
+            Endpoint::ChatCompletions => limit.unwrap_or(0),
+        }),
+    }
+}
+
+/// A running generation: its chunks, its deadline, and what it is charged.
+struct Run {
+    events: UnboundedReceiver<GenerationEvent>,
+    deadline: Option<Instant>,
+    accounting: Accounting,
+}
+
+impl Run {
+    /// The next chunk, or the request's error. Past the deadline the events are
+    /// dropped by the caller, which cancels the generation.
+    async fn next(&mut self) -> Result<Chunk, ApiError> {
+        let event = match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), self.events.recv())
+                .await
+                .map_err(|_| ApiError::timeout())?,
+            None => self.events.recv().await,
+        };
+        match event {
+            Some(GenerationEvent::Chunk(chunk)) => {
+                self.accounting.usage = Some(chunk.usage);
+                Ok(chunk)
+            }
+            Some(GenerationEvent::Failed(failure)) => Err(failure.into()),
+            None => Err(ApiError::internal("the generation ended without a finish reason")),
+        }
+    }
+}
+
+/// What one admitted request is charged: its tokens against the tenant's
+/// tokens-per-minute window and the metrics, its latency, its log line. The
+/// tokens a cancelled or failed request used are charged too.
+struct Accounting {
+    metrics: Arc<Metrics>,
+    labels: RequestLabels,
+    permit: Permit,
+    started: Instant,
+    usage: Option<Usage>,
+}
+
+impl Accounting {
+    fn first_chunk(&self) {
+        let ttft = self.started.elapsed().as_secs_f64();
+        self.metrics
+            .time_to_first_token
+            .get_or_create(&self.labels)
+            .observe(ttft);
+    }
+
+    fn finish(self, status: u16) {
+        let usage = self.usage.unwrap_or(Usage {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        });
+        let (prompt, completion) = (usage.prompt_tokens as u64, usage.completion_tokens as u64);
+        self.permit.record_tokens(prompt + completion);
+        self.metrics.prompt_tokens.get_or_create(&self.labels).inc_by(prompt);
+        self.metrics
+            .completion_tokens
+            .get_or_create(&self.labels)
+            .inc_by(completion);
+        let latency = self.started.elapsed();
+        self.metrics
+            .latency
+            .get_or_create(&self.labels)
+            .observe(latency.as_secs_f64());
+        if status >= 400 {
+            count_error(&self.metrics, &self.labels, status);
+        }
+        tracing::info!(
+            status,
+            prompt_tokens = prompt,
+            completion_tokens = completion,
+            latency_ms = latency.as_millis() as u64,
+            "request finished"
+        );
+    }
+}
+
+fn count_error(metrics: &Metrics, labels: &RequestLabels, status: u16) {
+    let labels = ErrorLabels {
+        tenant: labels.tenant.clone(),
+        model: labels.model.clone(),
+        endpoint: labels.endpoint,
+        status,
+    };
+    metrics.errors.get_or_create(&labels).inc();
+}
+
+/// Forwards a generation as server-sent events until it finishes, fails, runs
+/// past its deadline, or the client goes away; each of the last three drops
+/// the events, which cancels the generation.
+async fn stream(meta: Meta, first: Chunk, mut run: Run, sender: EventSender, include_usage: bool) {
+    /// 499: the client closed the connection (nginx's convention).
+    const CLIENT_GONE: u16 = 499;
     if meta.endpoint == Endpoint::ChatCompletions && !sender.data(&meta.role(include_usage)).await {
-        return;
+        return run.accounting.finish(CLIENT_GONE);
     }
     let mut chunk = first;
     loop {
         let event = meta.delta(&chunk.text, chunk.finish, include_usage);
         if !sender.data(&event).await {
-            return;
+            return run.accounting.finish(CLIENT_GONE);
         }
         if chunk.finish.is_some() {
             if include_usage && !sender.data(&meta.usage_only(chunk.usage)).await {
-                return;
+                return run.accounting.finish(CLIENT_GONE);
             }
             sender.done().await;
-            return;
+            return run.accounting.finish(200);
         }
-        chunk = match events.recv().await {
-            Some(GenerationEvent::Chunk(chunk)) => chunk,
-            Some(GenerationEvent::Failed(failure)) => {
-                let error = ApiError::from(failure);
+        chunk = match run.next().await {
+            Ok(chunk) => chunk,
+            Err(error) => {
                 sender.data(&error.body()).await;
-                return;
+                return run.accounting.finish(error.status.as_u16());
             }
-            None => return,
         };
     }
 }
@@ -147,19 +302,16 @@ struct Meta {
 }
 
 impl Meta {
-    fn new(endpoint: Endpoint, model: String) -> Self {
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+    /// The response id carries the request id, so logs and answers line up.
+    fn new(endpoint: Endpoint, model: String, request_id: &str) -> Self {
         let prefix = match endpoint {
             Endpoint::Completions => "cmpl",
             Endpoint::ChatCompletions => "chatcmpl",
         };
         Self {
             endpoint,
-            id: format!("{prefix}-{created:x}{:08x}", next_id()),
-            created,
+            id: format!("{prefix}-{request_id}"),
+            created: unix_seconds(),
             model,
         }
     }
@@ -248,9 +400,20 @@ fn usage_json(usage: Usage) -> serde_json::Value {
     })
 }
 
-/// A per-process sequence number for response ids.
-fn next_id() -> u32 {
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A process-unique id: `prefix-` then the start time and a sequence number.
+pub fn fresh_id(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    format!(
+        "{prefix}-{:x}{:08x}",
+        unix_seconds(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }

@@ -1,12 +1,16 @@
 //! API errors in OpenAI's shape: `{"error":{"message","type","param","code"}}`.
 //! The only place that picks HTTP statuses.
 
+use std::time::Duration;
+
+use hyper::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 
 use super::body::{ApiBody, json_response};
 
 use crate::runtime::Failure;
 use crate::runtime::wit::EngineError;
+use crate::tenants::{AuthError, Refusal};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -15,6 +19,8 @@ pub struct ApiError {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<&'static str>,
+    /// Sent as `Retry-After` (whole seconds).
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -25,6 +31,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: param.map(str::to_string),
             code: None,
+            retry_after: None,
         }
     }
 
@@ -35,6 +42,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: Some("not_found"),
+            retry_after: None,
         }
     }
 
@@ -45,6 +53,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: None,
+            retry_after: None,
         }
     }
 
@@ -55,6 +64,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: Some("payload_too_large"),
+            retry_after: None,
         }
     }
 
@@ -65,7 +75,53 @@ impl ApiError {
             kind: "server_error",
             param: None,
             code: None,
+            retry_after: None,
         }
+    }
+
+    pub fn model_not_found(model: &str) -> Self {
+        Self {
+            code: Some("model_not_found"),
+            param: Some("model".into()),
+            ..Self::not_found(format!("the model `{model}` does not exist"))
+        }
+    }
+
+    pub fn model_not_allowed(model: &str) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            message: format!("this API key may not use the model `{model}`"),
+            kind: "permission_error",
+            param: Some("model".into()),
+            code: Some("model_not_allowed"),
+            retry_after: None,
+        }
+    }
+
+    pub fn timeout() -> Self {
+        Self {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: "the request ran past the tenant's deadline and was cancelled".into(),
+            kind: "timeout_error",
+            param: None,
+            code: Some("deadline_exceeded"),
+            retry_after: None,
+        }
+    }
+
+    pub fn shutting_down() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "the server is shutting down; retry on another replica".into(),
+            kind: "server_error",
+            param: None,
+            code: Some("shutting_down"),
+            retry_after: Some(Duration::from_secs(1)),
+        }
+    }
+
+    pub fn metrics_unauthorized() -> Self {
+        Self::from(AuthError::UnknownKey)
     }
 
     /// The OpenAI error document.
@@ -78,6 +134,16 @@ impl ApiError {
     pub fn into_response(self) -> Response<ApiBody> {
         let mut response = json_response(self.body());
         *response.status_mut() = self.status;
+        if let Some(after) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, after.as_secs().max(1).into());
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         response
     }
 }
@@ -91,11 +157,8 @@ impl From<Failure> for ApiError {
                 ..Self::not_found(m)
             },
             Failure::Engine(EngineError::PermissionDenied(m)) => Self {
-                status: StatusCode::FORBIDDEN,
                 message: m,
-                kind: "permission_error",
-                param: Some("model".into()),
-                code: Some("model_not_allowed"),
+                ..Self::model_not_allowed("")
             },
             Failure::Engine(EngineError::InvalidRequest(m) | EngineError::InvalidConfig(m)) => {
                 Self::invalid_request(m, None)
@@ -110,9 +173,44 @@ impl From<Failure> for ApiError {
                 kind: "insufficient_quota",
                 param: None,
                 code: Some("quota_exceeded"),
+                retry_after: Some(Duration::from_secs(1)),
             },
             Failure::Engine(EngineError::Internal(m)) => Self::internal(m),
+            Failure::Deadline => Self {
+                message: Failure::Deadline.to_string(),
+                ..Self::timeout()
+            },
             failure @ (Failure::Trap(_) | Failure::Gone) => Self::internal(failure.to_string()),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        let message = match error {
+            AuthError::MissingKey => "no API key: send `Authorization: Bearer <key>`",
+            AuthError::UnknownKey => "the API key is not valid",
+        };
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_api_key"),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: refusal.to_string(),
+            kind: "rate_limit_error",
+            param: None,
+            code: Some("rate_limit_exceeded"),
+            retry_after: Some(refusal.retry_after()),
         }
     }
 }

@@ -1,13 +1,16 @@
-//! The HTTP API (hyper 1 on tokio): `/health`, `/v1/completions` and
-//! `/v1/chat/completions`.
+//! The HTTP API (hyper 1 on tokio): OpenAI's `/v1/completions`,
+//! `/v1/chat/completions` and `/v1/models`, plus `/health` and `/metrics`.
 
 mod body;
 mod completions;
 mod error;
+mod metrics;
 mod request;
 mod routes;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -21,41 +24,62 @@ use crate::tenants::Tenants;
 /// How long in-flight requests may run after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct App {
+    tenants: Tenants,
+    metrics: Arc<metrics::Metrics>,
+    /// Set at a shutdown signal: new generations get a 503 while running ones finish.
+    draining: Arc<AtomicBool>,
+}
+
 pub async fn serve(listen: SocketAddr, tenants: Tenants) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await?;
     // The bound address (port 0 picks one) on stdout, for scripts and tests.
     println!("listening on http://{}", listener.local_addr()?);
     tracing::info!(addr = %listener.local_addr()?, "serving");
-    let graceful = GracefulShutdown::new();
+    let app = App {
+        tenants,
+        metrics: Arc::default(),
+        draining: Arc::default(),
+    };
+    let mut graceful = Some(GracefulShutdown::new());
     let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut drained = std::pin::pin!(None);
+    let mut grace = std::pin::pin!(tokio::time::sleep(Duration::MAX));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(conn) => conn,
+                let stream = match accepted {
+                    Ok((stream, _peer)) => stream,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         continue;
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let tenants = tenants.clone();
-                let service = service_fn(move |request| routes::route(tenants.clone(), request));
+                let app = app.clone();
+                let service = service_fn(move |request| routes::route(app.clone(), request));
                 let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
+                // Connections that arrive while draining are still answered (503
+                // for new work), so a load balancer sees a status, not a refusal.
+                match &graceful {
+                    Some(graceful) => drop(tokio::spawn(graceful.watch(connection))),
+                    None => drop(tokio::spawn(connection)),
+                }
             }
-            _ = &mut shutdown => break,
+            _ = &mut shutdown, if graceful.is_some() => {
+                tracing::info!("shutting down: finishing in-flight requests");
+                app.draining.store(true, Ordering::SeqCst);
+                drained.set(graceful.take().map(|g| Box::pin(g.shutdown())));
+                grace.as_mut().reset(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+            }
+            _ = async { drained.as_mut().as_pin_mut().expect("set").await }, if drained.is_some() => break,
+            _ = &mut grace => {
+                tracing::warn!("in-flight requests cut off at shutdown");
+                break;
+            }
         }
-    }
-    tracing::info!("shutting down");
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("in-flight requests cut off at shutdown"),
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
-//! The command line: `serve`, and the one-shot `run`, `tokenize` and `models`.
+//! The command line: `serve`, the one-shot `run`, `tokenize` and `models`,
+//! and `keys` for the tenants file.
 
+mod keys;
 mod run;
 mod serve;
 mod tokenize;
@@ -41,6 +43,9 @@ enum Command {
     Run(run::RunArgs),
     /// Print the token ids of a text.
     Tokenize(tokenize::TokenizeArgs),
+    /// API keys for the tenants file.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// List the models in the models directory.
     Models {
         #[arg(long, default_value = "models")]
@@ -83,6 +88,10 @@ impl EngineArgs {
         InstanceHandle::spawn(runtime, self.local_settings(shared, allow_paths))
     }
 
+    fn call_deadline(&self) -> Duration {
+        Duration::from_millis(self.call_deadline_ms)
+    }
+
     fn shared_compute(&self) -> anyhow::Result<Arc<SharedCompute>> {
         let backend = compute::start_backend(self.device, self.threads)?;
         tracing::info!(backend = backend.name(), "compute backend ready");
@@ -102,11 +111,11 @@ impl EngineArgs {
                     allow_paths,
                 },
                 allowed_models: None,
-                kv_budget: Budget::unlimited("tenant `local`"),
+                kv_tokens: Budget::unlimited("the KV tokens of tenant `local`"),
             },
             guest_memory: self.guest_memory_mib << 20,
             context_length: self.ctx_size,
-            call_deadline: Duration::from_millis(self.call_deadline_ms),
+            call_deadline: self.call_deadline(),
         }
     }
 }
@@ -128,6 +137,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::serve(args),
         Command::Run(args) => run::run(args),
         Command::Tokenize(args) => tokenize::tokenize(args),
+        Command::Keys(command) => keys::keys(command),
         Command::Models { models_dir } => {
             let catalog = ModelCatalog {
                 dir: models_dir,

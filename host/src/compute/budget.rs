@@ -1,5 +1,5 @@
-//! Memory budgets: a tenant's KV and activation bytes are charged against its
-//! budget and given back when the charge is dropped.
+//! Budgets: what a tenant holds (its KV cache positions) is charged against
+//! its limit and given back when the charge is dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,35 +30,39 @@ impl Budget {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// Reserves `bytes`, or fails without reserving anything.
-    pub fn charge(self: &Arc<Self>, bytes: u64) -> Result<Charge, ComputeError> {
+    pub fn limit(&self) -> Option<u64> {
+        (self.limit != u64::MAX).then_some(self.limit)
+    }
+
+    /// Reserves `amount`, or fails without reserving anything.
+    pub fn charge(self: &Arc<Self>, amount: u64) -> Result<Charge, ComputeError> {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|&total| total <= self.limit)
+                used.checked_add(amount).filter(|&total| total <= self.limit)
             })
             .map_err(|used| {
                 ComputeError::QuotaExceeded(format!(
-                    "{} needs {bytes} more bytes of its {}-byte budget ({used} in use)",
+                    "{} needs {amount} more, over its limit of {} ({used} in use)",
                     self.name, self.limit
                 ))
             })?;
         Ok(Charge {
             budget: self.clone(),
-            bytes,
+            amount,
         })
     }
 }
 
-/// Bytes held against a budget until dropped.
+/// An amount held against a budget until dropped.
 #[derive(Debug)]
 pub struct Charge {
     budget: Arc<Budget>,
-    bytes: u64,
+    amount: u64,
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.used.fetch_sub(self.amount, Ordering::AcqRel);
     }
 }
 

@@ -1,6 +1,8 @@
 //! A sequence's KV cache: f16 keys and values per layer and position, as
-//! llama.cpp stores them. Charged to its tenant's budget for its full capacity;
-//! the memory itself grows as positions are filled.
+//! llama.cpp stores them. Charged to its tenant's KV-token budget for its full
+//! capacity; the memory itself grows as positions are filled.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use half::f16;
 
@@ -50,7 +52,10 @@ impl KvCache {
         let len = positions * self.width;
         for store in [&mut self.keys[layer], &mut self.values[layer]] {
             if store.len() < len {
+                let before = store.capacity();
                 store.resize(len, f16::ZERO);
+                let grown = (store.capacity() - before) * size_of::<f16>();
+                RESIDENT_BYTES.fetch_add(grown as u64, Ordering::Relaxed);
             }
         }
         (&mut self.keys[layer][..len], &mut self.values[layer][..len])
@@ -64,4 +69,18 @@ impl KvCache {
             .map(|v| v.capacity() * size_of::<f16>())
             .sum()
     }
+}
+
+impl Drop for KvCache {
+    fn drop(&mut self) {
+        RESIDENT_BYTES.fetch_sub(self.resident_bytes() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Bytes held by every KV cache of the process.
+static RESIDENT_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of KV cache memory in use, process-wide.
+pub fn resident_bytes_in_use() -> u64 {
+    RESIDENT_BYTES.load(Ordering::Relaxed)
 }

@@ -109,8 +109,7 @@ impl compute::HostKvCache for StoreState {
                 "a {layers}x{width}x{capacity} KV cache is empty"
             ))));
         }
-        let bytes = KvCache::bytes_for(layers, width, capacity);
-        let charge = match self.compute.kv_budget.charge(bytes) {
+        let charge = match self.compute.kv_tokens.charge(capacity as u64) {
             Ok(charge) => charge,
             Err(e) => return Ok(Err(e.into())),
         };

@@ -46,6 +46,17 @@ impl Runtime {
             Err(e) => tracing::warn!(error = %e, "compiling without wasmtime's code cache"),
         }
         let engine = Engine::new(&config)?;
+        spawn_epoch_ticker(&engine);
+        Self::with_engine(engine, path)
+    }
+
+    /// Another component on the same engine (its pool, its epoch and its code
+    /// cache): a tenant that brings its own engine build.
+    pub fn sibling(&self, path: &Path) -> anyhow::Result<Arc<Self>> {
+        Self::with_engine(self.engine.clone(), path)
+    }
+
+    fn with_engine(engine: Engine, path: &Path) -> anyhow::Result<Arc<Self>> {
         let started = std::time::Instant::now();
         let component = Component::from_file(&engine, path)
             .map_err(anyhow::Error::from)
@@ -58,7 +69,6 @@ impl Runtime {
         let pre = RealmWorldPre::new(linker.instantiate_pre(&component)?)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("`{}` is not a realm engine component", path.display()))?;
-        spawn_epoch_ticker(&engine);
         Ok(Arc::new(Self { engine, pre }))
     }
 

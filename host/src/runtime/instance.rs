@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
@@ -36,9 +37,12 @@ pub enum Failure {
     /// The engine refused the request with a typed error.
     #[error("{}", describe(.0))]
     Engine(EngineError),
-    /// The instance trapped (or ran past its deadline) and was replaced.
+    /// The instance trapped and was replaced.
     #[error("the engine instance failed and was replaced: {0}")]
     Trap(String),
+    /// A guest call ran past the call deadline; the instance was replaced.
+    #[error("the request ran past its deadline; the engine instance was interrupted and replaced")]
+    Deadline,
     /// The instance's worker is gone.
     #[error("the engine instance is not running")]
     Gone,
@@ -138,7 +142,8 @@ impl InstanceHandle {
         answer.await.unwrap_or(Err(Failure::Gone))
     }
 
-    fn generate(&self, model: &str, request: GenerationRequest) -> async_mpsc::UnboundedReceiver<GenerationEvent> {
+    /// Starts a completion or a chat reply, like `complete`.
+    pub fn generate(&self, model: &str, request: GenerationRequest) -> async_mpsc::UnboundedReceiver<GenerationEvent> {
         let (events, receiver) = async_mpsc::unbounded_channel();
         let job = Job::Complete {
             model: model.to_string(),
@@ -209,6 +214,12 @@ struct Worker {
     active: Vec<Active>,
 }
 
+impl Drop for Worker {
+    fn drop(&mut self) {
+        LIVE_INSTANCES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The outcome of one guest call: a trap is the instance's failure, not the request's.
 type Call<T> = wasmtime::Result<Result<T, EngineError>>;
 
@@ -216,6 +227,7 @@ impl Worker {
     fn new(runtime: Arc<Runtime>, settings: InstanceSettings) -> anyhow::Result<Self> {
         let state = StoreState::new(settings.compute.clone(), settings.guest_memory);
         let (store, bindings) = runtime.instantiate(state)?;
+        LIVE_INSTANCES.fetch_add(1, Ordering::Relaxed);
         Ok(Self {
             runtime,
             settings,
@@ -342,14 +354,38 @@ impl Worker {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(Failure::Engine(error)),
             Err(trap) => {
-                let failure = Failure::Trap(describe_trap(&trap));
+                let failure = self.failure_of(&trap);
                 self.replace_instance(&failure);
                 Err(failure)
             }
         }
     }
 
+    /// What a trap means for the request, with the memory limit named when
+    /// the guest was refused memory before it trapped.
+    fn failure_of(&self, error: &wasmtime::Error) -> Failure {
+        let cause = match error.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => return Failure::Deadline,
+            Some(trap) => format!("guest trap: {trap}"),
+            None => format!("{error:#}")
+                .lines()
+                .next()
+                .unwrap_or("unknown failure")
+                .to_string(),
+        };
+        let limits = &self.store.data().limits;
+        match limits.refused {
+            Some(wanted) => Failure::Trap(format!(
+                "{cause}, after its memory limit of {} MiB refused to grow it to {} MiB",
+                limits.memory >> 20,
+                wanted >> 20
+            )),
+            None => Failure::Trap(cause),
+        }
+    }
+
     fn replace_instance(&mut self, failure: &Failure) {
+        REPLACEMENTS.fetch_add(1, Ordering::Relaxed);
         let guest_stderr = self.store.data().stderr.contents();
         let guest_stderr = String::from_utf8_lossy(&guest_stderr);
         tracing::warn!(tenant = %self.settings.compute.tenant, %failure, %guest_stderr, "replacing the engine instance");
@@ -414,7 +450,7 @@ impl Worker {
     fn release(&mut self, generation: ResourceAny) {
         self.arm_deadline();
         if let Err(trap) = generation.resource_drop(&mut self.store) {
-            let failure = Failure::Trap(describe_trap(&trap));
+            let failure = self.failure_of(&trap);
             self.replace_instance(&failure);
         }
     }
@@ -434,14 +470,16 @@ pub fn describe(error: &EngineError) -> String {
     format!("{kind}: {message}")
 }
 
-fn describe_trap(error: &wasmtime::Error) -> String {
-    match error.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => "the request ran past its deadline".to_string(),
-        Some(trap) => format!("guest trap: {trap}"),
-        None => format!("{error:#}")
-            .lines()
-            .next()
-            .unwrap_or("unknown failure")
-            .to_string(),
-    }
+/// Engine instances (stores) alive in the process.
+static LIVE_INSTANCES: AtomicUsize = AtomicUsize::new(0);
+
+pub fn live_instances() -> usize {
+    LIVE_INSTANCES.load(Ordering::Relaxed)
+}
+
+/// Instances replaced after a trap or a deadline, process-wide.
+static REPLACEMENTS: AtomicU64 = AtomicU64::new(0);
+
+pub fn replaced_instances() -> u64 {
+    REPLACEMENTS.load(Ordering::Relaxed)
 }

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -25,8 +25,8 @@ pub struct TenantCompute {
     pub catalog: ModelCatalog,
     /// Model names the tenant may open; None allows every model of the catalog.
     pub allowed_models: Option<Vec<String>>,
-    /// KV cache and activation bytes.
-    pub kv_budget: Arc<Budget>,
+    /// KV cache positions the tenant's sequences may hold at once.
+    pub kv_tokens: Arc<Budget>,
 }
 
 /// Bytes of a guest's stderr kept for the log (its panic message, mostly).
@@ -39,7 +39,7 @@ pub struct StoreState {
     pub stderr: MemoryOutputPipe,
     pub table: ResourceTable,
     pub compute: TenantCompute,
-    pub limits: StoreLimits,
+    pub limits: GuestLimits,
 }
 
 impl StoreState {
@@ -53,11 +53,40 @@ impl StoreState {
             stderr,
             table: ResourceTable::new(),
             compute,
-            limits: StoreLimitsBuilder::new()
-                .memory_size(guest_memory)
-                .instances(16)
-                .build(),
+            limits: GuestLimits {
+                memory: guest_memory,
+                refused: None,
+            },
         }
+    }
+}
+
+/// The instance's memory limit, remembering a refused growth so that the
+/// trap which usually follows can be explained.
+pub struct GuestLimits {
+    pub memory: usize,
+    /// The size a linear memory asked to grow to and was refused.
+    pub refused: Option<usize>,
+}
+
+/// Core instances a realm component may create (it has a handful).
+const MAX_CORE_INSTANCES: usize = 16;
+
+impl ResourceLimiter for GuestLimits {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            self.refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES
     }
 }
 

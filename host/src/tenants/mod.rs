@@ -1,32 +1,183 @@
-//! Tenants: who a request runs as, which instance serves it, which models it
-//! may use. Without a tenants file, one local tenant serves the models directory.
+//! Tenants: who a request runs as (its API key), which engine instance serves
+//! it, which models it may use and within which limits. Without a tenants
+//! file, one local tenant without authentication serves the models directory.
 
-use std::sync::Arc;
+mod admission;
+pub mod config;
+pub mod keys;
 
-use crate::compute::ModelCatalog;
-use crate::runtime::InstanceHandle;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use admission::Admission;
+pub use admission::{Permit, RateLimits, Refusal};
+use config::Config;
+use keys::{KeyHash, KeyRing};
+
+use crate::compute::{Budget, ModelCatalog};
+use crate::runtime::{InstanceHandle, InstanceSettings, Runtime};
+
+/// One tenant: its engine instance (created on first use) and its limits.
 pub struct Tenant {
     pub id: String,
-    pub instance: InstanceHandle,
-    pub catalog: ModelCatalog,
+    /// Model names the tenant may use; None allows every model of the catalog.
+    pub models: Option<Vec<String>>,
+    pub max_tokens_per_request: Option<u32>,
+    pub request_deadline: Option<Duration>,
+    admission: Arc<Admission>,
+    runtime: Arc<Runtime>,
+    settings: InstanceSettings,
+    instance: Mutex<Option<InstanceHandle>>,
+}
+
+impl Tenant {
+    pub fn new(
+        id: String,
+        runtime: Arc<Runtime>,
+        settings: InstanceSettings,
+        limits: RequestLimits,
+        models: Option<Vec<String>>,
+    ) -> Self {
+        Self {
+            id,
+            models,
+            max_tokens_per_request: limits.max_tokens_per_request,
+            request_deadline: limits.request_deadline,
+            admission: Admission::new(limits.rates),
+            runtime,
+            settings,
+            instance: Mutex::new(None),
+        }
+    }
+
+    /// The tenant's instance, instantiated from the pre-instantiated component
+    /// on first use.
+    pub fn instance(&self) -> anyhow::Result<InstanceHandle> {
+        let mut slot = self.instance.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(instance) = slot.as_ref() {
+            return Ok(instance.clone());
+        }
+        let instance = InstanceHandle::spawn(self.runtime.clone(), self.settings.clone())?;
+        *slot = Some(instance.clone());
+        Ok(instance)
+    }
+
+    pub fn admit(&self) -> Result<Permit, Refusal> {
+        self.admission.admit()
+    }
+
+    pub fn running_requests(&self) -> u32 {
+        self.admission.running()
+    }
+
+    pub fn kv_tokens(&self) -> &Arc<Budget> {
+        &self.settings.compute.kv_tokens
+    }
+
+    pub fn may_use(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|m| m == model))
+    }
+}
+
+/// What a tenant's requests may ask for and how often.
+#[derive(Default, Clone, Copy)]
+pub struct RequestLimits {
+    pub rates: RateLimits,
+    pub max_tokens_per_request: Option<u32>,
+    pub request_deadline: Option<Duration>,
+}
+
+/// Why a request has no tenant.
+#[derive(Debug)]
+pub enum AuthError {
+    MissingKey,
+    UnknownKey,
 }
 
 #[derive(Clone)]
 pub struct Tenants {
-    local: Arc<Tenant>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tenants: Vec<Arc<Tenant>>,
+    /// None: the single local tenant serves every request without a key.
+    keys: Option<KeyRing>,
+    metrics_keys: Vec<KeyHash>,
+    catalog: ModelCatalog,
 }
 
 impl Tenants {
-    /// One tenant that serves every request (no authentication).
-    pub fn single(tenant: Tenant) -> Self {
+    /// One tenant that serves every request, without authentication.
+    pub fn local(tenant: Tenant, catalog: ModelCatalog) -> Self {
         Self {
-            local: Arc::new(tenant),
+            inner: Arc::new(Inner {
+                tenants: vec![Arc::new(tenant)],
+                keys: None,
+                metrics_keys: Vec::new(),
+                catalog,
+            }),
         }
     }
 
-    /// The tenant a request runs as.
-    pub fn for_request(&self) -> Arc<Tenant> {
-        self.local.clone()
+    /// The tenants of a tenants file; `make` builds each tenant from its entry.
+    pub fn from_config(
+        config: &Config,
+        catalog: ModelCatalog,
+        mut make: impl FnMut(&config::TenantConfig) -> anyhow::Result<Tenant>,
+    ) -> anyhow::Result<Self> {
+        let mut tenants = Vec::with_capacity(config.tenants.len());
+        let mut ring = Vec::new();
+        for (index, entry) in config.tenants.iter().enumerate() {
+            tenants.push(Arc::new(make(entry)?));
+            for key in &entry.api_keys {
+                ring.push((KeyHash::parse(key)?, index as u32));
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tenants,
+                keys: Some(KeyRing::new(ring)),
+                metrics_keys: config.metrics_keys.clone(),
+                catalog,
+            }),
+        })
     }
+
+    /// The tenant whose key the `Authorization: Bearer` header carries.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Arc<Tenant>, AuthError> {
+        let Some(ring) = &self.inner.keys else {
+            return Ok(self.inner.tenants[0].clone());
+        };
+        let key = bearer(authorization).ok_or(AuthError::MissingKey)?;
+        let owner = ring.owner(key).ok_or(AuthError::UnknownKey)?;
+        Ok(self.inner.tenants[owner as usize].clone())
+    }
+
+    /// Whether this `Authorization` header may read `/metrics`.
+    pub fn may_read_metrics(&self, authorization: Option<&str>) -> bool {
+        if self.inner.metrics_keys.is_empty() {
+            return true;
+        }
+        let ring = KeyRing::new(self.inner.metrics_keys.iter().map(|k| (*k, 0)).collect());
+        bearer(authorization).is_some_and(|key| ring.owner(key).is_some())
+    }
+
+    pub fn all(&self) -> &[Arc<Tenant>] {
+        &self.inner.tenants
+    }
+
+    /// Every model of the models directory.
+    pub fn models(&self) -> Vec<String> {
+        self.inner.catalog.list()
+    }
+}
+
+fn bearer(authorization: Option<&str>) -> Option<&str> {
+    let value = authorization?.trim();
+    let (scheme, key) = value.split_once(' ')?;
+    let key = key.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
 }

@@ -1,0 +1,136 @@
+"""The official OpenAI Python client against a multi-tenant realm-host.
+
+Starts `realm-host serve --config` with two tenants, then lists models,
+completes and streams chat completions with a tenant's key, and checks that
+bad input raises the client's matching error classes. Exits non-zero on the
+first failure. Run by scripts/openai-client-check.sh (part of scripts/test.sh).
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import openai
+from openai import OpenAI
+
+HOST = os.environ.get("REALM_HOST", "target/release/realm-host")
+COMPONENT = os.environ.get("REALM_COMPONENT", "target/realm.wasm")
+MODELS = os.environ.get("REALM_MODELS_DIR", "models")
+MODEL = "SmolLM2-135M-Instruct.Q4_1"
+
+
+def key_hash(key):
+    out = subprocess.run([HOST, "keys", "hash"], input=key + "\n", capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def start_server(workdir):
+    # The default model twice: `smol-twin` is a model that `slow-lane` may not use.
+    models = os.path.join(workdir, "models")
+    os.mkdir(models)
+    source = os.path.abspath(os.path.join(MODELS, MODEL + ".gguf"))
+    for name in (MODEL, "smol-twin"):
+        os.symlink(source, os.path.join(models, name + ".gguf"))
+    tenants = f"""
+[[tenant]]
+id = "acme"
+api_keys = ["{key_hash('acme-secret')}"]
+[tenant.limits]
+max_tokens_per_request = 64
+
+[[tenant]]
+id = "slow-lane"
+api_keys = ["{key_hash('slow-secret')}"]
+models = ["{MODEL}"]
+[tenant.limits]
+requests_per_minute = 1
+"""
+    config = os.path.join(workdir, "tenants.toml")
+    with open(config, "w") as f:
+        f.write(tenants)
+    server = subprocess.Popen(
+        [HOST, "serve", "--listen", "127.0.0.1:0", "--threads", "2", "--component", COMPONENT,
+         "--models-dir", models, "--config", config],
+        stdout=subprocess.PIPE, text=True,
+    )
+    line = server.stdout.readline().strip()
+    if not line.startswith("listening on "):
+        server.kill()
+        sys.exit(f"realm-host did not start: {line!r}")
+    return server, line.removeprefix("listening on ")
+
+
+def expect_error(kind, call):
+    try:
+        call()
+    except kind as e:
+        return e
+    except openai.APIStatusError as e:
+        raise AssertionError(f"expected {kind.__name__}, got {type(e).__name__}: {e}") from e
+    raise AssertionError(f"expected {kind.__name__}, the call succeeded")
+
+
+def check(base):
+    client = OpenAI(base_url=base + "/v1", api_key="acme-secret", max_retries=0)
+    greedy = dict(model=MODEL, temperature=0, max_tokens=24)
+    messages = [{"role": "system", "content": "You are a concise assistant."},
+                {"role": "user", "content": "What is the capital of France?"}]
+
+    ids = [m.id for m in client.models.list()]
+    assert MODEL in ids, ids
+    print(f"models.list: {ids}")
+
+    whole = client.chat.completions.create(messages=messages, **greedy)
+    content = whole.choices[0].message.content
+    assert whole.object == "chat.completion" and content, whole
+    assert whole.usage.completion_tokens > 0 and whole.usage.prompt_tokens > 0, whole.usage
+    print(f"chat.completions.create: {content!r} ({whole.choices[0].finish_reason})")
+
+    chunks = list(client.chat.completions.create(messages=messages, stream=True,
+                                                  stream_options={"include_usage": True}, **greedy))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == content, (streamed, content)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    print(f"chat.completions.create(stream=True): {len(chunks)} chunks, same text, usage {chunks[-1].usage}")
+
+    legacy = client.completions.create(prompt="The capital of France is", **greedy)
+    assert legacy.choices[0].text.startswith(" Paris"), legacy
+    print(f"completions.create: {legacy.choices[0].text!r}")
+
+    bad_key = OpenAI(base_url=base + "/v1", api_key="wrong", max_retries=0)
+    expect_error(openai.AuthenticationError, lambda: bad_key.models.list())
+    expect_error(openai.NotFoundError,
+                 lambda: client.chat.completions.create(model="no-such-model", messages=messages))
+    expect_error(openai.BadRequestError,
+                 lambda: client.chat.completions.create(messages=messages, n=2, **greedy))
+    expect_error(openai.BadRequestError,
+                 lambda: client.chat.completions.create(messages=messages, model=MODEL, max_tokens=65))
+    expect_error(openai.BadRequestError,
+                 lambda: client.chat.completions.create(messages=messages, extra_body={"frobnicate": 1}, **greedy))
+    expect_error(openai.BadRequestError,
+                 lambda: client.chat.completions.create(messages=messages, temperature=-1, model=MODEL))
+    slow = OpenAI(base_url=base + "/v1", api_key="slow-secret", max_retries=0)
+    assert [m.id for m in slow.models.list()] == [MODEL]
+    expect_error(openai.PermissionDeniedError,
+                 lambda: slow.chat.completions.create(model="smol-twin", messages=messages))
+    slow.completions.create(prompt="Hi", **greedy)
+    limited = expect_error(openai.RateLimitError, lambda: slow.completions.create(prompt="Hi", **greedy))
+    assert int(limited.response.headers["retry-after"]) >= 1
+    print("errors: AuthenticationError, NotFoundError, PermissionDeniedError, BadRequestError (n, max_tokens, "
+          "unknown field, temperature), RateLimitError with Retry-After")
+
+
+def main():
+    with tempfile.TemporaryDirectory() as workdir:
+        server, base = start_server(workdir)
+        try:
+            check(base)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    print(f"openai {openai.__version__}: every check passed")
+
+
+if __name__ == "__main__":
+    main()

@@ -134,6 +134,8 @@ fn keys_pick_the_tenant_and_its_models() {
     assert_eq!(beta.status, 200, "{}", beta.text);
     assert_eq!(alpha.json()["choices"][0]["text"], beta.json()["choices"][0]["text"]);
     assert_eq!(metric(&server, "realm_live_instances"), Some(2.0));
+    // Two tenants, two names, one file: mapped once.
+    assert_eq!(metric(&server, "realm_model_files_mapped"), Some(1.0));
 
     let labels = format!("tenant=\"alpha\",model=\"{DEFAULT_MODEL}\",endpoint=\"completions\"");
     assert_eq!(metric(&server, &format!("realm_requests_total{{{labels}}}")), Some(1.0));
@@ -428,4 +430,27 @@ fn shutdown_refuses_new_work_and_lets_streams_finish() {
         assert_eq!(stream.events().last(), Some(&json!("[DONE]")));
     });
     assert_eq!(server.wait(), Some(0));
+}
+
+#[test]
+fn requests_of_one_tenant_interleave_step_by_step() {
+    let deployment = Deployment::new(&[DEFAULT_MODEL], &[], &tenant("alpha", ""));
+    let server = deployment.serve(&[], Stdio::inherit());
+    let running = "realm_running_requests{tenant=\"alpha\"}";
+    let mut long = completion(DEFAULT_MODEL, "Once upon a time", 400);
+    long["stream"] = json!(true);
+    std::thread::scope(|scope| {
+        let long = scope.spawn(|| server.call("POST", "/v1/completions", Some("key-alpha"), Some(long)));
+        wait_for("the long request", || metric(&server, running) == Some(1.0));
+        let short = server.call(
+            "POST",
+            "/v1/completions",
+            Some("key-alpha"),
+            Some(completion(DEFAULT_MODEL, "Hi", 4)),
+        );
+        assert_eq!(short.status, 200, "{}", short.text);
+        // The short request finished while the long one was still generating.
+        assert_eq!(metric(&server, running), Some(1.0));
+        assert_eq!(long.join().expect("long").status, 200);
+    });
 }

@@ -53,6 +53,7 @@ pub struct Metrics {
     live_instances: Gauge,
     replaced_instances: Gauge,
     kv_bytes: Gauge,
+    model_files: Gauge,
 }
 
 fn seconds() -> Histogram {
@@ -74,6 +75,7 @@ impl Default for Metrics {
         let live_instances = Gauge::default();
         let replaced_instances = Gauge::default();
         let kv_bytes = Gauge::default();
+        let model_files = Gauge::default();
         registry.register("requests", "Generation requests admitted", requests.clone());
         registry.register("errors", "Requests answered with an error status", errors.clone());
         registry.register("prompt_tokens", "Prompt tokens processed", prompt_tokens.clone());
@@ -101,6 +103,11 @@ impl Default for Metrics {
             replaced_instances.clone(),
         );
         registry.register("kv_cache_bytes", "KV cache memory in use", kv_bytes.clone());
+        registry.register(
+            "model_files_mapped",
+            "Model files memory-mapped, each once for every tenant",
+            model_files.clone(),
+        );
         Self {
             registry,
             requests,
@@ -114,6 +121,7 @@ impl Default for Metrics {
             live_instances,
             replaced_instances,
             kv_bytes,
+            model_files,
         }
     }
 }
@@ -138,6 +146,8 @@ impl Metrics {
             .set(runtime::replaced_instances().try_into().unwrap_or(i64::MAX));
         self.kv_bytes
             .set(kv::resident_bytes_in_use().try_into().unwrap_or(i64::MAX));
+        let mapped = tenants.all().first().map_or(0, |t| t.mapped_model_files());
+        self.model_files.set(mapped.try_into().unwrap_or(i64::MAX));
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);

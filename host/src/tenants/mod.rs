@@ -74,6 +74,11 @@ impl Tenant {
         &self.settings.compute.kv_tokens
     }
 
+    /// Model files mapped in the process (shared by every tenant).
+    pub fn mapped_model_files(&self) -> usize {
+        self.settings.compute.shared.registry.open_files()
+    }
+
     pub fn may_use(&self, model: &str) -> bool {
         self.models
             .as_ref()

@@ -300,8 +300,16 @@ fn quantize_block_q8k(x: &[f32]) -> BlockQ8K {
     block
 }
 
-/// `row . x` for a K-quant row and its activations quantized by `quantize_q8k`.
+/// `row . x` for a K-quant row and its activations quantized by `quantize_q8k`:
+/// the SIMD kernel where this CPU has one (the same integer sums and the same
+/// f32 steps, so bit-identical), else the portable loop.
 pub fn dot(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> f32 {
+    super::ksimd::row_dot(ty, row, x).unwrap_or_else(|| dot_portable(ty, row, x))
+}
+
+/// The portable `dot`: per super-block one exact integer sum of the scaled
+/// products (and one of the mins times the group sums), then two f32 steps.
+pub fn dot_portable(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> f32 {
     let mut acc = 0.0f32;
     let mut acc_min = 0.0f32;
     for (block, y) in row.chunks_exact(block_bytes(ty)).zip(x) {

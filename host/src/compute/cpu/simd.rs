@@ -36,20 +36,42 @@ pub fn signed_dot(x: &[i8; 32], y: &[i8; 32]) -> i32 {
     portable::signed_dot(x, y)
 }
 
-/// A whole row's dot product for the Q4_0, Q4_1 and Q8_0 weight types, as
-/// ggml's AVX2 kernels compute it: each block's integer products as eight f32
-/// lanes, scaled and accumulated with FMA across the row, summed once at the
-/// end. None where this CPU or type has no such kernel.
+/// Whether the AVX2 kernels can run: AVX2, FMA and F16C (all x86-64-v3 CPUs).
+/// Checked once; later calls read a cached flag.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx2() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static LEVEL: AtomicU8 = AtomicU8::new(0);
+    match LEVEL.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let yes = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c");
+            LEVEL.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        }
+    }
+}
+
+/// A whole row's dot product for the 32-value block types. Q4_0, Q4_1 and
+/// Q8_0 as ggml's AVX2 kernels compute them: each block's integer products as
+/// eight f32 lanes, scaled and accumulated with FMA across the row, summed once
+/// at the end. Q5_0 and Q5_1 bit-identical to the portable `dot_blocks`. None
+/// where this CPU or type has no such kernel.
 pub fn row_dot(ty: GgmlType, row: &[u8], blocks: &[BlockQ8]) -> Option<f32> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: AVX2 and FMA are present (checked above); the kernels read
+    if has_avx2() {
+        // SAFETY: AVX2, FMA and F16C are present (checked above); the kernels read
         // only within `row` and `blocks` (whole blocks, checked by chunks_exact).
         return unsafe {
             match ty {
                 GgmlType::Q4_0 => Some(x86::row_q4_0(row, blocks)),
                 GgmlType::Q4_1 => Some(x86::row_q4_1(row, blocks)),
                 GgmlType::Q8_0 => Some(x86::row_q8_0(row, blocks)),
+                GgmlType::Q5_0 => Some(x86::row_q5_0(row, blocks)),
+                GgmlType::Q5_1 => Some(x86::row_q5_1(row, blocks)),
                 _ => None,
             }
         };
@@ -75,14 +97,15 @@ mod portable {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use super::BlockQ8;
 
     /// Adds the eight i32 lanes.
+    #[inline]
     #[target_feature(enable = "avx2")]
-    fn hsum(v: __m256i) -> i32 {
+    pub fn hsum(v: __m256i) -> i32 {
         let sum = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
         let sum = _mm_add_epi32(sum, _mm_shuffle_epi32::<0b01_00_11_10>(sum));
         let sum = _mm_add_epi32(sum, _mm_shuffle_epi32::<0b10_11_00_01>(sum));
@@ -91,6 +114,7 @@ mod x86 {
 
     /// Σ x·y for unsigned x < 128 and signed y: pairs of u8·i8 products fit i16
     /// (at most 2·127·128), then pairs of i16 are widened to i32.
+    #[inline]
     #[target_feature(enable = "avx2")]
     fn madd(x: __m256i, y: __m256i) -> i32 {
         let pairs = _mm256_maddubs_epi16(x, y);
@@ -98,8 +122,9 @@ mod x86 {
     }
 
     /// ggml's `hsum_float_8`.
+    #[inline]
     #[target_feature(enable = "avx2")]
-    fn hsum_ps(v: __m256) -> f32 {
+    pub fn hsum_ps(v: __m256) -> f32 {
         let sum = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
         let sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
         let sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
@@ -107,12 +132,14 @@ mod x86 {
     }
 
     /// Pairwise integer products of unsigned x and signed y as eight f32 lanes.
+    #[inline]
     #[target_feature(enable = "avx2")]
     fn pairs_ps(x: __m256i, y: __m256i) -> __m256 {
         _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1)))
     }
 
     /// The 32 unsigned nibbles of a block: low halves first, then high halves.
+    #[inline]
     #[target_feature(enable = "avx2")]
     fn unpack_nibbles(bytes: &[u8]) -> __m256i {
         // SAFETY: callers pass the 16 packed bytes of one block.
@@ -124,25 +151,118 @@ mod x86 {
         )
     }
 
-    fn f16_at(bytes: &[u8], at: usize) -> f32 {
-        half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+    /// The two little-endian f16s at `at` and `at + 2` as f32 (exactly, as
+    /// ggml's table), converted together with F16C. The conversion is written
+    /// as assembly because the compiler otherwise inserts the f16 into some
+    /// live register (`vpinsrw`), a false dependency on that register's last
+    /// writer, often an accumulator, which serialises the loop.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub fn f16_pair(bytes: &[u8], at: usize) -> (f32, f32) {
+        let bits = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let halves = _mm_cvtsi32_si128(bits as i32);
+        let both: __m128;
+        // SAFETY: F16C is enabled; the instruction reads and writes registers only.
+        unsafe {
+            std::arch::asm!(
+                "vcvtph2ps {out}, {halves}",
+                out = lateout(xmm_reg) both,
+                halves = in(xmm_reg) halves,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        (_mm_cvtss_f32(both), _mm_cvtss_f32(_mm_movehdup_ps(both)))
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    /// The f16 at `at`, where `at >= 2` (read as the high half of a pair).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub fn f16_at(bytes: &[u8], at: usize) -> f32 {
+        f16_pair(bytes, at - 2).1
+    }
+
+    /// `f16 at bytes[at] * yd` in all eight lanes. Converting a broadcast f16
+    /// (rather than one lane, then broadcasting) keeps the conversion off the
+    /// accumulator's dependency chain.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn scale8(bytes: &[u8], at: usize, yd: f32) -> __m256 {
+        let bits = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+        _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16(bits as i16)), _mm256_set1_ps(yd))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn row_q4_1(row: &[u8], blocks: &[BlockQ8]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         let mut mins = 0.0f32;
         for (w, y) in row.chunks_exact(20).zip(blocks) {
-            mins += f16_at(w, 2) * y.s;
+            mins += f16_pair(w, 0).1 * y.s;
             // SAFETY: `y.qs` is 32 bytes.
             let qy = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
             let products = pairs_ps(unpack_nibbles(&w[4..20]), qy);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(w, 0) * y.d), products, acc);
+            acc = _mm256_fmadd_ps(scale8(w, 0, y.d), products, acc);
         }
         hsum_ps(acc) + mins
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    /// ggml's `bytes_from_bits_32`: byte `i` is 0xFF where bit `i` of the
+    /// little-endian u32 at `bytes` is set, else 0.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn bytes_from_bits(bytes: &[u8]) -> __m256i {
+        let bits = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        // Byte i of the result starts as byte i / 8 of `bits`...
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(bits as i32),
+            _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0),
+        );
+        // ...and is all ones once every bit but bit i % 8 is forced on.
+        let others = _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+        _mm256_cmpeq_epi8(others, _mm256_set1_epi64x(-1))
+    }
+
+    /// The 32 unsigned 5-bit values of a Q5 block: the nibbles at `qs`, and 16
+    /// where the block's `qh` bit is set.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn unpack_q5(qh: &[u8], qs: &[u8]) -> __m256i {
+        let high = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
+        _mm256_or_si256(unpack_nibbles(qs), high)
+    }
+
+    /// Q5_0 as the portable `dot_blocks` computes it (the order realm has
+    /// always used; bit-identical to it): per block the exact integer sum
+    /// `sum((q + 16) * y) - 16 * sum(y)`, then `(d * y.d) * sumi` added in
+    /// block order.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn row_q5_0(row: &[u8], blocks: &[BlockQ8]) -> f32 {
+        let mut acc = -0.0f32;
+        for (w, y) in row.chunks_exact(22).zip(blocks) {
+            // SAFETY: `y.qs` is 32 bytes.
+            let qy = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
+            let sumi = madd(unpack_q5(&w[2..6], &w[6..22]), qy) - 16 * y.sum;
+            let (d, _) = f16_pair(w, 0);
+            acc += (d * y.d) * sumi as f32 + 0.0;
+        }
+        acc
+    }
+
+    /// Q5_1 as the portable `dot_blocks` computes it: `(d * y.d) * sumi + m * y.s`
+    /// per block, added in block order.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn row_q5_1(row: &[u8], blocks: &[BlockQ8]) -> f32 {
+        let mut acc = -0.0f32;
+        for (w, y) in row.chunks_exact(24).zip(blocks) {
+            // SAFETY: `y.qs` is 32 bytes.
+            let qy = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
+            let sumi = madd(unpack_q5(&w[4..8], &w[8..24]), qy);
+            let (d, m) = f16_pair(w, 0);
+            acc += (d * y.d) * sumi as f32 + m * y.s;
+        }
+        acc
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn row_q4_0(row: &[u8], blocks: &[BlockQ8]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for (w, y) in row.chunks_exact(18).zip(blocks) {
@@ -150,12 +270,12 @@ mod x86 {
             // SAFETY: `y.qs` is 32 bytes.
             let qy = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
             let products = pairs_ps(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(w, 0) * y.d), products, acc);
+            acc = _mm256_fmadd_ps(scale8(w, 0, y.d), products, acc);
         }
         hsum_ps(acc)
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn row_q8_0(row: &[u8], blocks: &[BlockQ8]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for (w, y) in row.chunks_exact(34).zip(blocks) {
@@ -167,7 +287,7 @@ mod x86 {
                 )
             };
             let products = pairs_ps(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(w, 0) * y.d), products, acc);
+            acc = _mm256_fmadd_ps(scale8(w, 0, y.d), products, acc);
         }
         hsum_ps(acc)
     }
@@ -235,7 +355,13 @@ mod tests {
             let signed = block::<32>(seed + 3000).map(|b| (b as i8).max(-127));
             assert_eq!(signed_dot(&signed, &y), portable::signed_dot(&signed, &y));
         }
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+        ] {
             for seed in 0..20 {
                 let row = crate::compute::cpu::quant::tests::random_row(ty, 18, seed);
                 let x: Vec<f32> = noise(seed + 9, 18 * 32)
@@ -248,6 +374,9 @@ mod tests {
                 };
                 let Some(fast) = row_dot(ty, &row, blocks) else { return };
                 let reference = crate::compute::cpu::activations::dot_blocks(ty, &row, blocks);
+                if matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1) {
+                    assert_eq!(fast.to_bits(), reference.to_bits(), "{ty}: {fast} vs {reference}");
+                }
                 assert!(
                     (fast - reference).abs() <= 1e-5 * reference.abs().max(1.0),
                     "{ty}: {fast} vs {reference}"

@@ -87,6 +87,36 @@ pub fn dot(ty: GgmlType, row: &[u8], x: &Activations) -> f32 {
     }
 }
 
+/// `row . xs[r]` into `out[r]` for every activation row: four rows at a time
+/// where a kernel shares the weight row's unpacking between them (the same
+/// results as `dot` row by row), else one by one.
+pub fn dot_rows(ty: GgmlType, row: &[u8], xs: &[Activations], out: &mut [f32]) {
+    let mut done = 0;
+    for (quad, o) in xs.chunks_exact(4).zip(out.chunks_exact_mut(4)) {
+        let result = match quad {
+            [
+                Activations::Q8(a),
+                Activations::Q8(b),
+                Activations::Q8(c),
+                Activations::Q8(d),
+            ] => simd::rows_dot4(ty, row, [a, b, c, d]),
+            [
+                Activations::Q8K(a),
+                Activations::Q8K(b),
+                Activations::Q8K(c),
+                Activations::Q8K(d),
+            ] => kquants::rows_dot4(ty, row, [a, b, c, d]),
+            _ => None,
+        };
+        let Some(result) = result else { break };
+        o.copy_from_slice(&result);
+        done += 4;
+    }
+    for (o, x) in out[done..].iter_mut().zip(&xs[done..]) {
+        *o = dot(ty, row, x);
+    }
+}
+
 /// The portable row dot product: one exact integer sum per block, scaled and
 /// summed in block order.
 pub fn dot_blocks(ty: GgmlType, row: &[u8], blocks: &[BlockQ8]) -> f32 {
@@ -224,6 +254,41 @@ mod tests {
                     sumi as f32 * (d * dy)
                 };
                 assert_eq!(block_dot(ty, &w, &y), expected, "{ty} seed {seed}");
+            }
+        }
+    }
+
+    #[test]
+    fn dot_rows_equals_dot_row_by_row_bit_for_bit() {
+        let k_types = [
+            GgmlType::Q2K,
+            GgmlType::Q3K,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q6K,
+        ];
+        for ty in BLOCK_TYPES.into_iter().chain(k_types) {
+            for seed in 0..10u64 {
+                let len = 3 * kquants::QK_K;
+                let row = if kquants::is_k_quant(ty) {
+                    kquants::tests::random_k_row(ty, len / kquants::QK_K, seed)
+                } else {
+                    random_row(ty, len / QK, seed)
+                };
+                let xs: Vec<Activations> = (0..7)
+                    .map(|r| {
+                        let x: Vec<f32> = noise(seed * 10 + r, len)
+                            .iter()
+                            .map(|&b| b as f32 / 64.0 - 2.0)
+                            .collect();
+                        quantize(ty, &x)
+                    })
+                    .collect();
+                let mut out = vec![0.0; xs.len()];
+                dot_rows(ty, &row, &xs, &mut out);
+                for (o, x) in out.iter().zip(&xs) {
+                    assert_eq!(o.to_bits(), dot(ty, &row, x).to_bits(), "{ty} seed {seed}");
+                }
             }
         }
     }

@@ -45,7 +45,7 @@ fn time(threads: usize, ty: GgmlType, k: usize, n: usize, rows: usize) {
         .num_threads(threads)
         .build()
         .expect("a pool");
-    let reps = if rows == 1 { 20 } else { 3 };
+    let reps = if rows == 1 { 60 } else { 3 };
     let mut best = f64::MAX;
     for _ in 0..reps {
         let t = Instant::now();

@@ -307,6 +307,12 @@ pub fn dot(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> f32 {
     super::ksimd::row_dot(ty, row, x).unwrap_or_else(|| dot_portable(ty, row, x))
 }
 
+/// `dot` for four activation rows at once where a SIMD kernel shares the
+/// unpacking of each super-block between them (bit-identical per row).
+pub fn rows_dot4(ty: GgmlType, row: &[u8], x: [&[BlockQ8K]; 4]) -> Option<[f32; 4]> {
+    super::ksimd::rows_dot4(ty, row, x)
+}
+
 /// The portable `dot`: per super-block one exact integer sum of the scaled
 /// products (and one of the mins times the group sums), then two f32 steps.
 pub fn dot_portable(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> f32 {
@@ -330,7 +336,7 @@ pub fn dot_portable(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
     use crate::compute::cpu::quant::tests::noise;
 

@@ -267,9 +267,7 @@ pub fn matmul_rows(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32]) -> Vec
             for (c, out_col) in chunk.chunks_exact_mut(rows).enumerate() {
                 let j = task * COLUMNS_PER_TASK + c;
                 let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
-                for (o, input) in out_col.iter_mut().zip(&inputs) {
-                    *o = activations::dot(ty, w_row, input);
-                }
+                activations::dot_rows(ty, w_row, &inputs, out_col);
             }
         });
     if rows == 1 {

@@ -80,6 +80,31 @@ pub fn row_dot(ty: GgmlType, row: &[u8], blocks: &[BlockQ8]) -> Option<f32> {
     None
 }
 
+/// `row . ys[r]` for four activation rows at once (prompt processing): each
+/// weight block is unpacked once for all four. The result for each row is
+/// bit-identical to `row_dot` (or the portable loop where `row_dot` has no
+/// kernel), since every row keeps its own accumulators and order. None where
+/// this CPU or type has no such kernel.
+pub fn rows_dot4(ty: GgmlType, row: &[u8], ys: [&[BlockQ8]; 4]) -> Option<[f32; 4]> {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2, FMA and F16C are present (checked above); the kernels
+        // read whole blocks of `row` and the matching blocks of each `ys[r]`.
+        return unsafe {
+            match ty {
+                GgmlType::Q4_0 => Some(x86::rows4_q4_0(row, ys)),
+                GgmlType::Q4_1 => Some(x86::rows4_q4_1(row, ys)),
+                GgmlType::Q5_0 => Some(x86::rows4_q5_0(row, ys)),
+                GgmlType::Q5_1 => Some(x86::rows4_q5_1(row, ys)),
+                GgmlType::Q8_0 => Some(x86::rows4_q8_0(row, ys)),
+                _ => None,
+            }
+        };
+    }
+    let _ = (ty, row, ys);
+    None
+}
+
 mod portable {
     pub fn nibbles_dot(qs: &[u8; 16], y: &[i8; 32]) -> i32 {
         (0..16)
@@ -230,36 +255,207 @@ pub(super) mod x86 {
         _mm256_or_si256(unpack_nibbles(qs), high)
     }
 
-    /// Q5_0 as the portable `dot_blocks` computes it (the order realm has
-    /// always used; bit-identical to it): per block the exact integer sum
-    /// `sum((q + 16) * y) - 16 * sum(y)`, then `(d * y.d) * sumi` added in
-    /// block order.
+    /// The exact integer sums of four blocks' products (unsigned `x`, signed
+    /// `y`), as four i32 lanes in block order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn sums4(x: [__m256i; 4], y: [__m256i; 4]) -> __m128i {
+        let ones = _mm256_set1_epi16(1);
+        let l0 = _mm256_madd_epi16(_mm256_maddubs_epi16(x[0], y[0]), ones);
+        let l1 = _mm256_madd_epi16(_mm256_maddubs_epi16(x[1], y[1]), ones);
+        let l2 = _mm256_madd_epi16(_mm256_maddubs_epi16(x[2], y[2]), ones);
+        let l3 = _mm256_madd_epi16(_mm256_maddubs_epi16(x[3], y[3]), ones);
+        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(l0, l1), _mm256_hadd_epi32(l2, l3));
+        _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+    }
+
+    /// Adds the four lanes of `p` to `acc` one at a time, in lane order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn add_in_order(acc: f32, p: __m128) -> f32 {
+        let acc = acc + _mm_cvtss_f32(p);
+        let acc = acc + _mm_cvtss_f32(_mm_movehdup_ps(p));
+        let acc = acc + _mm_cvtss_f32(_mm_movehl_ps(p, p));
+        acc + _mm_cvtss_f32(_mm_shuffle_ps::<0b11_11_11_11>(p, p))
+    }
+
+    /// The f16 scales at `at` of four blocks of `bytes` bytes, as f32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn scales4(w: &[u8], bytes: usize, at: usize) -> __m128 {
+        let h0 = u16::from_le_bytes([w[at], w[at + 1]]) as i16;
+        let h1 = u16::from_le_bytes([w[bytes + at], w[bytes + at + 1]]) as i16;
+        let h2 = u16::from_le_bytes([w[2 * bytes + at], w[2 * bytes + at + 1]]) as i16;
+        let h3 = u16::from_le_bytes([w[3 * bytes + at], w[3 * bytes + at + 1]]) as i16;
+        _mm_cvtph_ps(_mm_setr_epi16(h0, h1, h2, h3, 0, 0, 0, 0))
+    }
+
+    /// The 32 bytes of `y.qs`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn load_y(y: &BlockQ8) -> __m256i {
+        // SAFETY: `y.qs` is 32 bytes.
+        unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) }
+    }
+
+    /// Q5_0 and Q5_1 as the portable `dot_blocks` computes them (the order
+    /// realm has always used; bit-identical to it): per block the exact
+    /// integer sum (for Q5_0 `sum((q + 16) * y) - 16 * sum(y)`), then
+    /// `(d * y.d) * sumi + m` (m = `m * y.s` for Q5_1, 0 for Q5_0) added in
+    /// block order. Four blocks at a time share the horizontal sums.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn row_q5_0(row: &[u8], blocks: &[BlockQ8]) -> f32 {
+    fn row_q5<const MIN: bool>(row: &[u8], blocks: &[BlockQ8]) -> f32 {
+        let bytes = if MIN { 24 } else { 22 };
+        let qh_at = if MIN { 4 } else { 2 };
         let mut acc = -0.0f32;
-        for (w, y) in row.chunks_exact(22).zip(blocks) {
-            // SAFETY: `y.qs` is 32 bytes.
-            let qy = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
-            let sumi = madd(unpack_q5(&w[2..6], &w[6..22]), qy) - 16 * y.sum;
-            let (d, _) = f16_pair(w, 0);
-            acc += (d * y.d) * sumi as f32 + 0.0;
+        let quads = row.chunks_exact(4 * bytes).zip(blocks.chunks_exact(4));
+        let done = quads.len() * 4;
+        for (w, y) in quads {
+            let (a0, a1, a2, a3) = (qh_at, bytes + qh_at, 2 * bytes + qh_at, 3 * bytes + qh_at);
+            let x = [
+                unpack_q5(&w[a0..a0 + 4], &w[a0 + 4..a0 + 20]),
+                unpack_q5(&w[a1..a1 + 4], &w[a1 + 4..a1 + 20]),
+                unpack_q5(&w[a2..a2 + 4], &w[a2 + 4..a2 + 20]),
+                unpack_q5(&w[a3..a3 + 4], &w[a3 + 4..a3 + 20]),
+            ];
+            let mut sumi = sums4(x, [load_y(&y[0]), load_y(&y[1]), load_y(&y[2]), load_y(&y[3])]);
+            if !MIN {
+                let ysum = _mm_setr_epi32(y[0].sum, y[1].sum, y[2].sum, y[3].sum);
+                sumi = _mm_sub_epi32(sumi, _mm_slli_epi32::<4>(ysum));
+            }
+            let dy = _mm_setr_ps(y[0].d, y[1].d, y[2].d, y[3].d);
+            let scaled = _mm_mul_ps(_mm_mul_ps(scales4(w, bytes, 0), dy), _mm_cvtepi32_ps(sumi));
+            let m = if MIN {
+                _mm_mul_ps(scales4(w, bytes, 2), _mm_setr_ps(y[0].s, y[1].s, y[2].s, y[3].s))
+            } else {
+                _mm_setzero_ps()
+            };
+            acc = add_in_order(acc, _mm_add_ps(scaled, m));
+        }
+        for (w, y) in row[done / 4 * 4 * bytes..].chunks_exact(bytes).zip(&blocks[done..]) {
+            let x = unpack_q5(&w[qh_at..qh_at + 4], &w[qh_at + 4..qh_at + 20]);
+            let mut sumi = madd(x, load_y(y));
+            let (d, m) = f16_pair(w, 0);
+            let m = if MIN { m * y.s } else { 0.0 };
+            if !MIN {
+                sumi -= 16 * y.sum;
+            }
+            acc += (d * y.d) * sumi as f32 + m;
         }
         acc
     }
 
-    /// Q5_1 as the portable `dot_blocks` computes it: `(d * y.d) * sumi + m * y.s`
-    /// per block, added in block order.
+    /// `row_q5` for four activation rows: the block's integer sums with the
+    /// four rows are the four lanes, and each lane takes that row's f32 steps.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn rows4_q5<const MIN: bool>(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
+        let bytes = if MIN { 24 } else { 22 };
+        let qh_at = if MIN { 4 } else { 2 };
+        let mut acc = _mm_set1_ps(-0.0);
+        for (b, w) in row.chunks_exact(bytes).enumerate() {
+            let (y0, y1, y2, y3) = (&ys[0][b], &ys[1][b], &ys[2][b], &ys[3][b]);
+            let x = unpack_q5(&w[qh_at..qh_at + 4], &w[qh_at + 4..qh_at + 20]);
+            let mut sumi = sums4([x, x, x, x], [load_y(y0), load_y(y1), load_y(y2), load_y(y3)]);
+            if !MIN {
+                let ysum = _mm_setr_epi32(y0.sum, y1.sum, y2.sum, y3.sum);
+                sumi = _mm_sub_epi32(sumi, _mm_slli_epi32::<4>(ysum));
+            }
+            let (d, m) = f16_pair(w, 0);
+            let dy = _mm_setr_ps(y0.d, y1.d, y2.d, y3.d);
+            let scaled = _mm_mul_ps(_mm_mul_ps(_mm_set1_ps(d), dy), _mm_cvtepi32_ps(sumi));
+            let m = if MIN {
+                _mm_mul_ps(_mm_set1_ps(m), _mm_setr_ps(y0.s, y1.s, y2.s, y3.s))
+            } else {
+                _mm_setzero_ps()
+            };
+            acc = _mm_add_ps(acc, _mm_add_ps(scaled, m));
+        }
+        let mut out = [0.0f32; 4];
+        // SAFETY: `out` is four f32s.
+        unsafe { _mm_storeu_ps(out.as_mut_ptr(), acc) };
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows4_q5_0(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
+        rows4_q5::<false>(row, ys)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows4_q5_1(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
+        rows4_q5::<true>(row, ys)
+    }
+
+    /// Q4_0, Q4_1 and Q8_0 for four activation rows, each row as `row_q4_0`,
+    /// `row_q4_1`, `row_q8_0` compute it (eight f32 lanes per row, its own FMA
+    /// chain and mins), with the weight block unpacked once.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn rows4_ggml<const TY: u8>(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
+        // TY: 0 = Q4_0, 1 = Q4_1, 8 = Q8_0.
+        let bytes = match TY {
+            0 => 18,
+            1 => 20,
+            _ => 34,
+        };
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut mins = [0.0f32; 4];
+        for (b, w) in row.chunks_exact(bytes).enumerate() {
+            let x = match TY {
+                0 => _mm256_sub_epi8(unpack_nibbles(&w[2..18]), _mm256_set1_epi8(8)),
+                1 => unpack_nibbles(&w[4..20]),
+                // SAFETY: a Q8_0 block holds 32 quant bytes after its scale.
+                _ => unsafe { _mm256_loadu_si256(w[2..34].as_ptr().cast()) },
+            };
+            let ax = if TY == 1 { x } else { _mm256_sign_epi8(x, x) };
+            let (_, m) = f16_pair(w, 0);
+            for r in 0..4 {
+                let y = &ys[r][b];
+                let qy = load_y(y);
+                let sy = if TY == 1 { qy } else { _mm256_sign_epi8(qy, x) };
+                let products = pairs_ps(ax, sy);
+                if TY == 1 {
+                    mins[r] += m * y.s;
+                    acc[r] = _mm256_fmadd_ps(scale8(w, 0, y.d), products, acc[r]);
+                } else {
+                    acc[r] = _mm256_fmadd_ps(scale8(w, 0, y.d), products, acc[r]);
+                }
+            }
+        }
+        let mut out = [hsum_ps(acc[0]), hsum_ps(acc[1]), hsum_ps(acc[2]), hsum_ps(acc[3])];
+        if TY == 1 {
+            for r in 0..4 {
+                out[r] += mins[r];
+            }
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows4_q4_0(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
+        rows4_ggml::<0>(row, ys)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows4_q4_1(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
+        rows4_ggml::<1>(row, ys)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows4_q8_0(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
+        rows4_ggml::<8>(row, ys)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn row_q5_0(row: &[u8], blocks: &[BlockQ8]) -> f32 {
+        row_q5::<false>(row, blocks)
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn row_q5_1(row: &[u8], blocks: &[BlockQ8]) -> f32 {
-        let mut acc = -0.0f32;
-        for (w, y) in row.chunks_exact(24).zip(blocks) {
-            // SAFETY: `y.qs` is 32 bytes.
-            let qy = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
-            let sumi = madd(unpack_q5(&w[4..8], &w[8..24]), qy);
-            let (d, m) = f16_pair(w, 0);
-            acc += (d * y.d) * sumi as f32 + m * y.s;
-        }
-        acc
+        row_q5::<true>(row, blocks)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

@@ -42,14 +42,36 @@ pub fn quantize(weights: GgmlType, x: &[f32]) -> Activations {
         GgmlType::F16 => Activations::F16(x.iter().map(|&v| f16::from_f32(v)).collect()),
         GgmlType::Bf16 => Activations::Bf16(x.iter().map(|&v| bf16::from_f32(v)).collect()),
         _ if kquants::is_k_quant(weights) => Activations::Q8K(kquants::quantize_q8k(x)),
-        _ => Activations::Q8(x.chunks_exact(QK).map(quantize_block).collect()),
+        _ => Activations::Q8(quantize_blocks(x)),
     }
+}
+
+fn quantize_blocks(x: &[f32]) -> Vec<BlockQ8> {
+    #[cfg(target_arch = "x86_64")]
+    if simd::has_avx2() {
+        // SAFETY: AVX2, FMA and F16C are present (checked above).
+        return unsafe { quantize_blocks_avx2(x) };
+    }
+    x.chunks_exact(QK).map(quantize_block).collect()
+}
+
+/// The same code compiled for AVX2, so rounding is an instruction
+/// (`vroundss`), not a call to libm's `rintf`. The results are identical.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_blocks_avx2(x: &[f32]) -> Vec<BlockQ8> {
+    let mut out = Vec::with_capacity(x.len() / QK);
+    for block in x.chunks_exact(QK) {
+        out.push(quantize_block(block));
+    }
+    out
 }
 
 /// ggml's `quantize_row_q8_1` for one block (Q8_0 is the same without `s`), as
 /// its x86 SIMD path computes it: scaled by `127 / max` and rounded half to even.
 /// (Its scalar reference multiplies by `1 / d` and rounds half away from zero,
 /// which flips an occasional value; llama.cpp on x86 runs the SIMD path.)
+#[inline]
 fn quantize_block(x: &[f32]) -> BlockQ8 {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;

@@ -55,6 +55,27 @@ pub fn has_avx2() -> bool {
     }
 }
 
+/// Whether the AVX-512 variants can run as well (AVX-512 F, BW, VL and VNNI,
+/// as on Zen 4 and Ice Lake or later). Checked once.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx512() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static LEVEL: AtomicU8 = AtomicU8::new(0);
+    match LEVEL.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let yes = has_avx2()
+                && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512vnni");
+            LEVEL.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        }
+    }
+}
+
 /// A whole row's dot product for the 32-value block types. Q4_0, Q4_1 and
 /// Q8_0 as ggml's AVX2 kernels compute them: each block's integer products as
 /// eight f32 lanes, scaled and accumulated with FMA across the row, summed once
@@ -70,8 +91,10 @@ pub fn row_dot(ty: GgmlType, row: &[u8], blocks: &[BlockQ8]) -> Option<f32> {
                 GgmlType::Q4_0 => Some(x86::row_q4_0(row, blocks)),
                 GgmlType::Q4_1 => Some(x86::row_q4_1(row, blocks)),
                 GgmlType::Q8_0 => Some(x86::row_q8_0(row, blocks)),
-                GgmlType::Q5_0 => Some(x86::row_q5_0(row, blocks)),
-                GgmlType::Q5_1 => Some(x86::row_q5_1(row, blocks)),
+                GgmlType::Q5_0 if has_avx512() => Some(x86::q5_avx512::row_q5_0(row, blocks)),
+                GgmlType::Q5_1 if has_avx512() => Some(x86::q5_avx512::row_q5_1(row, blocks)),
+                GgmlType::Q5_0 => Some(x86::q5_avx2::row_q5_0(row, blocks)),
+                GgmlType::Q5_1 => Some(x86::q5_avx2::row_q5_1(row, blocks)),
                 _ => None,
             }
         };
@@ -94,8 +117,10 @@ pub fn rows_dot4(ty: GgmlType, row: &[u8], ys: [&[BlockQ8]; 4]) -> Option<[f32; 
             match ty {
                 GgmlType::Q4_0 => Some(x86::rows4_q4_0(row, ys)),
                 GgmlType::Q4_1 => Some(x86::rows4_q4_1(row, ys)),
-                GgmlType::Q5_0 => Some(x86::rows4_q5_0(row, ys)),
-                GgmlType::Q5_1 => Some(x86::rows4_q5_1(row, ys)),
+                GgmlType::Q5_0 if has_avx512() => Some(x86::q5_avx512::rows4_q5_0(row, ys)),
+                GgmlType::Q5_1 if has_avx512() => Some(x86::q5_avx512::rows4_q5_1(row, ys)),
+                GgmlType::Q5_0 => Some(x86::q5_avx2::rows4_q5_0(row, ys)),
+                GgmlType::Q5_1 => Some(x86::q5_avx2::rows4_q5_1(row, ys)),
                 GgmlType::Q8_0 => Some(x86::rows4_q8_0(row, ys)),
                 _ => None,
             }
@@ -298,94 +323,149 @@ pub(super) mod x86 {
         unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) }
     }
 
-    /// Q5_0 and Q5_1 as the portable `dot_blocks` computes them (the order
-    /// realm has always used; bit-identical to it): per block the exact
-    /// integer sum (for Q5_0 `sum((q + 16) * y) - 16 * sum(y)`), then
-    /// `(d * y.d) * sumi + m` (m = `m * y.s` for Q5_1, 0 for Q5_0) added in
-    /// block order. Four blocks at a time share the horizontal sums.
+    /// The Q5_0/Q5_1 kernels, stamped out for AVX2 and for AVX-512 (whose
+    /// masked byte add and VNNI dot product shorten the unpacking and the
+    /// integer sums; the integers, and so the results, are the same).
+    macro_rules! q5_kernels {
+        ($module:ident, $features:literal, $unpack:ident, $sums4:ident) => {
+            pub mod $module {
+                use super::*;
+
+                /// Q5_0 and Q5_1 as the portable `dot_blocks` computes them (the order
+                /// realm has always used; bit-identical to it): per block the exact
+                /// integer sum (for Q5_0 `sum((q + 16) * y) - 16 * sum(y)`), then
+                /// `(d * y.d) * sumi + m` (m = `m * y.s` for Q5_1, 0 for Q5_0) added in
+                /// block order. Four blocks at a time share the horizontal sums.
+                #[inline]
+                #[target_feature(enable = $features)]
+                fn row_q5<const MIN: bool>(row: &[u8], blocks: &[BlockQ8]) -> f32 {
+                    let bytes = if MIN { 24 } else { 22 };
+                    let qh_at = if MIN { 4 } else { 2 };
+                    let mut acc = -0.0f32;
+                    let quads = row.chunks_exact(4 * bytes).zip(blocks.chunks_exact(4));
+                    let done = quads.len() * 4;
+                    for (w, y) in quads {
+                        let (a0, a1, a2, a3) = (qh_at, bytes + qh_at, 2 * bytes + qh_at, 3 * bytes + qh_at);
+                        let x = [
+                            $unpack(&w[a0..a0 + 4], &w[a0 + 4..a0 + 20]),
+                            $unpack(&w[a1..a1 + 4], &w[a1 + 4..a1 + 20]),
+                            $unpack(&w[a2..a2 + 4], &w[a2 + 4..a2 + 20]),
+                            $unpack(&w[a3..a3 + 4], &w[a3 + 4..a3 + 20]),
+                        ];
+                        let mut sumi = $sums4(x, [load_y(&y[0]), load_y(&y[1]), load_y(&y[2]), load_y(&y[3])]);
+                        if !MIN {
+                            let ysum = _mm_setr_epi32(y[0].sum, y[1].sum, y[2].sum, y[3].sum);
+                            sumi = _mm_sub_epi32(sumi, _mm_slli_epi32::<4>(ysum));
+                        }
+                        let dy = _mm_setr_ps(y[0].d, y[1].d, y[2].d, y[3].d);
+                        let scaled = _mm_mul_ps(_mm_mul_ps(scales4(w, bytes, 0), dy), _mm_cvtepi32_ps(sumi));
+                        let m = if MIN {
+                            _mm_mul_ps(scales4(w, bytes, 2), _mm_setr_ps(y[0].s, y[1].s, y[2].s, y[3].s))
+                        } else {
+                            _mm_setzero_ps()
+                        };
+                        acc = add_in_order(acc, _mm_add_ps(scaled, m));
+                    }
+                    for (w, y) in row[done / 4 * 4 * bytes..]
+                        .chunks_exact(bytes)
+                        .zip(&blocks[done..])
+                    {
+                        let x = $unpack(&w[qh_at..qh_at + 4], &w[qh_at + 4..qh_at + 20]);
+                        let mut sumi = madd(x, load_y(y));
+                        let (d, m) = f16_pair(w, 0);
+                        let m = if MIN { m * y.s } else { 0.0 };
+                        if !MIN {
+                            sumi -= 16 * y.sum;
+                        }
+                        acc += (d * y.d) * sumi as f32 + m;
+                    }
+                    acc
+                }
+
+                /// `row_q5` for four activation rows: the block's integer sums with the
+                /// four rows are the four lanes, and each lane takes that row's f32 steps.
+                #[inline]
+                #[target_feature(enable = $features)]
+                fn rows4_q5<const MIN: bool>(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
+                    let bytes = if MIN { 24 } else { 22 };
+                    let qh_at = if MIN { 4 } else { 2 };
+                    let mut acc = _mm_set1_ps(-0.0);
+                    for (b, w) in row.chunks_exact(bytes).enumerate() {
+                        let (y0, y1, y2, y3) = (&ys[0][b], &ys[1][b], &ys[2][b], &ys[3][b]);
+                        let x = $unpack(&w[qh_at..qh_at + 4], &w[qh_at + 4..qh_at + 20]);
+                        let mut sumi = $sums4([x, x, x, x], [load_y(y0), load_y(y1), load_y(y2), load_y(y3)]);
+                        if !MIN {
+                            let ysum = _mm_setr_epi32(y0.sum, y1.sum, y2.sum, y3.sum);
+                            sumi = _mm_sub_epi32(sumi, _mm_slli_epi32::<4>(ysum));
+                        }
+                        let (d, m) = f16_pair(w, 0);
+                        let dy = _mm_setr_ps(y0.d, y1.d, y2.d, y3.d);
+                        let scaled = _mm_mul_ps(_mm_mul_ps(_mm_set1_ps(d), dy), _mm_cvtepi32_ps(sumi));
+                        let m = if MIN {
+                            _mm_mul_ps(_mm_set1_ps(m), _mm_setr_ps(y0.s, y1.s, y2.s, y3.s))
+                        } else {
+                            _mm_setzero_ps()
+                        };
+                        acc = _mm_add_ps(acc, _mm_add_ps(scaled, m));
+                    }
+                    let mut out = [0.0f32; 4];
+                    // SAFETY: `out` is four f32s.
+                    unsafe { _mm_storeu_ps(out.as_mut_ptr(), acc) };
+                    out
+                }
+
+                #[target_feature(enable = $features)]
+                pub unsafe fn rows4_q5_0(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
+                    rows4_q5::<false>(row, ys)
+                }
+
+                #[target_feature(enable = $features)]
+                pub unsafe fn rows4_q5_1(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
+                    rows4_q5::<true>(row, ys)
+                }
+
+                #[target_feature(enable = $features)]
+                pub unsafe fn row_q5_0(row: &[u8], blocks: &[BlockQ8]) -> f32 {
+                    row_q5::<false>(row, blocks)
+                }
+
+                #[target_feature(enable = $features)]
+                pub unsafe fn row_q5_1(row: &[u8], blocks: &[BlockQ8]) -> f32 {
+                    row_q5::<true>(row, blocks)
+                }
+            }
+        };
+    }
+
+    q5_kernels!(q5_avx2, "avx2,fma,f16c", unpack_q5, sums4);
+    q5_kernels!(
+        q5_avx512,
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+        unpack_q5_avx512,
+        sums4_avx512
+    );
+
+    /// `unpack_q5` with AVX-512: 16 is added where the `qh` bit (the mask) is set.
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn row_q5<const MIN: bool>(row: &[u8], blocks: &[BlockQ8]) -> f32 {
-        let bytes = if MIN { 24 } else { 22 };
-        let qh_at = if MIN { 4 } else { 2 };
-        let mut acc = -0.0f32;
-        let quads = row.chunks_exact(4 * bytes).zip(blocks.chunks_exact(4));
-        let done = quads.len() * 4;
-        for (w, y) in quads {
-            let (a0, a1, a2, a3) = (qh_at, bytes + qh_at, 2 * bytes + qh_at, 3 * bytes + qh_at);
-            let x = [
-                unpack_q5(&w[a0..a0 + 4], &w[a0 + 4..a0 + 20]),
-                unpack_q5(&w[a1..a1 + 4], &w[a1 + 4..a1 + 20]),
-                unpack_q5(&w[a2..a2 + 4], &w[a2 + 4..a2 + 20]),
-                unpack_q5(&w[a3..a3 + 4], &w[a3 + 4..a3 + 20]),
-            ];
-            let mut sumi = sums4(x, [load_y(&y[0]), load_y(&y[1]), load_y(&y[2]), load_y(&y[3])]);
-            if !MIN {
-                let ysum = _mm_setr_epi32(y[0].sum, y[1].sum, y[2].sum, y[3].sum);
-                sumi = _mm_sub_epi32(sumi, _mm_slli_epi32::<4>(ysum));
-            }
-            let dy = _mm_setr_ps(y[0].d, y[1].d, y[2].d, y[3].d);
-            let scaled = _mm_mul_ps(_mm_mul_ps(scales4(w, bytes, 0), dy), _mm_cvtepi32_ps(sumi));
-            let m = if MIN {
-                _mm_mul_ps(scales4(w, bytes, 2), _mm_setr_ps(y[0].s, y[1].s, y[2].s, y[3].s))
-            } else {
-                _mm_setzero_ps()
-            };
-            acc = add_in_order(acc, _mm_add_ps(scaled, m));
-        }
-        for (w, y) in row[done / 4 * 4 * bytes..].chunks_exact(bytes).zip(&blocks[done..]) {
-            let x = unpack_q5(&w[qh_at..qh_at + 4], &w[qh_at + 4..qh_at + 20]);
-            let mut sumi = madd(x, load_y(y));
-            let (d, m) = f16_pair(w, 0);
-            let m = if MIN { m * y.s } else { 0.0 };
-            if !MIN {
-                sumi -= 16 * y.sum;
-            }
-            acc += (d * y.d) * sumi as f32 + m;
-        }
-        acc
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
+    fn unpack_q5_avx512(qh: &[u8], qs: &[u8]) -> __m256i {
+        let bits = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+        let nibbles = unpack_nibbles(qs);
+        _mm256_mask_add_epi8(nibbles, bits, nibbles, _mm256_set1_epi8(0x10))
     }
 
-    /// `row_q5` for four activation rows: the block's integer sums with the
-    /// four rows are the four lanes, and each lane takes that row's f32 steps.
+    /// `sums4` with VNNI: `vpdpbusd` sums each lane's four u8 x i8 products
+    /// in one step (the same integers: `maddubs` cannot saturate here).
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn rows4_q5<const MIN: bool>(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
-        let bytes = if MIN { 24 } else { 22 };
-        let qh_at = if MIN { 4 } else { 2 };
-        let mut acc = _mm_set1_ps(-0.0);
-        for (b, w) in row.chunks_exact(bytes).enumerate() {
-            let (y0, y1, y2, y3) = (&ys[0][b], &ys[1][b], &ys[2][b], &ys[3][b]);
-            let x = unpack_q5(&w[qh_at..qh_at + 4], &w[qh_at + 4..qh_at + 20]);
-            let mut sumi = sums4([x, x, x, x], [load_y(y0), load_y(y1), load_y(y2), load_y(y3)]);
-            if !MIN {
-                let ysum = _mm_setr_epi32(y0.sum, y1.sum, y2.sum, y3.sum);
-                sumi = _mm_sub_epi32(sumi, _mm_slli_epi32::<4>(ysum));
-            }
-            let (d, m) = f16_pair(w, 0);
-            let dy = _mm_setr_ps(y0.d, y1.d, y2.d, y3.d);
-            let scaled = _mm_mul_ps(_mm_mul_ps(_mm_set1_ps(d), dy), _mm_cvtepi32_ps(sumi));
-            let m = if MIN {
-                _mm_mul_ps(_mm_set1_ps(m), _mm_setr_ps(y0.s, y1.s, y2.s, y3.s))
-            } else {
-                _mm_setzero_ps()
-            };
-            acc = _mm_add_ps(acc, _mm_add_ps(scaled, m));
-        }
-        let mut out = [0.0f32; 4];
-        // SAFETY: `out` is four f32s.
-        unsafe { _mm_storeu_ps(out.as_mut_ptr(), acc) };
-        out
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn rows4_q5_0(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
-        rows4_q5::<false>(row, ys)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn rows4_q5_1(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
-        rows4_q5::<true>(row, ys)
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn sums4_avx512(x: [__m256i; 4], y: [__m256i; 4]) -> __m128i {
+        let zero = _mm256_setzero_si256();
+        let l0 = _mm256_dpbusd_epi32(zero, x[0], y[0]);
+        let l1 = _mm256_dpbusd_epi32(zero, x[1], y[1]);
+        let l2 = _mm256_dpbusd_epi32(zero, x[2], y[2]);
+        let l3 = _mm256_dpbusd_epi32(zero, x[3], y[3]);
+        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(l0, l1), _mm256_hadd_epi32(l2, l3));
+        _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
     }
 
     /// Q4_0, Q4_1 and Q8_0 for four activation rows, each row as `row_q4_0`,
@@ -446,16 +526,6 @@ pub(super) mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn rows4_q8_0(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
         rows4_ggml::<8>(row, ys)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn row_q5_0(row: &[u8], blocks: &[BlockQ8]) -> f32 {
-        row_q5::<false>(row, blocks)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn row_q5_1(row: &[u8], blocks: &[BlockQ8]) -> f32 {
-        row_q5::<true>(row, blocks)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -577,6 +647,47 @@ mod tests {
                     (fast - reference).abs() <= 1e-5 * reference.abs().max(1.0),
                     "{ty}: {fast} vs {reference}"
                 );
+            }
+        }
+        // Both Q5 variants, whichever the dispatch picks, equal the portable loop.
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512() {
+            for ty in [GgmlType::Q5_0, GgmlType::Q5_1] {
+                for seed in 0..20 {
+                    let row = crate::compute::cpu::quant::tests::random_row(ty, 19, seed);
+                    let x: Vec<f32> = noise(seed + 9, 19 * 32)
+                        .iter()
+                        .map(|&b| b as f32 / 64.0 - 2.0)
+                        .collect();
+                    let crate::compute::cpu::activations::Activations::Q8(y) =
+                        crate::compute::cpu::activations::quantize(ty, &x)
+                    else {
+                        panic!("q8")
+                    };
+                    let reference = crate::compute::cpu::activations::dot_blocks(ty, &row, &y);
+                    // SAFETY: AVX2 and AVX-512 are present (checked above).
+                    let (a, b) = unsafe {
+                        if ty == GgmlType::Q5_0 {
+                            (x86::q5_avx2::row_q5_0(&row, &y), x86::q5_avx512::row_q5_0(&row, &y))
+                        } else {
+                            (x86::q5_avx2::row_q5_1(&row, &y), x86::q5_avx512::row_q5_1(&row, &y))
+                        }
+                    };
+                    assert_eq!(a.to_bits(), reference.to_bits(), "{ty} avx2");
+                    assert_eq!(b.to_bits(), reference.to_bits(), "{ty} avx512");
+                    let ys = [&y[..], &y[..], &y[..], &y[..]];
+                    // SAFETY: as above.
+                    let quad = unsafe {
+                        if ty == GgmlType::Q5_0 {
+                            [x86::q5_avx2::rows4_q5_0(&row, ys), x86::q5_avx512::rows4_q5_0(&row, ys)]
+                        } else {
+                            [x86::q5_avx2::rows4_q5_1(&row, ys), x86::q5_avx512::rows4_q5_1(&row, ys)]
+                        }
+                    };
+                    for v in quad.iter().flatten() {
+                        assert_eq!(v.to_bits(), reference.to_bits(), "{ty} rows4");
+                    }
+                }
             }
         }
         let extreme = [127i8; 32];

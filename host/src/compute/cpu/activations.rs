@@ -42,14 +42,36 @@ pub fn quantize(weights: GgmlType, x: &[f32]) -> Activations {
         GgmlType::F16 => Activations::F16(x.iter().map(|&v| f16::from_f32(v)).collect()),
         GgmlType::Bf16 => Activations::Bf16(x.iter().map(|&v| bf16::from_f32(v)).collect()),
         _ if kquants::is_k_quant(weights) => Activations::Q8K(kquants::quantize_q8k(x)),
-        _ => Activations::Q8(x.chunks_exact(QK).map(quantize_block).collect()),
+        _ => Activations::Q8(quantize_blocks(x)),
     }
+}
+
+fn quantize_blocks(x: &[f32]) -> Vec<BlockQ8> {
+    #[cfg(target_arch = "x86_64")]
+    if simd::has_avx2() {
+        // SAFETY: AVX2, FMA and F16C are present (checked above).
+        return unsafe { quantize_blocks_avx2(x) };
+    }
+    x.chunks_exact(QK).map(quantize_block).collect()
+}
+
+/// The same code compiled for AVX2, so rounding is an instruction
+/// (`vroundss`), not a call to libm's `rintf`. The results are identical.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_blocks_avx2(x: &[f32]) -> Vec<BlockQ8> {
+    let mut out = Vec::with_capacity(x.len() / QK);
+    for block in x.chunks_exact(QK) {
+        out.push(quantize_block(block));
+    }
+    out
 }
 
 /// ggml's `quantize_row_q8_1` for one block (Q8_0 is the same without `s`), as
 /// its x86 SIMD path computes it: scaled by `127 / max` and rounded half to even.
 /// (Its scalar reference multiplies by `1 / d` and rounds half away from zero,
 /// which flips an occasional value; llama.cpp on x86 runs the SIMD path.)
+#[inline]
 fn quantize_block(x: &[f32]) -> BlockQ8 {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
@@ -84,6 +106,36 @@ pub fn dot(ty: GgmlType, row: &[u8], x: &Activations) -> f32 {
             .sum(),
         Activations::Q8(blocks) => simd::row_dot(ty, row, blocks).unwrap_or_else(|| dot_blocks(ty, row, blocks)),
         Activations::Q8K(blocks) => kquants::dot(ty, row, blocks),
+    }
+}
+
+/// `row . xs[r]` into `out[r]` for every activation row: four rows at a time
+/// where a kernel shares the weight row's unpacking between them (the same
+/// results as `dot` row by row), else one by one.
+pub fn dot_rows(ty: GgmlType, row: &[u8], xs: &[Activations], out: &mut [f32]) {
+    let mut done = 0;
+    for (quad, o) in xs.chunks_exact(4).zip(out.chunks_exact_mut(4)) {
+        let result = match quad {
+            [
+                Activations::Q8(a),
+                Activations::Q8(b),
+                Activations::Q8(c),
+                Activations::Q8(d),
+            ] => simd::rows_dot4(ty, row, [a, b, c, d]),
+            [
+                Activations::Q8K(a),
+                Activations::Q8K(b),
+                Activations::Q8K(c),
+                Activations::Q8K(d),
+            ] => kquants::rows_dot4(ty, row, [a, b, c, d]),
+            _ => None,
+        };
+        let Some(result) = result else { break };
+        o.copy_from_slice(&result);
+        done += 4;
+    }
+    for (o, x) in out[done..].iter_mut().zip(&xs[done..]) {
+        *o = dot(ty, row, x);
     }
 }
 
@@ -224,6 +276,41 @@ mod tests {
                     sumi as f32 * (d * dy)
                 };
                 assert_eq!(block_dot(ty, &w, &y), expected, "{ty} seed {seed}");
+            }
+        }
+    }
+
+    #[test]
+    fn dot_rows_equals_dot_row_by_row_bit_for_bit() {
+        let k_types = [
+            GgmlType::Q2K,
+            GgmlType::Q3K,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q6K,
+        ];
+        for ty in BLOCK_TYPES.into_iter().chain(k_types) {
+            for seed in 0..10u64 {
+                let len = 3 * kquants::QK_K;
+                let row = if kquants::is_k_quant(ty) {
+                    kquants::tests::random_k_row(ty, len / kquants::QK_K, seed)
+                } else {
+                    random_row(ty, len / QK, seed)
+                };
+                let xs: Vec<Activations> = (0..7)
+                    .map(|r| {
+                        let x: Vec<f32> = noise(seed * 10 + r, len)
+                            .iter()
+                            .map(|&b| b as f32 / 64.0 - 2.0)
+                            .collect();
+                        quantize(ty, &x)
+                    })
+                    .collect();
+                let mut out = vec![0.0; xs.len()];
+                dot_rows(ty, &row, &xs, &mut out);
+                for (o, x) in out.iter().zip(&xs) {
+                    assert_eq!(o.to_bits(), dot(ty, &row, x).to_bits(), "{ty} seed {seed}");
+                }
             }
         }
     }

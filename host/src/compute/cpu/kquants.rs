@@ -270,9 +270,27 @@ pub struct BlockQ8K {
 /// `d = 1 / iscale`. An all-zero block has `d = 0`. `x.len()` must be a
 /// multiple of 256.
 pub fn quantize_q8k(x: &[f32]) -> Vec<BlockQ8K> {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        // SAFETY: AVX2, FMA and F16C are present (checked above).
+        return unsafe { quantize_q8k_avx2(x) };
+    }
     x.chunks_exact(QK_K).map(quantize_block_q8k).collect()
 }
 
+/// The same code compiled for AVX2, so rounding is an instruction
+/// (`vroundss`), not a call to libm's `rintf`. The results are identical.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_q8k_avx2(x: &[f32]) -> Vec<BlockQ8K> {
+    let mut out = Vec::with_capacity(x.len() / QK_K);
+    for block in x.chunks_exact(QK_K) {
+        out.push(quantize_block_q8k(block));
+    }
+    out
+}
+
+#[inline]
 fn quantize_block_q8k(x: &[f32]) -> BlockQ8K {
     let mut block = BlockQ8K {
         d: 0.0,
@@ -300,8 +318,22 @@ fn quantize_block_q8k(x: &[f32]) -> BlockQ8K {
     block
 }
 
-/// `row . x` for a K-quant row and its activations quantized by `quantize_q8k`.
+/// `row . x` for a K-quant row and its activations quantized by `quantize_q8k`:
+/// the SIMD kernel where this CPU has one (the same integer sums and the same
+/// f32 steps, so bit-identical), else the portable loop.
 pub fn dot(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> f32 {
+    super::ksimd::row_dot(ty, row, x).unwrap_or_else(|| dot_portable(ty, row, x))
+}
+
+/// `dot` for four activation rows at once where a SIMD kernel shares the
+/// unpacking of each super-block between them (bit-identical per row).
+pub fn rows_dot4(ty: GgmlType, row: &[u8], x: [&[BlockQ8K]; 4]) -> Option<[f32; 4]> {
+    super::ksimd::rows_dot4(ty, row, x)
+}
+
+/// The portable `dot`: per super-block one exact integer sum of the scaled
+/// products (and one of the mins times the group sums), then two f32 steps.
+pub fn dot_portable(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> f32 {
     let mut acc = 0.0f32;
     let mut acc_min = 0.0f32;
     for (block, y) in row.chunks_exact(block_bytes(ty)).zip(x) {
@@ -322,7 +354,7 @@ pub fn dot(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
     use crate::compute::cpu::quant::tests::noise;
 

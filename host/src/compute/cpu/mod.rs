@@ -2,14 +2,18 @@
 //! Matrix products run over the memory-mapped weights in their stored type.
 
 pub mod activations;
+#[cfg(test)]
+mod bench;
 pub mod kernels;
 pub mod kquants;
+pub mod ksimd;
 pub mod quant;
 pub mod simd;
 
 use half::f16;
 use rayon::prelude::*;
 
+use super::gguf::GgmlType;
 use super::graph::{CompiledGraph, Node, TensorId};
 use super::{Backend, ComputeError, Step};
 use activations::Activations;
@@ -236,21 +240,25 @@ fn embed(g: &CompiledGraph, table: TensorId, tokens: &[u32]) -> Matrix {
     }
 }
 
-/// `x . W^T` for a [n, k] weight in its stored type. Each input row is
-/// quantized once for the weight type; every weight row is read once and
-/// multiplied with all input rows.
+/// `x . W^T` for a [n, k] weight in its stored type.
 fn matmul(g: &CompiledGraph, weight: TensorId, x: &Matrix) -> Matrix {
     let t = g.tensor(weight);
     let (k, n) = (t.row_len(), t.rows());
-    let row_bytes = t.ggml_type.row_bytes(k).unwrap_or(0);
-    let w = g.model.data(t);
-    let ty = t.ggml_type;
-    let rows = x.rows;
-    let inputs: Vec<Activations> = x
-        .data
-        .chunks_exact(k)
-        .map(|row| activations::quantize(ty, row))
-        .collect();
+    let data = matmul_rows(t.ggml_type, g.model.data(t), k, n, &x.data);
+    Matrix {
+        rows: x.rows,
+        cols: n,
+        data,
+    }
+}
+
+/// `x . W^T` for `x.len() / k` rows of `k` values and `n` weight rows of type
+/// `ty` (`w`), as `[rows, n]`. Each input row is quantized once for the weight
+/// type; every weight row is read once and multiplied with all input rows.
+pub fn matmul_rows(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32]) -> Vec<f32> {
+    let row_bytes = ty.row_bytes(k).unwrap_or(0);
+    let rows = x.len() / k;
+    let inputs: Vec<Activations> = x.chunks_exact(k).map(|row| activations::quantize(ty, row)).collect();
     let mut out_t = vec![0.0f32; n * rows];
     out_t
         .par_chunks_mut(COLUMNS_PER_TASK * rows)
@@ -259,17 +267,11 @@ fn matmul(g: &CompiledGraph, weight: TensorId, x: &Matrix) -> Matrix {
             for (c, out_col) in chunk.chunks_exact_mut(rows).enumerate() {
                 let j = task * COLUMNS_PER_TASK + c;
                 let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
-                for (o, input) in out_col.iter_mut().zip(&inputs) {
-                    *o = activations::dot(ty, w_row, input);
-                }
+                activations::dot_rows(ty, w_row, &inputs, out_col);
             }
         });
     if rows == 1 {
-        return Matrix {
-            rows,
-            cols: n,
-            data: out_t,
-        };
+        return out_t;
     }
     let mut data = vec![0.0; n * rows];
     for j in 0..n {
@@ -277,5 +279,5 @@ fn matmul(g: &CompiledGraph, weight: TensorId, x: &Matrix) -> Matrix {
             data[r * n + j] = out_t[j * rows + r];
         }
     }
-    Matrix { rows, cols: n, data }
+    data
 }

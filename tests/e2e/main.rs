@@ -7,6 +7,7 @@
 mod cli;
 mod engine;
 mod isolation;
+mod openapi;
 mod serve;
 mod support;
 mod tenants;

@@ -15,9 +15,9 @@ use super::body::{ApiBody, EventSender, event_stream, json_response};
 use super::error::ApiError;
 use super::metrics::{ErrorLabels, Metrics, RequestLabels};
 use super::request::{DEFAULT_COMPLETION_TOKENS, GenerationBody};
-use crate::runtime::GenerationEvent;
 use crate::runtime::instance::GenerationRequest;
 use crate::runtime::wit::{ChatRequest, Chunk, CompletionRequest, FinishReason, Usage};
+use crate::runtime::{Failure, GenerationEvent};
 use crate::tenants::{Permit, Tenant};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -48,10 +48,14 @@ pub async fn generate(
         model: "-".into(),
         endpoint: endpoint.label(),
     };
-    let result = admit_and_start(app, &tenant, endpoint, bytes, request_id, &mut labels).await;
+    let mut admitted = false;
+    let result = admit_and_start(app, &tenant, endpoint, bytes, request_id, &mut labels, &mut admitted).await;
     if let Err(error) = &result {
         count_error(&app.metrics, &labels, error.status.as_u16());
-        tracing::info!(status = error.status.as_u16(), error = %error.message, "request refused");
+        // An admitted request's accounting logs its own end.
+        if !admitted {
+            tracing::info!(status = error.status.as_u16(), error = %error.message, "request refused");
+        }
     }
     result
 }
@@ -63,6 +67,7 @@ async fn admit_and_start(
     bytes: &Bytes,
     request_id: &str,
     labels: &mut RequestLabels,
+    admitted: &mut bool,
 ) -> Result<Response<ApiBody>, ApiError> {
     let mut body = GenerationBody::parse(bytes)?;
     if !app.tenants.models().contains(&body.model) {
@@ -119,6 +124,7 @@ async fn admit_and_start(
         }
     };
     let permit = tenant.admit()?;
+    *admitted = true;
     app.metrics.requests.get_or_create(labels).inc();
     let instance = tenant
         .instance()
@@ -132,6 +138,7 @@ async fn admit_and_start(
             permit,
             started: Instant::now(),
             usage: None,
+            status: None,
         },
     };
     let meta = Meta::new(endpoint, body.model.clone(), request_id);
@@ -149,7 +156,7 @@ async fn admit_and_start(
     loop {
         text.push_str(&chunk.text);
         if let Some(finish) = chunk.finish {
-            run.accounting.finish(200);
+            run.accounting.status = Some(200);
             return Ok(json_response(meta.whole(text, finish, chunk.usage)));
         }
         chunk = run.next().await?;
@@ -161,6 +168,10 @@ async fn admit_and_start(
 /// (0), each capped by the tenant's limit.
 fn max_tokens(endpoint: Endpoint, asked: Option<u32>, limit: Option<u32>) -> Result<u32, ApiError> {
     match (asked, limit) {
+        (Some(0), _) => Err(ApiError::invalid_request(
+            "`max_tokens` must be at least 1",
+            Some("max_tokens"),
+        )),
         (Some(asked), Some(limit)) if asked > limit => Err(ApiError::invalid_request(
             format!("`max_tokens` is {asked}; this API key allows at most {limit} per request"),
             Some("max_tokens"),
@@ -181,36 +192,46 @@ struct Run {
 }
 
 impl Run {
-    /// The next chunk, or the request's error. Past the deadline the events are
-    /// dropped by the caller, which cancels the generation.
+    /// The next chunk, or the request's error (its status is the request's
+    /// outcome). Past the deadline the events are dropped with the run, which
+    /// cancels the generation.
     async fn next(&mut self) -> Result<Chunk, ApiError> {
         let event = match self.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), self.events.recv())
                 .await
-                .map_err(|_| ApiError::timeout())?,
+                .unwrap_or(Some(GenerationEvent::Failed(Failure::Deadline))),
             None => self.events.recv().await,
         };
-        match event {
+        let error = match event {
             Some(GenerationEvent::Chunk(chunk)) => {
                 self.accounting.usage = Some(chunk.usage);
-                Ok(chunk)
+                return Ok(chunk);
             }
-            Some(GenerationEvent::Failed(failure)) => Err(failure.into()),
-            None => Err(ApiError::internal("the generation ended without a finish reason")),
-        }
+            Some(GenerationEvent::Failed(Failure::Deadline)) if self.deadline.is_some() => ApiError::timeout(),
+            Some(GenerationEvent::Failed(failure)) => failure.into(),
+            None => ApiError::internal("the generation ended without a finish reason"),
+        };
+        self.accounting.status = Some(error.status.as_u16());
+        Err(error)
     }
 }
 
-/// What one admitted request is charged: its tokens against the tenant's
-/// tokens-per-minute window and the metrics, its latency, its log line. The
-/// tokens a cancelled or failed request used are charged too.
+/// What one admitted request is charged when it ends, however it ends: its
+/// tokens against the tenant's tokens-per-minute window and the metrics, its
+/// latency, its log line. Failed and cancelled requests are charged the tokens
+/// they used. Errors are counted where they are answered, not here.
 struct Accounting {
     metrics: Arc<Metrics>,
     labels: RequestLabels,
     permit: Permit,
     started: Instant,
     usage: Option<Usage>,
+    /// The answer's status; none when the client left before it was decided.
+    status: Option<u16>,
 }
+
+/// 499: the client closed the connection first (nginx's convention).
+const CLIENT_GONE: u16 = 499;
 
 impl Accounting {
     fn first_chunk(&self) {
@@ -220,8 +241,11 @@ impl Accounting {
             .get_or_create(&self.labels)
             .observe(ttft);
     }
+}
 
-    fn finish(self, status: u16) {
+impl Drop for Accounting {
+    fn drop(&mut self) {
+        let status = self.status.unwrap_or(CLIENT_GONE);
         let usage = self.usage.unwrap_or(Usage {
             prompt_tokens: 0,
             completion_tokens: 0,
@@ -238,9 +262,6 @@ impl Accounting {
             .latency
             .get_or_create(&self.labels)
             .observe(latency.as_secs_f64());
-        if status >= 400 {
-            count_error(&self.metrics, &self.labels, status);
-        }
         tracing::info!(
             status,
             prompt_tokens = prompt,
@@ -265,29 +286,30 @@ fn count_error(metrics: &Metrics, labels: &RequestLabels, status: u16) {
 /// past its deadline, or the client goes away; each of the last three drops
 /// the events, which cancels the generation.
 async fn stream(meta: Meta, first: Chunk, mut run: Run, sender: EventSender, include_usage: bool) {
-    /// 499: the client closed the connection (nginx's convention).
-    const CLIENT_GONE: u16 = 499;
+    let gone = |run: Run| count_error(&run.accounting.metrics, &run.accounting.labels, CLIENT_GONE);
     if meta.endpoint == Endpoint::ChatCompletions && !sender.data(&meta.role(include_usage)).await {
-        return run.accounting.finish(CLIENT_GONE);
+        return gone(run);
     }
     let mut chunk = first;
     loop {
         let event = meta.delta(&chunk.text, chunk.finish, include_usage);
         if !sender.data(&event).await {
-            return run.accounting.finish(CLIENT_GONE);
+            return gone(run);
         }
         if chunk.finish.is_some() {
             if include_usage && !sender.data(&meta.usage_only(chunk.usage)).await {
-                return run.accounting.finish(CLIENT_GONE);
+                return gone(run);
             }
             sender.done().await;
-            return run.accounting.finish(200);
+            run.accounting.status = Some(200);
+            return;
         }
         chunk = match run.next().await {
             Ok(chunk) => chunk,
             Err(error) => {
+                count_error(&run.accounting.metrics, &run.accounting.labels, error.status.as_u16());
                 sender.data(&error.body()).await;
-                return run.accounting.finish(error.status.as_u16());
+                return;
             }
         };
     }

@@ -68,10 +68,20 @@ enum Stop {
 
 impl GenerationBody {
     pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
-        let body: Self = serde_json::from_slice(bytes).map_err(|e| {
-            let param = e.to_string().split('`').nth(1).map(str::to_string);
-            ApiError::invalid_request(format!("invalid request body: {e}"), param.as_deref())
+        let mut parser = serde_json::Deserializer::from_slice(bytes);
+        let body: Self = serde_path_to_error::deserialize(&mut parser).map_err(|e| {
+            // The field at fault: its path, or the unknown field's own name.
+            let path = e.path().to_string();
+            let error = e.into_inner();
+            let param = match path.as_str() {
+                "." => error.to_string().split('`').nth(1).map(str::to_string),
+                _ => Some(path),
+            };
+            ApiError::invalid_request(format!("invalid request body: {error}"), param.as_deref())
         })?;
+        parser
+            .end()
+            .map_err(|e| ApiError::invalid_request(format!("invalid request body: {e}"), None))?;
         if body.stream_options.is_some() && body.stream != Some(true) {
             return Err(ApiError::invalid_request(
                 "`stream_options` needs `stream: true`",
@@ -152,4 +162,30 @@ fn logit_bias(bias: Option<&HashMap<String, f32>>) -> Result<Vec<(u32, f32)>, Ap
             Ok((id, value))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param_of(body: &str) -> Option<String> {
+        GenerationBody::parse(body.as_bytes()).err().and_then(|e| e.param)
+    }
+
+    #[test]
+    fn a_parse_error_names_the_field_at_fault() {
+        assert_eq!(
+            param_of(r#"{"model":"m","max_tokens":-1}"#).as_deref(),
+            Some("max_tokens")
+        );
+        assert_eq!(
+            param_of(r#"{"model":"m","frobnicate":1}"#).as_deref(),
+            Some("frobnicate")
+        );
+        assert_eq!(
+            param_of(r#"{"model":"m","messages":[{"role":"user"}]}"#).as_deref(),
+            Some("messages[0]")
+        );
+        assert!(GenerationBody::parse(br#"{"model":"m"} trailing"#).is_err());
+    }
 }

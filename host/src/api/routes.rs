@@ -94,6 +94,7 @@ async fn dispatch(app: App, request: Request<Incoming>, id: &str) -> Result<Resp
         (_, "/health" | "/metrics" | "/v1/models" | "/v1/completions" | "/v1/chat/completions") => {
             Err(ApiError::method_not_allowed())
         }
+        (_, model) if model.starts_with("/v1/models/") => Err(ApiError::method_not_allowed()),
         (_, path) => Err(ApiError::not_found(format!("no route for `{path}`"))),
     }
 }

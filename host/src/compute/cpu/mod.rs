@@ -315,10 +315,17 @@ pub fn matmul_rows(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32]) -> Vec
     if rows == 1 {
         return out_t;
     }
+    // Transposed in 16 x 16 tiles: a plain loop strides one side by a whole
+    // row (n floats), touching a new cache line (and often page) per value.
+    const TILE: usize = 16;
     let mut data = vec![0.0; n * rows];
-    for j in 0..n {
-        for r in 0..rows {
-            data[r * n + j] = out_t[j * rows + r];
+    for j0 in (0..n).step_by(TILE) {
+        for r0 in (0..rows).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for j in j0..(j0 + TILE).min(n) {
+                    data[r * n + j] = out_t[j * rows + r];
+                }
+            }
         }
     }
     data

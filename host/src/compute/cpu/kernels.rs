@@ -64,8 +64,29 @@ pub fn gelu(x: f32) -> f32 {
 
 /// GELU of the gate as ggml computes it for GeGLU: the input rounded to f16 and
 /// GELU read from an f16 table (so the result is f16-rounded too); saturated
-/// outside [-10, 10].
+/// outside [-10, 10]. Like ggml, realm reads it from a table of all 65536 f16
+/// inputs, built once from `gelu_gate_direct` (so the values are identical).
 pub fn gelu_gate(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        gelu_table()[f16::from_f32(x).to_bits() as usize].to_f32()
+    }
+}
+
+fn gelu_table() -> &'static [f16] {
+    static TABLE: std::sync::OnceLock<Vec<f16>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| f16::from_f32(gelu(f16::from_bits(bits).to_f32())))
+            .collect()
+    })
+}
+
+/// `gelu_gate` computed directly (the table's definition).
+pub fn gelu_gate_direct(x: f32) -> f32 {
     if x <= -10.0 {
         0.0
     } else if x >= 10.0 {
@@ -123,6 +144,20 @@ pub fn attention(a: &Attention, q: &[f32], keys: &[f16], values: &[f16], start: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gelu_table_equals_the_direct_formula() {
+        for bits in 0..=u16::MAX {
+            let x = f16::from_bits(bits).to_f32();
+            if x.is_nan() {
+                continue;
+            }
+            assert_eq!(gelu_gate(x).to_bits(), gelu_gate_direct(x).to_bits(), "{x}");
+        }
+        for x in [-10.5f32, -10.0, 9.999, 10.0, 12.5, 0.1234567] {
+            assert_eq!(gelu_gate(x).to_bits(), gelu_gate_direct(x).to_bits(), "{x}");
+        }
+    }
 
     #[test]
     fn rms_norm_gives_unit_mean_square() {

@@ -34,6 +34,27 @@ pub fn row_dot(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> Option<f32> {
     None
 }
 
+/// A K-quant row kernel, chosen once per matrix product.
+pub type RowKernel = unsafe fn(&[u8], &[BlockQ8K]) -> f32;
+
+/// The kernel `row_dot` would run for `ty`; safe to call once returned (the
+/// CPU features it needs were checked here).
+pub fn row_kernel(ty: GgmlType) -> Option<RowKernel> {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        return match ty {
+            GgmlType::Q2K => Some(x86::row_q2k as RowKernel),
+            GgmlType::Q3K => Some(x86::row_q3k as RowKernel),
+            GgmlType::Q4K => Some(x86::row_q4k as RowKernel),
+            GgmlType::Q5K => Some(x86::row_q5k as RowKernel),
+            GgmlType::Q6K => Some(x86::row_q6k as RowKernel),
+            _ => None,
+        };
+    }
+    let _ = ty;
+    None
+}
+
 /// `row_dot` for four activation rows, each super-block unpacked once: per
 /// row bit-identical to `row_dot` (and so to the portable loop).
 pub fn rows_dot4(ty: GgmlType, row: &[u8], x: [&[BlockQ8K]; 4]) -> Option<[f32; 4]> {

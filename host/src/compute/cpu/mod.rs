@@ -252,6 +252,43 @@ fn matmul(g: &CompiledGraph, weight: TensorId, x: &Matrix) -> Matrix {
     }
 }
 
+/// One input row times every weight row with the row kernel resolved once
+/// (the same kernel `activations::dot` would pick per row). None where the
+/// type has no such kernel on this CPU.
+fn matvec(ty: GgmlType, w: &[u8], row_bytes: usize, n: usize, x: &Activations) -> Option<Vec<f32>> {
+    let mut out = vec![0.0f32; n];
+    match x {
+        Activations::Q8(blocks) => {
+            let kernel = simd::row_kernel(ty)?;
+            out.par_chunks_mut(COLUMNS_PER_TASK)
+                .enumerate()
+                .for_each(|(task, chunk)| {
+                    let first = task * COLUMNS_PER_TASK;
+                    for (c, o) in chunk.iter_mut().enumerate() {
+                        let w_row = &w[(first + c) * row_bytes..(first + c + 1) * row_bytes];
+                        // SAFETY: `row_kernel` checked the CPU features; the row is whole blocks.
+                        *o = unsafe { kernel(w_row, blocks) };
+                    }
+                });
+        }
+        Activations::Q8K(blocks) => {
+            let kernel = ksimd::row_kernel(ty)?;
+            out.par_chunks_mut(COLUMNS_PER_TASK)
+                .enumerate()
+                .for_each(|(task, chunk)| {
+                    let first = task * COLUMNS_PER_TASK;
+                    for (c, o) in chunk.iter_mut().enumerate() {
+                        let w_row = &w[(first + c) * row_bytes..(first + c + 1) * row_bytes];
+                        // SAFETY: `row_kernel` checked the CPU features; the row is whole super-blocks.
+                        *o = unsafe { kernel(w_row, blocks) };
+                    }
+                });
+        }
+        _ => return None,
+    }
+    Some(out)
+}
+
 /// `x . W^T` for `x.len() / k` rows of `k` values and `n` weight rows of type
 /// `ty` (`w`), as `[rows, n]`. Each input row is quantized once for the weight
 /// type; every weight row is read once and multiplied with all input rows.
@@ -259,6 +296,11 @@ pub fn matmul_rows(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32]) -> Vec
     let row_bytes = ty.row_bytes(k).unwrap_or(0);
     let rows = x.len() / k;
     let inputs: Vec<Activations> = x.chunks_exact(k).map(|row| activations::quantize(ty, row)).collect();
+    if rows == 1
+        && let Some(out) = matvec(ty, w, row_bytes, n, &inputs[0])
+    {
+        return out;
+    }
     let mut out_t = vec![0.0f32; n * rows];
     out_t
         .par_chunks_mut(COLUMNS_PER_TASK * rows)
@@ -273,11 +315,62 @@ pub fn matmul_rows(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32]) -> Vec
     if rows == 1 {
         return out_t;
     }
+    // Transposed in 16 x 16 tiles: a plain loop strides one side by a whole
+    // row (n floats), touching a new cache line (and often page) per value.
+    const TILE: usize = 16;
     let mut data = vec![0.0; n * rows];
-    for j in 0..n {
-        for r in 0..rows {
-            data[r * n + j] = out_t[j * rows + r];
+    for j0 in (0..n).step_by(TILE) {
+        for r0 in (0..rows).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for j in j0..(j0 + TILE).min(n) {
+                    data[r * n + j] = out_t[j * rows + r];
+                }
+            }
         }
     }
     data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::cpu::quant::tests::{BLOCK_TYPES, noise, random_row};
+
+    #[test]
+    fn matmul_rows_equals_the_row_dot_products_bit_for_bit() {
+        let k_types = [
+            GgmlType::Q4K,
+            GgmlType::Q6K,
+            GgmlType::Q2K,
+            GgmlType::Q3K,
+            GgmlType::Q5K,
+        ];
+        for ty in BLOCK_TYPES.into_iter().chain(k_types) {
+            let (k, n) = (512, 70);
+            let w = if kquants::is_k_quant(ty) {
+                kquants::tests::random_k_row(ty, n * k / kquants::QK_K, 3)
+            } else {
+                random_row(ty, n * k / quant::QK, 3)
+            };
+            let row_bytes = ty.row_bytes(k).expect("whole blocks");
+            for rows in [1, 6] {
+                let x: Vec<f32> = noise(rows as u64, rows * k)
+                    .iter()
+                    .map(|&b| b as f32 / 64.0 - 2.0)
+                    .collect();
+                let out = matmul_rows(ty, &w, k, n, &x);
+                for (r, xr) in x.chunks_exact(k).enumerate() {
+                    let a = activations::quantize(ty, xr);
+                    for j in 0..n {
+                        let expected = activations::dot(ty, &w[j * row_bytes..(j + 1) * row_bytes], &a);
+                        assert_eq!(
+                            out[r * n + j].to_bits(),
+                            expected.to_bits(),
+                            "{ty} rows {rows} ({r}, {j})"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -55,6 +55,31 @@ pub fn has_avx2() -> bool {
     }
 }
 
+/// A row kernel for the 32-value block types, chosen once per matrix product.
+pub type RowKernel = unsafe fn(&[u8], &[BlockQ8]) -> f32;
+
+/// The kernel `row_dot` would run for `ty`, resolved once so a mat-vec does
+/// not repeat the dispatch per row. Calling it is safe once returned: the CPU
+/// features it needs were checked here.
+pub fn row_kernel(ty: GgmlType) -> Option<RowKernel> {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        let avx512 = has_avx512();
+        return match ty {
+            GgmlType::Q4_0 => Some(x86::row_q4_0 as RowKernel),
+            GgmlType::Q4_1 => Some(x86::row_q4_1 as RowKernel),
+            GgmlType::Q8_0 => Some(x86::row_q8_0 as RowKernel),
+            GgmlType::Q5_0 if avx512 => Some(x86::q5_avx512::row_q5_0 as RowKernel),
+            GgmlType::Q5_1 if avx512 => Some(x86::q5_avx512::row_q5_1 as RowKernel),
+            GgmlType::Q5_0 => Some(x86::q5_avx2::row_q5_0 as RowKernel),
+            GgmlType::Q5_1 => Some(x86::q5_avx2::row_q5_1 as RowKernel),
+            _ => None,
+        };
+    }
+    let _ = ty;
+    None
+}
+
 /// Whether the AVX-512 variants can run as well (AVX-512 F, BW, VL and VNNI,
 /// as on Zen 4 and Ice Lake or later). Checked once.
 #[cfg(target_arch = "x86_64")]

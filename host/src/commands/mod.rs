@@ -1,5 +1,6 @@
 //! The command line: `serve`, and the one-shot `run`, `tokenize` and `models`.
 
+mod bench;
 mod run;
 mod serve;
 mod tokenize;
@@ -39,6 +40,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Complete one prompt and stream the text to stdout.
     Run(run::RunArgs),
+    /// Measure prefill and decode speed, instantiation, memory and concurrency.
+    Bench(bench::BenchArgs),
     /// Print the token ids of a text.
     Tokenize(tokenize::TokenizeArgs),
     /// List the models in the models directory.
@@ -127,6 +130,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::serve(args),
         Command::Run(args) => run::run(args),
+        Command::Bench(args) => bench::bench(args),
         Command::Tokenize(args) => tokenize::tokenize(args),
         Command::Models { models_dir } => {
             let catalog = ModelCatalog {

@@ -20,7 +20,7 @@ fn bench_reports_every_test_with_positive_figures() {
         .arg("--models-dir")
         .arg(support::models_dir())
         .args(["--model", DEFAULT_MODEL, "--threads", "2", "--device", "cpu"])
-        .args(["-p", "16", "-n", "8", "--repetitions", "1"])
+        .args(["-p", "16", "-n", "8", "--first-token", "16", "--repetitions", "1"])
         .args(["--instantiations", "10", "--constructions", "1"])
         .args(["--memory", "1,2", "--memory-ctx", "32"])
         .args(["--tenants", "2", "--tenant-prompt", "8", "--tenant-gen", "4", "--json"])
@@ -90,20 +90,8 @@ fn bench_prints_markdown_tables_by_default() {
         .arg("--models-dir")
         .arg(support::models_dir())
         .args(["--model", DEFAULT_MODEL, "--threads", "2", "--device", "cpu"])
-        .args([
-            "-p",
-            "8",
-            "-n",
-            "4",
-            "-r",
-            "1",
-            "--instantiations",
-            "0",
-            "--constructions",
-            "0",
-            "--memory",
-            "0",
-        ])
+        .args(["-p", "8", "-n", "4", "--first-token", "8", "-r", "1"])
+        .args(["--instantiations", "0", "--constructions", "0", "--memory", "0"])
         .output()
         .expect("realm-host runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

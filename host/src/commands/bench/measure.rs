@@ -169,7 +169,13 @@ fn summary(bench: &Bench, info: &ModelInfo) -> ModelSummary {
 
 /// Prefill of `n` tokens from an empty cache (`pp n`), first tokens of
 /// `n`-token prompts, and `n` sequential decode steps (`tg n`), on one tenant.
-pub fn speed(bench: &Bench, prompts: &[u32], gens: &[u32], repetitions: usize) -> anyhow::Result<Speed> {
+pub fn speed(
+    bench: &Bench,
+    prompts: &[u32],
+    gens: &[u32],
+    first_tokens: &[u32],
+    repetitions: usize,
+) -> anyhow::Result<Speed> {
     let mut tenant = open_tenant(bench, bench.settings.context_length)?;
     let info = tenant.info()?;
     let mut rows = Vec::new();
@@ -214,7 +220,7 @@ pub fn speed(bench: &Bench, prompts: &[u32], gens: &[u32], repetitions: usize) -
             tokens_per_s: Stats::of(&samples),
         });
     }
-    for &n in prompts {
+    for &n in first_tokens {
         let prompt = prompt_of(&mut tenant, n as usize)?;
         let mut samples = Vec::with_capacity(repetitions);
         for r in 0..repetitions {

@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// Decode tests: sequential one-token steps (llama-bench's `-n`); 0 skips them.
     #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
     n_gen: Vec<u32>,
+    /// First-token tests: a completion request with a prompt of this many tokens,
+    /// timed to its first token; 0 skips them.
+    #[arg(long, value_delimiter = ',', default_value = "128")]
+    first_token: Vec<u32>,
     /// Runs of each prefill, decode and first-token test; the median is reported.
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
@@ -105,9 +109,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if args.instantiations > 0 || args.constructions > 0 {
         report.instantiation = Some(measure::instantiation(&bench, args.instantiations, args.constructions)?);
     }
-    let (prompts, gens) = (nonzero(&args.n_prompt), nonzero(&args.n_gen));
-    if !prompts.is_empty() || !gens.is_empty() {
-        let speed = measure::speed(&bench, &prompts, &gens, args.repetitions)?;
+    let (prompts, gens, firsts) = (
+        nonzero(&args.n_prompt),
+        nonzero(&args.n_gen),
+        nonzero(&args.first_token),
+    );
+    if !prompts.is_empty() || !gens.is_empty() || !firsts.is_empty() {
+        let speed = measure::speed(&bench, &prompts, &gens, &firsts, args.repetitions)?;
         report.info = Some(speed.info.clone());
         report.speed = speed.rows;
         report.first_token = speed.first_token;

@@ -64,6 +64,8 @@ fn bench_reports_every_test_with_positive_figures() {
     assert_eq!(rows.len(), 2);
     let rss = |i: usize| positive(&rows[i]["resident"]["vm_rss_kib"], "VmRSS");
     assert!(rss(1) >= rss(0) && rss(0) > positive(&memory["baseline"]["vm_rss_kib"], "baseline"));
+    let guest = |i: usize| positive(&rows[i]["resident"]["guest_pools_kib"], "guest memories");
+    assert!(guest(1) > guest(0), "a second instance has its own linear memory");
     // 30 layers x 3 KV heads x 64 x 32 positions x (K, V) x f16
     assert_eq!(memory["kv_bytes_per_tenant"], 30 * 192 * 32 * 2 * 2);
 

@@ -43,7 +43,57 @@ pub fn resident() -> anyhow::Result<Resident> {
         rss_anon_kib: field("RssAnon")?,
         rss_file_kib: field("RssFile")?,
         rss_shmem_kib: field("RssShmem")?,
+        guest_pools_kib: guest_pools_kib(),
     })
+}
+
+/// Resident KiB of the pooling allocator's reservation for the instances'
+/// linear memories: a contiguous run of mappings spanning at least 64 GiB (4 GiB
+/// per memory slot; nothing else in the process reserves that much), counting
+/// its anonymous pages and its memfd-backed memory images. 0 where
+/// /proc/self/smaps cannot be read.
+fn guest_pools_kib() -> u64 {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return 0;
+    };
+    // (start, end, whether guest memory can live there, resident KiB), in address order.
+    let mut maps: Vec<(u64, u64, bool, u64)> = Vec::new();
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if let Some((start, end)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        {
+            // `start-end perms offset dev inode [path]`
+            let rest: Vec<&str> = fields.collect();
+            let anonymous = rest.len() == 4 && rest[3] == "0";
+            let memfd = rest.get(4).is_some_and(|path| path.starts_with("/memfd:"));
+            maps.push((start, end, anonymous || memfd, 0));
+        } else if first == "Rss:"
+            && let Some(kib) = fields.next().and_then(|v| v.parse::<u64>().ok())
+            && let Some(last) = maps.last_mut()
+        {
+            last.3 = kib;
+        }
+    }
+    const POOL: u64 = 64 << 30;
+    let (mut total, mut run_start, mut run_end, mut run_rss) = (0, 0, 0, 0);
+    for &(start, end, guest, rss) in &maps {
+        if start != run_end {
+            if run_end - run_start >= POOL {
+                total += run_rss;
+            }
+            (run_start, run_rss) = (start, 0);
+        }
+        run_end = end;
+        if guest {
+            run_rss += rss;
+        }
+    }
+    if run_end - run_start >= POOL {
+        total += run_rss;
+    }
+    total
 }
 
 /// Bytes of an f16 KV cache of `positions` positions for the model's shape, as

@@ -84,6 +84,8 @@ pub struct Resident {
     pub rss_anon_kib: u64,
     pub rss_file_kib: u64,
     pub rss_shmem_kib: u64,
+    /// The part of VmRSS in the pooling allocator's slots: the guests' linear memories.
+    pub guest_pools_kib: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -247,17 +249,18 @@ impl Report {
         if let Some(mem) = &self.memory {
             let _ = writeln!(
                 out,
-                "| tenants ({} positions each) | VmRSS MiB | RssAnon MiB | RssFile MiB | × 1 tenant |",
+                "| tenants ({} positions each) | VmRSS MiB | RssAnon MiB | RssFile MiB | guest memories MiB | × 1 tenant |",
                 mem.positions
             );
-            let _ = writeln!(out, "|---:|---:|---:|---:|---:|");
+            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|");
             let b = &mem.baseline;
             let _ = writeln!(
                 out,
-                "| 0 (runtime only) | {:.1} | {:.1} | {:.1} | |",
+                "| 0 (runtime only) | {:.1} | {:.1} | {:.1} | {:.1} | |",
                 mib(b.vm_rss_kib),
                 mib(b.rss_anon_kib),
-                mib(b.rss_file_kib)
+                mib(b.rss_file_kib),
+                mib(b.guest_pools_kib)
             );
             let one = mem.rows.first().map(|r| r.resident.vm_rss_kib);
             for row in &mem.rows {
@@ -265,11 +268,12 @@ impl Report {
                 let ratio = one.map_or(f64::NAN, |one| r.vm_rss_kib as f64 / one as f64);
                 let _ = writeln!(
                     out,
-                    "| {} | {:.1} | {:.1} | {:.1} | {:.2} |",
+                    "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |",
                     row.tenants,
                     mib(r.vm_rss_kib),
                     mib(r.rss_anon_kib),
                     mib(r.rss_file_kib),
+                    mib(r.guest_pools_kib),
                     ratio
                 );
             }
@@ -281,11 +285,12 @@ impl Report {
                     |f: fn(&Resident) -> u64| (f(&last.resident) as f64 - f(&first.resident) as f64) / extra / 1024.0;
                 let _ = writeln!(
                     out,
-                    "\neach further tenant: {:.1} MiB resident ({:.1} MiB anonymous, {:.1} MiB file); \
-                     its KV cache of {} positions is {:.1} MiB",
+                    "\neach further tenant: {:.1} MiB resident ({:.1} MiB anonymous, {:.1} MiB file, \
+                     {:.1} MiB of it guest memory); its KV cache of {} positions is {:.1} MiB",
                     per(|r| r.vm_rss_kib),
                     per(|r| r.rss_anon_kib),
                     per(|r| r.rss_file_kib),
+                    per(|r| r.guest_pools_kib),
                     mem.positions,
                     mem.kv_bytes_per_tenant as f64 / MIB
                 );

@@ -2,7 +2,7 @@
 # realm's speed, alone or side by side with llama.cpp on the same models and threads.
 #
 #   scripts/bench.sh [--peer llama.cpp] [--model M ...] [--threads 2] [--repetitions 3]
-#                    [--tenants 1,4,16,64] [--full] [--out DIR]
+#                    [--tenants 1,4,16,64] [--peer-args "ARGS"] [--full] [--out DIR]
 #
 # Builds what it needs (target/realm.wasm, realm-host; with --peer, llama.cpp's
 # CPU llama-bench and llama-batched-bench from the PyPI source package
@@ -13,6 +13,8 @@
 # (N tenants, own instance each, 128 prompt tokens and 128 decode steps) against
 # llama-batched-bench -npp 128 -ntg 128 -npl N (S_TG). Prints one markdown
 # table: realm, llama.cpp and realm/llama.cpp per row (medians).
+# --peer-args passes extra options to llama-bench and llama-batched-bench
+# (e.g. "--poll 0" to see llama.cpp without busy-waiting threads).
 # --full also prints realm-host bench's own report of each model (first token,
 # instantiation, memory of 1 and 16 tenants, the boundary's share).
 # Models default to the three of scripts/fetch-models.sh --all that are present.
@@ -21,6 +23,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
 peer=""
+peer_args=()
 models=()
 threads=2
 reps=3
@@ -30,13 +33,14 @@ out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --peer) peer="$2"; shift 2 ;;
+    --peer-args) read -ra peer_args <<<"$2"; shift 2 ;;
     --model) models+=("$2"); shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --repetitions|-r) reps="$2"; shift 2 ;;
     --tenants) tenants="$2"; shift 2 ;;
     --full) full=1; shift ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -77,7 +81,7 @@ realm_speed() { # model round
     > "$out/realm-speed-$1-$2.json"
 }
 llama_speed() { # model round
-  "$BIN/llama-bench" -m "models/$1.gguf" -t "$threads" -p 128,512 -n 128 -r 1 -o json \
+  "$BIN/llama-bench" -m "models/$1.gguf" -t "$threads" -p 128,512 -n 128 -r 1 -o json "${peer_args[@]}" \
     > "$out/llama-speed-$1-$2.json" 2>/dev/null
 }
 realm_tenants() { # model n
@@ -87,7 +91,7 @@ realm_tenants() { # model n
 llama_tenants() { # model n
   # one sequence per tenant: N x (128 + 128) positions
   "$BIN/llama-batched-bench" -m "models/$1.gguf" -t "$threads" -c $(( $2 * 256 )) -b 2048 -ub 512 \
-    -npp 128 -ntg 128 -npl "$2" --output-format jsonl 2>&1 | grep '^{"n_kv_max"' \
+    -npp 128 -ntg 128 -npl "$2" --output-format jsonl "${peer_args[@]}" 2>&1 | grep '^{"n_kv_max"' \
     > "$out/llama-tenants-$1-$2.jsonl"
 }
 

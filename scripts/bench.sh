@@ -122,6 +122,6 @@ python3 scripts/lib/bench_table.py "$out" "$threads" "${models[@]}"
 if [ "$full" = 1 ]; then
   for m in "${models[@]}"; do
     echo "== $m: realm-host bench (full report)" >&2
-    "${REALM[@]}" --model "$m" -r "$reps" | tee "$out/realm-full-$m.md"
+    "${REALM[@]}" --model "$m" -r "$(( reps > 0 ? reps : 3 ))" | tee "$out/realm-full-$m.md"
   done
 fi

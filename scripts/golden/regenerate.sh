@@ -9,13 +9,9 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 HERE="$ROOT/scripts/golden"
-REF="$ROOT/.ref"
 
-PKG=llama-cpp-python
-PKG_VERSION=0.3.36
-SDIST="llama_cpp_python-$PKG_VERSION.tar.gz"
-SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-LLAMA_COMMIT="0c1e570 (0c1e57098bba43ac29e6e3b677cdceebdd22334f)"
+# shellcheck source=../lib/llama-cpp.sh
+source "$ROOT/scripts/lib/llama-cpp.sh"
 
 # model file (in models/)                 greedy prompts (in scripts/golden/)
 MODELS=(
@@ -24,44 +20,14 @@ MODELS=(
   "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf  greedy_prompts.json"
 )
 
-CMAKE_FLAGS=(
-  -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON
-  -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF
-  -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF
-)
 # reference settings (also recorded in VERSION)
 THREADS=2
 N_CTX=2048
 FA=off
 N_PREDICT=32
 
-JOBS="${JOBS:-2}"
-SRC="$REF/src/llama_cpp_python-$PKG_VERSION/vendor/llama.cpp"
-BUILD="$REF/build"
-BIN="$BUILD/bin"
-
-command -v cmake >/dev/null || { echo "cmake not found (pip install cmake, or apt-get install cmake)" >&2; exit 1; }
-
-# (a) download the sdist
-mkdir -p "$REF/dl"
-if [ ! -f "$REF/dl/$SDIST" ]; then
-  python3 -m pip download --no-deps --no-binary "$PKG" "$PKG==$PKG_VERSION" -d "$REF/dl"
-fi
-echo "$SDIST_SHA256  $REF/dl/$SDIST" | sha256sum -c --quiet
-
-# (b) extract
-if [ ! -f "$SRC/include/llama.h" ]; then
-  mkdir -p "$REF/src"
-  tar -xzf "$REF/dl/$SDIST" -C "$REF/src"
-fi
-
-# (c) build llama + the tools used for cross-checking
-if [ ! -f "$BUILD/CMakeCache.txt" ]; then
-  GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
-  cmake -S "$SRC" -B "$BUILD" "${GEN[@]}" "${CMAKE_FLAGS[@]}"
-fi
-cmake --build "$BUILD" -j "$JOBS" --target llama llama-tokenize llama-simple llama-bench
+# (a)-(c) download, extract and build llama.cpp (scripts/lib/llama-cpp.sh)
+llama_cpp_build llama llama-tokenize llama-simple llama-bench
 
 # (d) build the reference dumper
 mkdir -p "$REF/bin"

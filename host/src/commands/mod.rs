@@ -1,6 +1,7 @@
-//! The command line: `serve`, the one-shot `run`, `tokenize` and `models`,
-//! and `keys` for the tenants file.
+//! The command line: `serve`, the one-shot `run`, `bench`, `tokenize` and
+//! `models`, and `keys` for the tenants file.
 
+mod bench;
 mod keys;
 mod run;
 mod serve;
@@ -41,6 +42,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Complete one prompt and stream the text to stdout.
     Run(run::RunArgs),
+    /// Measure prefill and decode speed, instantiation, memory and concurrency.
+    Bench(bench::BenchArgs),
     /// Print the token ids of a text.
     Tokenize(tokenize::TokenizeArgs),
     /// API keys for the tenants file.
@@ -136,6 +139,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::serve(args),
         Command::Run(args) => run::run(args),
+        Command::Bench(args) => bench::bench(args),
         Command::Tokenize(args) => tokenize::tokenize(args),
         Command::Keys(command) => keys::keys(command),
         Command::Models { models_dir } => {

@@ -2,6 +2,7 @@
 //! holds handles, the host holds the bytes.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::Resource;
 
@@ -143,6 +144,7 @@ impl compute::HostGraph for StoreState {
         start: u32,
         output: StepOutputKind,
     ) -> Reply<StepOutput> {
+        let entered = Instant::now();
         let graph = self.table.get(&graph)?.0.clone();
         let backend = self.compute.shared.backend.clone();
         let cache = self.table.get_mut(&cache)?;
@@ -156,7 +158,10 @@ impl compute::HostGraph for StoreState {
             tokens: &tokens,
             start,
         };
-        Ok(match host::run_step(backend.as_ref(), step, kind) {
+        let kernel_start = Instant::now();
+        let result = host::run_step(backend.as_ref(), step, kind);
+        let kernel_end = Instant::now();
+        let output = match result {
             Ok(host::StepOutput::Logits(logits)) => Ok(StepOutput::Logits(logits)),
             Ok(host::StepOutput::TopK(top)) => Ok(StepOutput::TopK(
                 top.into_iter()
@@ -164,7 +169,9 @@ impl compute::HostGraph for StoreState {
                     .collect(),
             )),
             Err(e) => Err(e.into()),
-        })
+        };
+        super::profile::record(entered, kernel_start, kernel_end);
+        Ok(output)
     }
 
     fn drop(&mut self, graph: Resource<GraphHandle>) -> wasmtime::Result<()> {

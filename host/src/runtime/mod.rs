@@ -5,6 +5,7 @@
 mod compute_host;
 pub mod engine;
 pub mod instance;
+pub mod profile;
 pub mod state;
 pub mod wit;
 

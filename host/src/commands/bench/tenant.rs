@@ -1,0 +1,228 @@
+//! One benchmark tenant: its own store and component instance, driven directly
+//! on the calling thread (as a tenant's worker thread drives it in the server),
+//! so every guest call can be timed and split with `runtime::profile`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
+
+use crate::runtime::instance::describe;
+use crate::runtime::profile::{self, StepProfile};
+use crate::runtime::state::StoreState;
+use crate::runtime::wit::{Chunk, CompletionRequest, EngineError, ModelInfo, RealmConfig, RealmWorld, Sampling};
+use crate::runtime::{InstanceSettings, Runtime};
+
+pub struct Tenant {
+    store: Store<StoreState>,
+    bindings: RealmWorld,
+    realm: Option<ResourceAny>,
+}
+
+/// One guest call: its wall time and how the `graph.run` calls inside it spent theirs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timed {
+    pub wall: Duration,
+    pub steps: StepProfile,
+}
+
+fn engine<T>(call: wasmtime::Result<Result<T, EngineError>>, what: &str) -> anyhow::Result<T> {
+    match call {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(anyhow!("{what}: {}", describe(&error))),
+        Err(trap) => Err(anyhow::Error::from(trap).context(format!("{what}: the engine instance failed"))),
+    }
+}
+
+impl Tenant {
+    /// A new store and instance, and how long instantiation took.
+    pub fn instantiate(runtime: &Runtime, settings: &InstanceSettings) -> anyhow::Result<(Self, Duration)> {
+        let started = Instant::now();
+        let state = StoreState::new(settings.compute.clone(), settings.guest_memory);
+        let (store, bindings) = runtime.instantiate(state)?;
+        let elapsed = started.elapsed();
+        Ok((
+            Self {
+                store,
+                bindings,
+                realm: None,
+            },
+            elapsed,
+        ))
+    }
+
+    /// Constructs the realm of `model` (weights, metadata, tokenizer, graph), and
+    /// how long the constructor took.
+    pub fn open(&mut self, model: &str, context_length: u32) -> anyhow::Result<Duration> {
+        let config = RealmConfig {
+            model: model.to_string(),
+            context_length,
+        };
+        let started = Instant::now();
+        let call = self
+            .bindings
+            .realm_engine_engine()
+            .realm()
+            .call_constructor(&mut self.store, &config);
+        let realm = engine(call, &format!("model `{model}`"))?;
+        let elapsed = started.elapsed();
+        self.realm = Some(realm);
+        Ok(elapsed)
+    }
+
+    fn realm(&self) -> anyhow::Result<ResourceAny> {
+        self.realm.context("the realm is not constructed")
+    }
+
+    pub fn info(&mut self) -> anyhow::Result<ModelInfo> {
+        let realm = self.realm()?;
+        let info = self
+            .bindings
+            .realm_engine_engine()
+            .realm()
+            .call_info(&mut self.store, realm)?;
+        Ok(info)
+    }
+
+    /// Token ids of `text` as a completion prompt is tokenized (special tokens added and parsed).
+    pub fn tokenize(&mut self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let realm = self.realm()?;
+        let call = self
+            .bindings
+            .realm_engine_engine()
+            .realm()
+            .call_tokenize(&mut self.store, realm, text, true, true);
+        engine(call, "tokenize")
+    }
+
+    /// The logits after `tokens` in a fresh sequence: a prefill from an empty cache.
+    pub fn evaluate(&mut self, tokens: &[u32]) -> anyhow::Result<Timed> {
+        let realm = self.realm()?;
+        let before = profile::snapshot();
+        let started = Instant::now();
+        let call = self
+            .bindings
+            .realm_engine_engine()
+            .realm()
+            .call_evaluate(&mut self.store, realm, tokens);
+        let wall = started.elapsed();
+        engine(call, "evaluate")?;
+        Ok(Timed {
+            wall,
+            steps: profile::snapshot().since(&before),
+        })
+    }
+
+    /// Starts a greedy completion of `prompt` that ignores end-of-sequence tokens.
+    pub fn complete(&mut self, prompt: &str, max_tokens: u32) -> anyhow::Result<(Generation, Timed)> {
+        let realm = self.realm()?;
+        let request = CompletionRequest {
+            prompt: prompt.to_string(),
+            max_tokens,
+            sampling: Sampling {
+                temperature: 0.0,
+                ..Sampling::default()
+            },
+            ignore_eos: true,
+            stop: Vec::new(),
+        };
+        let before = profile::snapshot();
+        let started = Instant::now();
+        let call = self
+            .bindings
+            .realm_engine_engine()
+            .realm()
+            .call_complete(&mut self.store, realm, &request);
+        let wall = started.elapsed();
+        let generation = engine(call, "complete")?;
+        Ok((
+            Generation(generation),
+            Timed {
+                wall,
+                steps: profile::snapshot().since(&before),
+            },
+        ))
+    }
+
+    /// The generation's next chunk (None after the last), timed.
+    pub fn next(&mut self, generation: &Generation) -> anyhow::Result<(Option<Chunk>, Timed)> {
+        let before = profile::snapshot();
+        let started = Instant::now();
+        let call = self
+            .bindings
+            .realm_engine_engine()
+            .generation()
+            .call_next(&mut self.store, generation.0);
+        let wall = started.elapsed();
+        let chunk = engine(call, "next")?;
+        Ok((
+            chunk,
+            Timed {
+                wall,
+                steps: profile::snapshot().since(&before),
+            },
+        ))
+    }
+
+    /// Drops a generation, freeing its KV cache.
+    pub fn release(&mut self, generation: Generation) -> anyhow::Result<()> {
+        generation.0.resource_drop(&mut self.store)?;
+        Ok(())
+    }
+}
+
+/// A running generation of a tenant (its KV cache lives until it is released).
+pub struct Generation(ResourceAny);
+
+/// A text that tokenizes (as a completion prompt) to exactly `n` tokens: plain
+/// English words, one token each in the vocabularies of the supported models.
+pub fn prompt_of(tenant: &mut Tenant, n: usize) -> anyhow::Result<String> {
+    const WORDS: &[&str] = &[
+        "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "then", "runs", "back", "to",
+        "its", "house", "in", "green", "hills", "where", "it", "sleeps", "all", "day",
+    ];
+    let text = |words: usize| -> String {
+        let mut s = String::from("Once");
+        for i in 0..words {
+            s.push(' ');
+            s.push_str(WORDS[i % WORDS.len()]);
+        }
+        s
+    };
+    // Token counts grow with the word count; search for the count that gives n.
+    let (mut lo, mut hi) = (0usize, n.max(1));
+    while tenant.tokenize(&text(hi))?.len() < n {
+        hi *= 2;
+    }
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if tenant.tokenize(&text(mid))?.len() < n {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    let candidate = text(lo);
+    let got = tenant.tokenize(&candidate)?.len();
+    anyhow::ensure!(got == n, "no prompt of exactly {n} tokens (closest: {got})");
+    Ok(candidate)
+}
+
+/// `n` token ids for a prefill benchmark, as llama-bench makes them: BOS (when
+/// the model has one) and then pseudo-random ids of the vocabulary.
+pub fn random_tokens(info: &ModelInfo, n: usize) -> Vec<u32> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut tokens = Vec::with_capacity(n);
+    if let Some(bos) = info.bos {
+        tokens.push(bos);
+    }
+    while tokens.len() < n {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        tokens.push(((state >> 33) % info.vocab_size as u64) as u32);
+    }
+    tokens.truncate(n);
+    tokens
+}

@@ -78,12 +78,17 @@ fn constructor_errors_are_typed_and_leave_the_instance_usable() {
 }
 
 /// The largest |logit difference| from llama.cpp allowed on a first step, over
-/// the whole vocabulary. Measured (llama.cpp 0c1e570, AVX-512 build): 0.51 on
-/// SmolLM2, 0.49 on Qwen2.5-Coder-0.5B, 0.84 on gemma-3-270m. Layer 0 agrees within 1e-6; the rest is
-/// f32 summation order in attention (ggml's SIMD lanes and its own expf),
-/// amplified through the layers by 8-bit activation rounding. llama.cpp's own
-/// flash-attention on/off paths differ by up to 0.5.
+/// the whole vocabulary. Measured (llama.cpp 0c1e570, AVX-512 build): 0 on
+/// SmolLM2 (bit-equal logits), 0.47 on Qwen2.5-Coder-0.5B, 0.84 on
+/// gemma-3-270m. On Qwen2.5 and gemma3 (NEOX RoPE), q and k differ from
+/// llama.cpp's in the last bits at layer 0 while v is bit-equal (not yet
+/// traced), and 8-bit activation rounding amplifies that through the layers.
 const LOGIT_TOLERANCE: f32 = 1.0;
+
+/// Models whose first-step top 5 must be in llama.cpp's exact order. Measured:
+/// SmolLM2 (deviation 0) and gemma-3-270m (0.84; its top 5 are further apart)
+/// hold it; on Qwen2.5-Coder (0.47) our 5th token is not llama.cpp's 5th.
+const STRICT_TOP5: &[&str] = &["SmolLM2-135M-Instruct.Q4_1", "gemma-3-270m-q4_k_m"];
 
 #[test]
 fn first_step_logits_agree_with_llama_cpp() {
@@ -132,6 +137,11 @@ fn first_step_logits_agree(model: &str) {
                 ours.iter().any(|(o, _)| o == id),
                 "{prompt}: llama.cpp's top-5 token {id} is not in our top-10"
             );
+        }
+        if STRICT_TOP5.contains(&model) {
+            let ours: Vec<u32> = ours.iter().take(5).map(|(id, _)| *id).collect();
+            let theirs: Vec<u32> = theirs.iter().map(|(id, _)| *id).collect();
+            assert_eq!(ours, theirs, "{model} {prompt}: llama.cpp's top-5 order");
         }
         // Where llama.cpp's top-5 are further apart than twice the tolerance, the
         // order must be the same.

@@ -44,8 +44,10 @@ impl Rope {
                     RopeStyle::Neox => (i, i + half),
                 };
                 let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * cos - x1 * sin;
-                head[b] = x0 * sin + x1 * cos;
+                // As GCC contracts ggml's rotate_pairs (-ffp-contract=fast;
+                // see its disassembly): each result fuses its x0 product.
+                head[a] = x0.mul_add(cos, -(x1 * sin));
+                head[b] = x0.mul_add(sin, x1 * cos);
                 theta *= theta_scale;
             }
         }

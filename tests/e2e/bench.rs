@@ -11,15 +11,22 @@ fn positive(value: &serde_json::Value, what: &str) -> f64 {
     v
 }
 
-#[test]
-fn bench_reports_every_test_with_positive_figures() {
-    let out = realm_host()
+/// `realm-host bench` on the default model, 2 CPU threads; the test adds its sizes.
+fn bench_on_default_model() -> std::process::Command {
+    let mut command = realm_host();
+    command
         .arg("bench")
         .arg("--component")
         .arg(support::component())
         .arg("--models-dir")
         .arg(support::models_dir())
-        .args(["--model", DEFAULT_MODEL, "--threads", "2", "--device", "cpu"])
+        .args(["--model", DEFAULT_MODEL, "--threads", "2", "--device", "cpu"]);
+    command
+}
+
+#[test]
+fn bench_reports_every_test_with_positive_figures() {
+    let out = bench_on_default_model()
         .args(["-p", "16", "-n", "8", "--first-token", "16", "--repetitions", "1"])
         .args(["--instantiations", "10", "--constructions", "1"])
         .args(["--memory", "1,2", "--memory-ctx", "32"])
@@ -85,13 +92,7 @@ fn bench_reports_every_test_with_positive_figures() {
 
 #[test]
 fn bench_prints_markdown_tables_by_default() {
-    let out = realm_host()
-        .arg("bench")
-        .arg("--component")
-        .arg(support::component())
-        .arg("--models-dir")
-        .arg(support::models_dir())
-        .args(["--model", DEFAULT_MODEL, "--threads", "2", "--device", "cpu"])
+    let out = bench_on_default_model()
         .args(["-p", "8", "-n", "4", "--first-token", "8", "-r", "1"])
         .args(["--instantiations", "0", "--constructions", "0", "--memory", "0"])
         .output()

@@ -110,7 +110,8 @@ struct Inner {
     tenants: Vec<Arc<Tenant>>,
     /// None: the single local tenant serves every request without a key.
     keys: Option<KeyRing>,
-    metrics_keys: Vec<KeyHash>,
+    /// Who may read `/metrics`; none: everyone.
+    metrics_keys: Option<KeyRing>,
     catalog: ModelCatalog,
 }
 
@@ -121,7 +122,7 @@ impl Tenants {
             inner: Arc::new(Inner {
                 tenants: vec![Arc::new(tenant)],
                 keys: None,
-                metrics_keys: Vec::new(),
+                metrics_keys: None,
                 catalog,
             }),
         }
@@ -145,7 +146,8 @@ impl Tenants {
             inner: Arc::new(Inner {
                 tenants,
                 keys: Some(KeyRing::new(ring)),
-                metrics_keys: config.metrics_keys.clone(),
+                metrics_keys: (!config.metrics_keys.is_empty())
+                    .then(|| KeyRing::new(config.metrics_keys.iter().map(|k| (*k, 0)).collect())),
                 catalog,
             }),
         })
@@ -163,11 +165,10 @@ impl Tenants {
 
     /// Whether this `Authorization` header may read `/metrics`.
     pub fn may_read_metrics(&self, authorization: Option<&str>) -> bool {
-        if self.inner.metrics_keys.is_empty() {
-            return true;
+        match &self.inner.metrics_keys {
+            None => true,
+            Some(ring) => bearer(authorization).is_some_and(|key| ring.owner(key).is_some()),
         }
-        let ring = KeyRing::new(self.inner.metrics_keys.iter().map(|k| (*k, 0)).collect());
-        bearer(authorization).is_some_and(|key| ring.owner(key).is_some())
     }
 
     pub fn all(&self) -> &[Arc<Tenant>] {

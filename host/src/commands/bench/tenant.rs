@@ -99,19 +99,28 @@ impl Tenant {
     /// The logits after `tokens` in a fresh sequence: a prefill from an empty cache.
     pub fn evaluate(&mut self, tokens: &[u32]) -> anyhow::Result<Timed> {
         let realm = self.realm()?;
+        let (_, timed) = self.timed("evaluate", |bindings, store| {
+            bindings
+                .realm_engine_engine()
+                .realm()
+                .call_evaluate(store, realm, tokens)
+        })?;
+        Ok(timed)
+    }
+
+    /// One guest call, timed and split with `runtime::profile`.
+    fn timed<T>(
+        &mut self,
+        what: &str,
+        call: impl FnOnce(&RealmWorld, &mut Store<StoreState>) -> wasmtime::Result<Result<T, EngineError>>,
+    ) -> anyhow::Result<(T, Timed)> {
         let before = profile::snapshot();
         let started = Instant::now();
-        let call = self
-            .bindings
-            .realm_engine_engine()
-            .realm()
-            .call_evaluate(&mut self.store, realm, tokens);
+        let outcome = call(&self.bindings, &mut self.store);
         let wall = started.elapsed();
-        engine(call, "evaluate")?;
-        Ok(Timed {
-            wall,
-            steps: profile::snapshot().since(&before),
-        })
+        let value = engine(outcome, what)?;
+        let steps = profile::snapshot().since(&before);
+        Ok((value, Timed { wall, steps }))
     }
 
     /// Starts a greedy completion of `prompt` that ignores end-of-sequence tokens.
@@ -127,42 +136,23 @@ impl Tenant {
             ignore_eos: true,
             stop: Vec::new(),
         };
-        let before = profile::snapshot();
-        let started = Instant::now();
-        let call = self
-            .bindings
-            .realm_engine_engine()
-            .realm()
-            .call_complete(&mut self.store, realm, &request);
-        let wall = started.elapsed();
-        let generation = engine(call, "complete")?;
-        Ok((
-            Generation(generation),
-            Timed {
-                wall,
-                steps: profile::snapshot().since(&before),
-            },
-        ))
+        let (generation, timed) = self.timed("complete", |bindings, store| {
+            bindings
+                .realm_engine_engine()
+                .realm()
+                .call_complete(store, realm, &request)
+        })?;
+        Ok((Generation(generation), timed))
     }
 
     /// The generation's next chunk (None after the last), timed.
     pub fn next(&mut self, generation: &Generation) -> anyhow::Result<(Option<Chunk>, Timed)> {
-        let before = profile::snapshot();
-        let started = Instant::now();
-        let call = self
-            .bindings
-            .realm_engine_engine()
-            .generation()
-            .call_next(&mut self.store, generation.0);
-        let wall = started.elapsed();
-        let chunk = engine(call, "next")?;
-        Ok((
-            chunk,
-            Timed {
-                wall,
-                steps: profile::snapshot().since(&before),
-            },
-        ))
+        self.timed("next", |bindings, store| {
+            bindings
+                .realm_engine_engine()
+                .generation()
+                .call_next(store, generation.0)
+        })
     }
 
     /// Drops a generation, freeing its KV cache.

@@ -61,13 +61,18 @@ fn time(threads: usize, ty: GgmlType, k: usize, n: usize, rows: usize) {
     );
 }
 
+/// `BENCH_THREADS`, or one thread.
+fn bench_threads() -> usize {
+    std::env::var("BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1)
+}
+
 #[test]
 #[ignore]
 fn bench_decode_matvec() {
-    let threads: usize = std::env::var("BENCH_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(1);
+    let threads = bench_threads();
     for (ty, k, n) in [
         (GgmlType::Q5_0, 896, 4864),
         (GgmlType::Q4K, 4864, 896),
@@ -84,10 +89,7 @@ fn bench_decode_matvec() {
 #[test]
 #[ignore]
 fn bench_prefill_matmul() {
-    let threads: usize = std::env::var("BENCH_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(1);
+    let threads = bench_threads();
     for (ty, k, n) in [
         (GgmlType::Q5_0, 896, 4864),
         (GgmlType::Q4K, 4864, 896),

@@ -256,37 +256,34 @@ fn matmul(g: &CompiledGraph, weight: TensorId, x: &Matrix) -> Matrix {
 /// (the same kernel `activations::dot` would pick per row). None where the
 /// type has no such kernel on this CPU.
 fn matvec(ty: GgmlType, w: &[u8], row_bytes: usize, n: usize, x: &Activations) -> Option<Vec<f32>> {
-    let mut out = vec![0.0f32; n];
     match x {
-        Activations::Q8(blocks) => {
-            let kernel = simd::row_kernel(ty)?;
-            out.par_chunks_mut(COLUMNS_PER_TASK)
-                .enumerate()
-                .for_each(|(task, chunk)| {
-                    let first = task * COLUMNS_PER_TASK;
-                    for (c, o) in chunk.iter_mut().enumerate() {
-                        let w_row = &w[(first + c) * row_bytes..(first + c + 1) * row_bytes];
-                        // SAFETY: `row_kernel` checked the CPU features; the row is whole blocks.
-                        *o = unsafe { kernel(w_row, blocks) };
-                    }
-                });
-        }
-        Activations::Q8K(blocks) => {
-            let kernel = ksimd::row_kernel(ty)?;
-            out.par_chunks_mut(COLUMNS_PER_TASK)
-                .enumerate()
-                .for_each(|(task, chunk)| {
-                    let first = task * COLUMNS_PER_TASK;
-                    for (c, o) in chunk.iter_mut().enumerate() {
-                        let w_row = &w[(first + c) * row_bytes..(first + c + 1) * row_bytes];
-                        // SAFETY: `row_kernel` checked the CPU features; the row is whole super-blocks.
-                        *o = unsafe { kernel(w_row, blocks) };
-                    }
-                });
-        }
-        _ => return None,
+        Activations::Q8(blocks) => Some(rows_times(simd::row_kernel(ty)?, w, row_bytes, n, blocks)),
+        Activations::Q8K(blocks) => Some(rows_times(ksimd::row_kernel(ty)?, w, row_bytes, n, blocks)),
+        _ => None,
     }
-    Some(out)
+}
+
+/// Every one of the `n` weight rows times `blocks`, with `kernel`, in parallel.
+/// `kernel` comes from a `row_kernel`, which checked the CPU's features.
+fn rows_times<B: Sync>(
+    kernel: unsafe fn(&[u8], &[B]) -> f32,
+    w: &[u8],
+    row_bytes: usize,
+    n: usize,
+    blocks: &[B],
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; n];
+    out.par_chunks_mut(COLUMNS_PER_TASK)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            let first = task * COLUMNS_PER_TASK;
+            for (c, o) in chunk.iter_mut().enumerate() {
+                let w_row = &w[(first + c) * row_bytes..(first + c + 1) * row_bytes];
+                // SAFETY: `row_kernel` checked the CPU features; the row is whole blocks.
+                *o = unsafe { kernel(w_row, blocks) };
+            }
+        });
+    out
 }
 
 /// `x . W^T` for `x.len() / k` rows of `k` values and `n` weight rows of type

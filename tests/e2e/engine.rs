@@ -1,6 +1,7 @@
 //! The engine component through the host runtime: typed constructor errors,
 //! tokenizer ids and greedy continuations against llama.cpp's golden files.
 
+use realm_host::compute::Seat;
 use realm_host::runtime::state::StoreState;
 use realm_host::runtime::wit::{ChatRequest, CompletionRequest, EngineError, Message, RealmConfig, Sampling};
 use realm_host::runtime::{Failure, GenerationEvent, InstanceHandle};
@@ -44,7 +45,8 @@ fn generate(instance: &InstanceHandle, model: &str, request: CompletionRequest) 
 
 #[test]
 fn constructor_errors_are_typed_and_leave_the_instance_usable() {
-    let state = StoreState::new(support::settings(2048, support::shared_compute()).compute, 1 << 30);
+    let compute = support::settings(2048, support::shared_compute()).compute;
+    let state = StoreState::new(compute, Seat::new("test", 1), 1 << 30);
     let (mut store, bindings) = support::runtime().instantiate(state).expect("instance");
     let realms = bindings.realm_engine_engine().realm();
     let mut construct = |model: &str, context_length| {

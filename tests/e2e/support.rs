@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use realm_host::compute::{self, Budget, Device, ModelCatalog, WeightsRegistry};
+use realm_host::compute::{self, BatchPolicy, Budget, Device, ModelCatalog, Scheduler, WeightsRegistry};
 use realm_host::runtime::{InstanceHandle, InstanceSettings, Runtime, SharedCompute, TenantCompute};
 
 pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
@@ -81,6 +81,7 @@ pub fn settings(context_length: u32, shared: Arc<SharedCompute>) -> InstanceSett
             },
             allowed_models: None,
             kv_tokens: Budget::unlimited("the KV tokens of tenant `test`"),
+            batch_weight: 1,
         },
         guest_memory: 1 << 30,
         context_length,
@@ -101,7 +102,7 @@ pub fn shared_compute() -> Arc<SharedCompute> {
         .get_or_init(|| {
             let backend = compute::start_backend(Device::Cpu, 2).expect("cpu backend");
             Arc::new(SharedCompute {
-                backend,
+                scheduler: Scheduler::new(backend, BatchPolicy::default()),
                 registry: WeightsRegistry::default(),
             })
         })

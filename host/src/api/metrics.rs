@@ -54,6 +54,9 @@ pub struct Metrics {
     replaced_instances: Gauge,
     kv_bytes: Gauge,
     model_files: Gauge,
+    batches: Gauge,
+    batched_sequences: Gauge,
+    batched_tokens: Gauge,
 }
 
 fn seconds() -> Histogram {
@@ -76,6 +79,7 @@ impl Default for Metrics {
         let replaced_instances = Gauge::default();
         let kv_bytes = Gauge::default();
         let model_files = Gauge::default();
+        let (batches, batched_sequences, batched_tokens) = (Gauge::default(), Gauge::default(), Gauge::default());
         registry.register("requests", "Generation requests admitted", requests.clone());
         registry.register("errors", "Requests answered with an error status", errors.clone());
         registry.register("prompt_tokens", "Prompt tokens processed", prompt_tokens.clone());
@@ -108,6 +112,21 @@ impl Default for Metrics {
             "Model files memory-mapped, each once for every tenant",
             model_files.clone(),
         );
+        registry.register(
+            "batches",
+            "Batched forward steps run since start (steps of every tenant on one model merged)",
+            batches.clone(),
+        );
+        registry.register(
+            "batched_sequences",
+            "Sequences in those batches since start (divided by batches: the mean batch size)",
+            batched_sequences.clone(),
+        );
+        registry.register(
+            "batched_tokens",
+            "Tokens in those batches since start (prompt chunks and decode steps)",
+            batched_tokens.clone(),
+        );
         Self {
             registry,
             requests,
@@ -122,6 +141,9 @@ impl Default for Metrics {
             replaced_instances,
             kv_bytes,
             model_files,
+            batches,
+            batched_sequences,
+            batched_tokens,
         }
     }
 }
@@ -148,6 +170,11 @@ impl Metrics {
             .set(kv::resident_bytes_in_use().try_into().unwrap_or(i64::MAX));
         let mapped = tenants.all().first().map_or(0, |t| t.mapped_model_files());
         self.model_files.set(mapped.try_into().unwrap_or(i64::MAX));
+        let totals = tenants.all().first().map(|t| t.batch_totals()).unwrap_or_default();
+        let gauge = |v: u64| v.try_into().unwrap_or(i64::MAX);
+        self.batches.set(gauge(totals.batches));
+        self.batched_sequences.set(gauge(totals.sequences));
+        self.batched_tokens.set(gauge(totals.tokens));
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);

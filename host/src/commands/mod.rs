@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::compute::{self, Budget, Device, ModelCatalog, WeightsRegistry};
+use crate::compute::{self, BatchPolicy, Budget, Device, ModelCatalog, Scheduler, WeightsRegistry};
 use crate::runtime::{InstanceHandle, InstanceSettings, Runtime, SharedCompute, TenantCompute};
 
 #[derive(Parser)]
@@ -81,6 +81,18 @@ pub struct EngineArgs {
     /// step, loading a model) before the instance is interrupted and replaced.
     #[arg(long, default_value_t = 300_000)]
     call_deadline_ms: u64,
+    /// Sequences per batched step (steps of the same model from every tenant
+    /// run as one batch); 1 runs each step alone.
+    #[arg(long, default_value_t = BatchPolicy::default().max_sequences)]
+    max_batch: usize,
+    /// Tokens per batched step: longer prompts run in chunks of what is left
+    /// beside the decode steps.
+    #[arg(long, default_value_t = BatchPolicy::default().max_tokens)]
+    max_batch_tokens: usize,
+    /// The longest a step waits for other tenants' steps to join its batch, in
+    /// milliseconds (a lone sequence never waits).
+    #[arg(long, default_value_t = BatchPolicy::default().wait.as_secs_f64() * 1000.0)]
+    batch_wait_ms: f64,
 }
 
 impl EngineArgs {
@@ -95,11 +107,26 @@ impl EngineArgs {
         Duration::from_millis(self.call_deadline_ms)
     }
 
+    fn batch_policy(&self) -> anyhow::Result<BatchPolicy> {
+        anyhow::ensure!(self.max_batch >= 1, "--max-batch must be at least 1");
+        anyhow::ensure!(self.max_batch_tokens >= 1, "--max-batch-tokens must be at least 1");
+        anyhow::ensure!(
+            self.batch_wait_ms.is_finite() && (0.0..=1000.0).contains(&self.batch_wait_ms),
+            "--batch-wait-ms must be between 0 and 1000"
+        );
+        Ok(BatchPolicy {
+            max_sequences: self.max_batch,
+            max_tokens: self.max_batch_tokens,
+            wait: Duration::from_secs_f64(self.batch_wait_ms / 1000.0),
+        })
+    }
+
     fn shared_compute(&self) -> anyhow::Result<Arc<SharedCompute>> {
+        let policy = self.batch_policy()?;
         let backend = compute::start_backend(self.device, self.threads)?;
-        tracing::info!(backend = backend.name(), "compute backend ready");
+        tracing::info!(backend = backend.name(), ?policy, "compute backend ready");
         Ok(Arc::new(SharedCompute {
-            backend,
+            scheduler: Scheduler::new(backend, policy),
             registry: WeightsRegistry::default(),
         }))
     }
@@ -115,6 +142,7 @@ impl EngineArgs {
                 },
                 allowed_models: None,
                 kv_tokens: Budget::unlimited("the KV tokens of tenant `local`"),
+                batch_weight: 1,
             },
             guest_memory: self.guest_memory_mib << 20,
             context_length: self.ctx_size,

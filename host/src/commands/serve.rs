@@ -90,6 +90,7 @@ fn configured_tenant(
                 Some(limit) => Budget::new(format!("tenant `{}`'s KV cache (in tokens)", entry.id), limit),
                 None => Budget::unlimited(format!("tenant `{}`'s KV cache (in tokens)", entry.id)),
             },
+            batch_weight: entry.batch_weight(),
         },
         guest_memory: limits.guest_memory_mib.unwrap_or(engine.guest_memory_mib) << 20,
         context_length: engine.ctx_size,

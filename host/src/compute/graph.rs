@@ -11,7 +11,7 @@ use super::weights::ModelFile;
 use crate::runtime::wit::{self, Op};
 
 /// A tensor of the model file, by index.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TensorId(pub usize);
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -20,7 +20,7 @@ pub enum RopeStyle {
     Neox,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Node {
     Embed {
         table: TensorId,
@@ -56,7 +56,7 @@ pub enum Node {
     LastRow(usize),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Attention {
     pub q: usize,
     pub k: usize,
@@ -82,6 +82,12 @@ pub struct CompiledGraph {
     pub nodes: Vec<Node>,
     /// For each value, the index of the last node that reads it.
     pub last_use: Vec<usize>,
+    /// For each value, whether it holds one row per sequence (after `last-row`)
+    /// rather than one per step token.
+    pub single_row: Vec<bool>,
+    /// Equal for graphs of equal ops on the same model file: the key under which
+    /// the scheduler batches steps (`same_program` confirms it).
+    pub fingerprint: u64,
     /// Length of the output row (the vocabulary, for a language model).
     pub output_len: usize,
     /// KV cache layers and width the graph needs.
@@ -94,6 +100,12 @@ pub struct CompiledGraph {
 impl CompiledGraph {
     pub fn tensor(&self, id: TensorId) -> &TensorEntry {
         &self.model.gguf.tensors[id.0]
+    }
+
+    /// Whether steps of `self` and `other` can run as one batch: the same ops
+    /// on the same mapped file.
+    pub fn same_program(&self, other: &CompiledGraph) -> bool {
+        Arc::ptr_eq(&self.model, &other.model) && self.nodes == other.nodes
     }
 
     pub fn compile(model: Arc<ModelFile>, ops: &[Op]) -> Result<Self, ComputeError> {
@@ -131,17 +143,31 @@ impl CompiledGraph {
                 last_use[input] = i;
             }
         }
+        let single_row = c.shapes.iter().map(|s| s.single_row).collect();
         let (kv_layers, kv_width, vocab, nodes) = (c.kv_layers, c.kv_width, c.vocab, c.nodes);
+        let fingerprint = fingerprint(&model, &nodes);
         Ok(Self {
             model,
             nodes,
             last_use,
+            single_row,
+            fingerprint,
             output_len,
             kv_layers,
             kv_width,
             vocab,
         })
     }
+}
+
+/// A hash of the file's identity and the ops (their `Debug` form, since f32
+/// fields have no `Hash`); computed once per compile.
+fn fingerprint(model: &Arc<ModelFile>, nodes: &[Node]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (Arc::as_ptr(model) as usize).hash(&mut h);
+    format!("{nodes:?}").hash(&mut h);
+    h.finish()
 }
 
 /// The values a node reads.

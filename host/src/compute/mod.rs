@@ -7,6 +7,7 @@ pub mod cuda;
 pub mod gguf;
 pub mod graph;
 pub mod kv;
+pub mod scheduler;
 pub mod weights;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 pub use budget::Budget;
 pub use graph::CompiledGraph;
 pub use kv::KvCache;
+pub use scheduler::{BatchPolicy, BatchTotals, Scheduler, Seat, StepRequest};
 pub use weights::{ModelCatalog, ModelFile, WeightsRegistry};
 
 /// Why a compute call failed; each case maps to the WIT `compute-error` case of
@@ -52,18 +54,53 @@ pub enum StepOutput {
     TopK(Vec<(u32, f32)>),
 }
 
-/// One forward step: `tokens` at positions `start..`, appending to `cache`.
-pub struct Step<'a> {
-    pub graph: &'a CompiledGraph,
+/// One sequence's part of a forward step: `tokens` at positions `start..`,
+/// appending to `cache`.
+pub struct Sequence<'a> {
     pub cache: &'a mut KvCache,
     pub tokens: &'a [u32],
     pub start: u32,
 }
 
-/// A compute backend: executes a whole step graph and returns the last row.
+/// A compute backend: executes a step graph for a batch of sequences.
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
-    fn run(&self, step: Step<'_>) -> Result<Vec<f32>, ComputeError>;
+    /// Runs `graph` once over every sequence of `batch` (each passed `check`):
+    /// row-wise ops (matmuls, norms, activations) over all their rows at once;
+    /// RoPE positions, the KV append and attention per sequence. Returns each
+    /// sequence's output row, in batch order.
+    fn run_batch(&self, graph: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>>, ComputeError>;
+}
+
+/// Rejects tokens outside the vocabulary, positions beyond the cache and a
+/// cache of another shape than the graph's.
+pub fn check(graph: &CompiledGraph, cache: &KvCache, tokens: &[u32], start: u32) -> Result<(), ComputeError> {
+    if tokens.is_empty() {
+        return Err(ComputeError::InvalidStep("a step needs at least one token".into()));
+    }
+    if let Some(bad) = tokens.iter().find(|&&t| t as usize >= graph.vocab) {
+        return Err(ComputeError::InvalidStep(format!(
+            "token {bad} is outside the vocabulary of {}",
+            graph.vocab
+        )));
+    }
+    let end = start as u64 + tokens.len() as u64;
+    if end > cache.capacity() as u64 {
+        return Err(ComputeError::InvalidStep(format!(
+            "positions {start}..{end} exceed the KV cache of {}",
+            cache.capacity()
+        )));
+    }
+    if cache.layers() as usize != graph.kv_layers || cache.width() != graph.kv_width {
+        return Err(ComputeError::InvalidStep(format!(
+            "the KV cache is {}x{}, the graph needs {}x{}",
+            cache.layers(),
+            cache.width(),
+            graph.kv_layers,
+            graph.kv_width
+        )));
+    }
+    Ok(())
 }
 
 /// Which backend `--device` asks for.
@@ -90,13 +127,12 @@ pub fn start_backend(device: Device, threads: usize) -> anyhow::Result<Arc<dyn B
     }
 }
 
-/// Executes a step and shapes its result as the guest asked.
-pub fn run_step(backend: &dyn Backend, step: Step<'_>, kind: OutputKind) -> Result<StepOutput, ComputeError> {
-    let logits = backend.run(step)?;
-    Ok(match kind {
+/// Shapes a step's output row as the guest asked.
+pub fn shape_output(logits: Vec<f32>, kind: OutputKind) -> StepOutput {
+    match kind {
         OutputKind::Logits => StepOutput::Logits(logits),
         OutputKind::TopK(k) => StepOutput::TopK(top_k(&logits, k)),
-    })
+    }
 }
 
 /// The `k` largest logits, descending; the lower id first among equals.

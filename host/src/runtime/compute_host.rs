@@ -1,18 +1,18 @@
 //! The `compute` import, implemented over the tenant's store state: the guest
 //! holds handles, the host holds the bytes.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use wasmtime::component::Resource;
 
 use super::state::StoreState;
 use super::wit::{
-    GraphHandle, MetadataEntry, MetadataValue, Op, StepOutput, StepOutputKind, TensorInfo, WeightsHandle,
+    GraphHandle, KvHandle, MetadataEntry, MetadataValue, Op, StepOutput, StepOutputKind, TensorInfo, WeightsHandle,
     WitComputeError, compute,
 };
 use crate::compute::gguf::{Array, Value};
-use crate::compute::{self as host, CompiledGraph, ComputeError, KvCache, OutputKind, Step};
+use crate::compute::{self as host, CompiledGraph, ComputeError, KvCache, OutputKind, StepRequest};
 
 type Reply<T> = wasmtime::Result<Result<T, WitComputeError>>;
 
@@ -104,7 +104,7 @@ fn metadata_value(value: &Value) -> Option<MetadataValue> {
 }
 
 impl compute::HostKvCache for StoreState {
-    fn allocate(&mut self, layers: u32, width: u32, capacity: u32) -> Reply<Resource<KvCache>> {
+    fn allocate(&mut self, layers: u32, width: u32, capacity: u32) -> Reply<Resource<KvHandle>> {
         if layers == 0 || width == 0 || capacity == 0 {
             return Ok(Err(WitComputeError::InvalidStep(format!(
                 "a {layers}x{width}x{capacity} KV cache is empty"
@@ -114,14 +114,15 @@ impl compute::HostKvCache for StoreState {
             Ok(charge) => charge,
             Err(e) => return Ok(Err(e.into())),
         };
-        Ok(Ok(self.table.push(KvCache::new(layers, width, capacity, charge))?))
+        let cache = KvCache::new(layers, width, capacity, charge);
+        Ok(Ok(self.table.push(KvHandle(Arc::new(Mutex::new(cache))))?))
     }
 
-    fn capacity(&mut self, cache: Resource<KvCache>) -> wasmtime::Result<u32> {
-        Ok(self.table.get(&cache)?.capacity())
+    fn capacity(&mut self, cache: Resource<KvHandle>) -> wasmtime::Result<u32> {
+        Ok(host::scheduler::lock(&self.table.get(&cache)?.0).capacity())
     }
 
-    fn drop(&mut self, cache: Resource<KvCache>) -> wasmtime::Result<()> {
+    fn drop(&mut self, cache: Resource<KvHandle>) -> wasmtime::Result<()> {
         self.table.delete(cache)?;
         Ok(())
     }
@@ -139,27 +140,24 @@ impl compute::HostGraph for StoreState {
     fn run(
         &mut self,
         graph: Resource<GraphHandle>,
-        cache: Resource<KvCache>,
+        cache: Resource<KvHandle>,
         tokens: Vec<u32>,
         start: u32,
         output: StepOutputKind,
     ) -> Reply<StepOutput> {
         let entered = Instant::now();
-        let graph = self.table.get(&graph)?.0.clone();
-        let backend = self.compute.shared.backend.clone();
-        let cache = self.table.get_mut(&cache)?;
+        let step = StepRequest {
+            graph: self.table.get(&graph)?.0.clone(),
+            cache: self.table.get(&cache)?.0.clone(),
+            tokens,
+            start,
+        };
         let kind = match output {
             StepOutputKind::Logits => OutputKind::Logits,
             StepOutputKind::TopK(k) => OutputKind::TopK(k as usize),
         };
-        let step = Step {
-            graph: &graph,
-            cache,
-            tokens: &tokens,
-            start,
-        };
         let kernel_start = Instant::now();
-        let result = host::run_step(backend.as_ref(), step, kind);
+        let result = (self.compute.shared.scheduler.run(&self.seat, step)).map(|row| host::shape_output(row, kind));
         let kernel_end = Instant::now();
         let output = match result {
             Ok(host::StepOutput::Logits(logits)) => Ok(StepOutput::Logits(logits)),

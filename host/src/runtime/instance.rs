@@ -18,6 +18,7 @@ use super::state::{StoreState, TenantCompute};
 use super::wit::{
     ChatRequest, Chunk, CompletionRequest, EngineError, GuestRealm, Message, ModelInfo, RealmConfig, RealmWorld,
 };
+use crate::compute::Seat;
 
 /// How a tenant's instances are made.
 #[derive(Clone)]
@@ -208,6 +209,8 @@ struct Active {
 struct Worker {
     runtime: Arc<Runtime>,
     settings: InstanceSettings,
+    /// The instance's place in the step scheduler; kept across replacements.
+    seat: Arc<Seat>,
     store: Store<StoreState>,
     bindings: RealmWorld,
     realms: HashMap<String, ResourceAny>,
@@ -225,12 +228,14 @@ type Call<T> = wasmtime::Result<Result<T, EngineError>>;
 
 impl Worker {
     fn new(runtime: Arc<Runtime>, settings: InstanceSettings) -> anyhow::Result<Self> {
-        let state = StoreState::new(settings.compute.clone(), settings.guest_memory);
+        let seat = Seat::new(&settings.compute.tenant, settings.compute.batch_weight);
+        let state = StoreState::new(settings.compute.clone(), seat.clone(), settings.guest_memory);
         let (store, bindings) = runtime.instantiate(state)?;
         LIVE_INSTANCES.fetch_add(1, Ordering::Relaxed);
         Ok(Self {
             runtime,
             settings,
+            seat,
             store,
             bindings,
             realms: HashMap::new(),
@@ -240,6 +245,7 @@ impl Worker {
 
     fn run(mut self, queue: Receiver<Job>) {
         loop {
+            self.seat.set_stepping(!self.active.is_empty());
             if self.active.is_empty() {
                 match queue.recv() {
                     Ok(job) => self.accept(job),
@@ -393,7 +399,11 @@ impl Worker {
             let _ = active.events.send(GenerationEvent::Failed(failure.clone()));
         }
         self.realms.clear();
-        let state = StoreState::new(self.settings.compute.clone(), self.settings.guest_memory);
+        let state = StoreState::new(
+            self.settings.compute.clone(),
+            self.seat.clone(),
+            self.settings.guest_memory,
+        );
         match self.runtime.instantiate(state) {
             Ok((store, bindings)) => {
                 // Dropping the old store frees its KV caches and its memory slot.

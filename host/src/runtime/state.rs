@@ -8,12 +8,12 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::compute::{Backend, Budget, ModelCatalog, WeightsRegistry};
+use crate::compute::{Budget, ModelCatalog, Scheduler, Seat, WeightsRegistry};
 
-/// Compute shared by every tenant of the process: one backend, one registry of
-/// mapped model files.
+/// Compute shared by every tenant of the process: one backend behind one step
+/// scheduler, one registry of mapped model files.
 pub struct SharedCompute {
-    pub backend: Arc<dyn Backend>,
+    pub scheduler: Arc<Scheduler>,
     pub registry: WeightsRegistry,
 }
 
@@ -27,6 +27,8 @@ pub struct TenantCompute {
     pub allowed_models: Option<Vec<String>>,
     /// KV cache positions the tenant's sequences may hold at once.
     pub kv_tokens: Arc<Budget>,
+    /// The tenant's share of a full batch, relative to other tenants'.
+    pub batch_weight: u32,
 }
 
 /// Bytes of a guest's stderr kept for the log (its panic message, mostly).
@@ -39,12 +41,14 @@ pub struct StoreState {
     pub stderr: MemoryOutputPipe,
     pub table: ResourceTable,
     pub compute: TenantCompute,
+    /// The instance's place in the step scheduler.
+    pub seat: Arc<Seat>,
     pub limits: GuestLimits,
 }
 
 impl StoreState {
     /// `guest_memory` caps the instance's linear memory, in bytes.
-    pub fn new(compute: TenantCompute, guest_memory: usize) -> Self {
+    pub fn new(compute: TenantCompute, seat: Arc<Seat>, guest_memory: usize) -> Self {
         let stderr = MemoryOutputPipe::new(GUEST_STDERR_CAPACITY);
         Self {
             // No preopens, no environment, no network: the guest sees only clocks,
@@ -53,6 +57,7 @@ impl StoreState {
             stderr,
             table: ResourceTable::new(),
             compute,
+            seat,
             limits: GuestLimits {
                 memory: guest_memory,
                 refused: None,

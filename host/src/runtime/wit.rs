@@ -11,7 +11,7 @@ mod generated {
         imports: { default: tracing | trappable },
         with: {
             "realm:engine/compute.weights": crate::runtime::wit::WeightsHandle,
-            "realm:engine/compute.kv-cache": crate::compute::KvCache,
+            "realm:engine/compute.kv-cache": crate::runtime::wit::KvHandle,
             "realm:engine/compute.graph": crate::runtime::wit::GraphHandle,
         },
     });
@@ -33,6 +33,10 @@ pub use generated::realm::engine::compute::{
 
 /// A `weights` resource: the tenant's handle on a shared model file.
 pub struct WeightsHandle(pub Arc<crate::compute::ModelFile>);
+
+/// A `kv-cache` resource: a sequence's cache, which a batch thread locks while
+/// the step that appends to it runs.
+pub struct KvHandle(pub crate::compute::scheduler::SharedKv);
 
 /// A `graph` resource: a step graph compiled against one model file.
 pub struct GraphHandle(pub Arc<crate::compute::CompiledGraph>);

@@ -32,8 +32,17 @@ pub struct TenantConfig {
     pub component: Option<PathBuf>,
     /// Model names the tenant may use; every model of the directory when absent.
     pub models: Option<Vec<String>>,
+    /// The tenant's share of a full batch against other tenants' (1 to 1000);
+    /// 1 when absent.
+    pub batch_weight: Option<u32>,
     #[serde(default)]
     pub limits: LimitsConfig,
+}
+
+impl TenantConfig {
+    pub fn batch_weight(&self) -> u32 {
+        self.batch_weight.unwrap_or(1)
+    }
 }
 
 /// A tenant's limits; an absent limit is the server's default (for guest
@@ -103,6 +112,9 @@ impl Config {
                 }
             }
             check_limits(&id, &tenant.limits)?;
+            if !(1..=1000).contains(&tenant.batch_weight()) {
+                bail!("tenant `{id}`: `batch_weight` must be in 1..=1000");
+            }
             tenant.component = tenant.component.map(|c| base.join(c));
             tenants.push(tenant);
         }
@@ -151,13 +163,14 @@ mod tests {
     #[test]
     fn a_full_tenant_parses_and_resolves_its_component() {
         let config = check(&format!(
-            "[[tenant]]\nid = \"acme\"\napi_keys = [\"{KEY}\"]\ncomponent = \"acme.wasm\"\nmodels = [\"m1\"]\n\
+            "[[tenant]]\nid = \"acme\"\napi_keys = [\"{KEY}\"]\ncomponent = \"acme.wasm\"\nmodels = [\"m1\"]\nbatch_weight = 3\n\
              [tenant.limits]\nkv_tokens = 4096\nrequest_deadline_secs = 2.5\n"
         ))
         .expect("valid");
         let tenant = &config.tenants[0];
         assert_eq!(tenant.component.as_deref(), Some(Path::new("/etc/realm/acme.wasm")));
         assert_eq!(tenant.limits.kv_tokens, Some(4096));
+        assert_eq!(tenant.batch_weight(), 3);
         assert_eq!(tenant.limits.request_deadline(), Some(Duration::from_millis(2500)));
     }
 
@@ -186,6 +199,10 @@ mod tests {
             (
                 "[[tenant]]\nid = \"a\"\napi_keys = [\"{KEY}\"]\n[tenant.limits]\nconcurrent_requests = 0\n",
                 "at least 1",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\napi_keys = [\"{KEY}\"]\nbatch_weight = 0\n",
+                "batch_weight",
             ),
         ];
         for (text, expected) in cases {

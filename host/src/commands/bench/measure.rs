@@ -343,7 +343,7 @@ struct Trace {
 
 /// `n` tenants, each on its own thread with its own instance and realm: all
 /// prefill `prompt` tokens, wait for each other, then decode `steps` tokens
-/// each, concurrently (unbatched, as the server runs tenants today).
+/// each, concurrently, their steps batched as the server batches them.
 pub fn concurrent(bench: &Bench, n: usize, prompt_tokens: u32, steps: u32) -> anyhow::Result<TenantsRow> {
     eprintln!("tenants: {n} concurrent generations");
     let context = bench.settings.context_length;
@@ -375,6 +375,7 @@ pub fn concurrent(bench: &Bench, n: usize, prompt_tokens: u32, steps: u32) -> an
                     // Every thread reaches the barrier, failed or not.
                     barrier.wait();
                     let (mut tenant, generation, first_token) = prepared?;
+                    tenant.set_stepping(true);
                     let mut gaps = Vec::with_capacity(steps as usize);
                     let mut last = Instant::now();
                     for _ in 0..steps {
@@ -383,6 +384,7 @@ pub fn concurrent(bench: &Bench, n: usize, prompt_tokens: u32, steps: u32) -> an
                         gaps.push(now - last);
                         last = now;
                     }
+                    tenant.set_stepping(false);
                     tenant.release(generation)?;
                     Ok(Trace {
                         first_token,
@@ -394,6 +396,8 @@ pub fn concurrent(bench: &Bench, n: usize, prompt_tokens: u32, steps: u32) -> an
         .collect::<Result<_, _>>()?;
     barrier.wait();
     let started = Instant::now();
+    let scheduler = &bench.settings.compute.shared.scheduler;
+    let before = scheduler.totals();
     let mut traces = Vec::with_capacity(n);
     for worker in workers {
         let trace = worker
@@ -401,6 +405,8 @@ pub fn concurrent(bench: &Bench, n: usize, prompt_tokens: u32, steps: u32) -> an
             .map_err(|_| anyhow::anyhow!("a tenant thread panicked"))??;
         traces.push(trace);
     }
+    let after = scheduler.totals();
+    let mean_batch = (after.sequences - before.sequences) as f64 / (after.batches - before.batches).max(1) as f64;
     drop(holder);
     let finished = traces.iter().map(|t| t.finished).max().unwrap_or(started);
     let tokens: usize = traces.iter().map(|t| t.gaps.len()).sum();
@@ -413,5 +419,6 @@ pub fn concurrent(bench: &Bench, n: usize, prompt_tokens: u32, steps: u32) -> an
         aggregate_tokens_per_s: tokens as f64 / (finished - started).as_secs_f64(),
         itl_ms: Stats::of(&gaps),
         first_token_ms: Stats::of(&firsts),
+        mean_batch,
     })
 }

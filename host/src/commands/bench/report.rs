@@ -131,6 +131,8 @@ pub struct TenantsRow {
     pub itl_ms: Stats,
     /// Each tenant's time to first token (its prefill, run concurrently), ms.
     pub first_token_ms: Stats,
+    /// Sequences per batched step during the decode phase, on average.
+    pub mean_batch: f64,
 }
 
 #[derive(Serialize)]
@@ -325,13 +327,13 @@ impl Report {
         if !self.tenants.is_empty() {
             let _ = writeln!(
                 out,
-                "| tenants | prompt | decode | aggregate decode tokens/s | per tenant tokens/s | ITL p50 ms | ITL p99 ms | first token p50 ms |"
+                "| tenants | prompt | decode | aggregate decode tokens/s | per tenant tokens/s | ITL p50 ms | ITL p99 ms | first token p50 ms | mean batch |"
             );
-            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             for row in &self.tenants {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} |",
+                    "| {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} | {:.1} |",
                     row.tenants,
                     row.prompt_tokens,
                     row.decode_steps,
@@ -339,7 +341,8 @@ impl Report {
                     row.aggregate_tokens_per_s / row.tenants as f64,
                     row.itl_ms.median,
                     row.itl_ms.p99,
-                    row.first_token_ms.median
+                    row.first_token_ms.median,
+                    row.mean_batch
                 );
             }
             out.push('\n');

@@ -8,6 +8,7 @@ use anyhow::{Context, anyhow};
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
+use crate::compute::Seat;
 use crate::runtime::instance::describe;
 use crate::runtime::profile::{self, StepProfile};
 use crate::runtime::state::StoreState;
@@ -39,7 +40,8 @@ impl Tenant {
     /// A new store and instance, and how long instantiation took.
     pub fn instantiate(runtime: &Runtime, settings: &InstanceSettings) -> anyhow::Result<(Self, Duration)> {
         let started = Instant::now();
-        let state = StoreState::new(settings.compute.clone(), settings.guest_memory);
+        let seat = Seat::new(&settings.compute.tenant, settings.compute.batch_weight);
+        let state = StoreState::new(settings.compute.clone(), seat, settings.guest_memory);
         let (store, bindings) = runtime.instantiate(state)?;
         let elapsed = started.elapsed();
         Ok((
@@ -69,6 +71,12 @@ impl Tenant {
         let elapsed = started.elapsed();
         self.realm = Some(realm);
         Ok(elapsed)
+    }
+
+    /// Tells the step scheduler whether this tenant is decoding (so that
+    /// batches wait for its steps).
+    pub fn set_stepping(&self, stepping: bool) {
+        self.store.data().seat.set_stepping(stepping);
     }
 
     fn realm(&self) -> anyhow::Result<ResourceAny> {

@@ -14,8 +14,8 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::gguf::GgmlType;
-use super::graph::{CompiledGraph, Node, TensorId};
-use super::{Backend, ComputeError, Step};
+use super::graph::{Attention, CompiledGraph, Node, TensorId};
+use super::{Backend, ComputeError, Sequence};
 use activations::Activations;
 use kernels::Rope;
 
@@ -46,42 +46,9 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn run(&self, step: Step<'_>) -> Result<Vec<f32>, ComputeError> {
-        check_step(&step)?;
-        self.pool.install(|| execute(step))
+    fn run_batch(&self, graph: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>>, ComputeError> {
+        self.pool.install(|| execute(graph, batch))
     }
-}
-
-/// Rejects tokens outside the vocabulary and positions beyond the cache.
-pub fn check_step(step: &Step<'_>) -> Result<(), ComputeError> {
-    let g = step.graph;
-    if step.tokens.is_empty() {
-        return Err(ComputeError::InvalidStep("a step needs at least one token".into()));
-    }
-    if let Some(bad) = step.tokens.iter().find(|&&t| t as usize >= g.vocab) {
-        return Err(ComputeError::InvalidStep(format!(
-            "token {bad} is outside the vocabulary of {}",
-            g.vocab
-        )));
-    }
-    let end = step.start as u64 + step.tokens.len() as u64;
-    if end > step.cache.capacity() as u64 {
-        return Err(ComputeError::InvalidStep(format!(
-            "positions {}..{end} exceed the KV cache of {}",
-            step.start,
-            step.cache.capacity()
-        )));
-    }
-    if step.cache.layers() as usize != g.kv_layers || step.cache.width() != g.kv_width {
-        return Err(ComputeError::InvalidStep(format!(
-            "the KV cache is {}x{}, the graph needs {}x{}",
-            step.cache.layers(),
-            step.cache.width(),
-            g.kv_layers,
-            g.kv_width
-        )));
-    }
-    Ok(())
 }
 
 /// A value: `rows` rows of `cols` f32s.
@@ -91,13 +58,47 @@ struct Matrix {
     data: Vec<f32>,
 }
 
-fn execute(step: Step<'_>) -> Result<Vec<f32>, ComputeError> {
-    let g = step.graph;
-    let n = step.tokens.len();
+/// Where each sequence's rows lie in a batch's per-token values, and each
+/// row's position.
+struct Rows {
+    /// Per sequence, its first row and its row count.
+    spans: Vec<(usize, usize)>,
+    /// Per row, its position in its sequence.
+    positions: Vec<u32>,
+}
+
+impl Rows {
+    fn of(batch: &[Sequence<'_>]) -> Self {
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut positions = Vec::new();
+        for seq in batch {
+            spans.push((positions.len(), seq.tokens.len()));
+            positions.extend((0..seq.tokens.len() as u32).map(|i| seq.start + i));
+        }
+        Self { spans, positions }
+    }
+
+    /// The position of each row of a value: one per token, or each sequence's
+    /// last position for a single-row value.
+    fn positions_of(&self, single_row: bool) -> Vec<u32> {
+        if single_row {
+            self.spans
+                .iter()
+                .map(|&(first, n)| self.positions[first + n - 1])
+                .collect()
+        } else {
+            self.positions.clone()
+        }
+    }
+}
+
+fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>>, ComputeError> {
+    let rows = Rows::of(batch);
+    let tokens: Vec<u32> = batch.iter().flat_map(|s| s.tokens.iter().copied()).collect();
     let mut values: Vec<Option<Matrix>> = Vec::with_capacity(g.nodes.len());
     for (i, node) in g.nodes.iter().enumerate() {
         let value = match node {
-            Node::Embed { table } => embed(g, *table, step.tokens),
+            Node::Embed { table } => embed(g, *table, &tokens),
             Node::RmsNorm {
                 input,
                 weight,
@@ -144,21 +145,26 @@ fn execute(step: Step<'_>) -> Result<Vec<f32>, ComputeError> {
                 };
                 let mut m = copy(get(&values, *input)?);
                 let cols = m.cols;
+                let positions = rows.positions_of(g.single_row[*input]);
                 m.data
                     .chunks_exact_mut(cols)
-                    .enumerate()
-                    .for_each(|(r, row)| rope.apply(row, step.start + r as u32));
+                    .zip(positions)
+                    .for_each(|(row, position)| rope.apply(row, position));
                 m
             }
             Node::Attention(a) => {
                 let (q, k, v) = (get(&values, a.q)?, get(&values, a.k)?, get(&values, a.v)?);
-                let start = step.start as usize;
-                let width = step.cache.width();
-                let (keys, vals) = step.cache.layer_mut(a.layer, start + n);
-                write_f16(&mut keys[start * width..], &k.data);
-                write_f16(&mut vals[start * width..], &v.data);
                 let mut out = vec![0.0; q.rows * q.cols];
-                kernels::attention(a, &q.data, keys, vals, start, &mut out);
+                for (seq, &(first, n)) in batch.iter_mut().zip(&rows.spans) {
+                    attend(
+                        a,
+                        seq,
+                        (q, k, v),
+                        first,
+                        n,
+                        &mut out[first * q.cols..(first + n) * q.cols],
+                    );
+                }
                 Matrix {
                     rows: q.rows,
                     cols: q.cols,
@@ -167,10 +173,20 @@ fn execute(step: Step<'_>) -> Result<Vec<f32>, ComputeError> {
             }
             Node::LastRow(input) => {
                 let m = get(&values, *input)?;
-                Matrix {
-                    rows: 1,
-                    cols: m.cols,
-                    data: m.data[(m.rows - 1) * m.cols..].to_vec(),
+                if g.single_row[*input] {
+                    copy(m)
+                } else {
+                    let data = rows
+                        .spans
+                        .iter()
+                        .flat_map(|&(first, n)| &m.data[(first + n - 1) * m.cols..(first + n) * m.cols])
+                        .copied()
+                        .collect();
+                    Matrix {
+                        rows: rows.spans.len(),
+                        cols: m.cols,
+                        data,
+                    }
                 }
             }
         };
@@ -185,7 +201,31 @@ fn execute(step: Step<'_>) -> Result<Vec<f32>, ComputeError> {
         .pop()
         .flatten()
         .ok_or_else(|| ComputeError::Internal("graph produced no output".into()))?;
-    Ok(output.data)
+    Ok(output.data.chunks_exact(output.cols).map(<[f32]>::to_vec).collect())
+}
+
+/// One sequence's part of an attention op: appends its keys and values (rows
+/// `first..first + n` of `k` and `v`) to its cache, then attends its queries.
+fn attend(
+    a: &Attention,
+    seq: &mut Sequence<'_>,
+    (q, k, v): (&Matrix, &Matrix, &Matrix),
+    first: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    let start = seq.start as usize;
+    let width = seq.cache.width();
+    let (keys, vals) = seq.cache.layer_mut(a.layer, start + n);
+    write_f16(
+        &mut keys[start * width..],
+        &k.data[first * k.cols..(first + n) * k.cols],
+    );
+    write_f16(
+        &mut vals[start * width..],
+        &v.data[first * v.cols..(first + n) * v.cols],
+    );
+    kernels::attention(a, &q.data[first * q.cols..(first + n) * q.cols], keys, vals, start, out);
 }
 
 fn get(values: &[Option<Matrix>], id: usize) -> Result<&Matrix, ComputeError> {

@@ -1,7 +1,7 @@
 //! The CUDA backend. This build has no CUDA kernels yet: asking for it fails
 //! with a clear error, and `--device auto` falls back to the CPU.
 
-use super::{Backend, ComputeError, Step};
+use super::{Backend, CompiledGraph, ComputeError, Sequence};
 
 pub struct CudaBackend {
     _private: (),
@@ -18,7 +18,7 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
-    fn run(&self, _step: Step<'_>) -> Result<Vec<f32>, ComputeError> {
+    fn run_batch(&self, _graph: &CompiledGraph, _batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>>, ComputeError> {
         Err(ComputeError::Unsupported("the CUDA backend is not available".into()))
     }
 }

@@ -1,0 +1,207 @@
+//! Which waiting steps a batch takes when not all of them fit: tenants share a
+//! batch's sequences and tokens in proportion to their weights (weighted fair
+//! queuing on the tokens each tenant has been served).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A waiting step, as the selection sees it.
+pub struct Candidate<'a> {
+    pub tenant: &'a Arc<str>,
+    pub weight: u32,
+    /// Tokens the step still has to run.
+    pub remaining: usize,
+}
+
+/// Per tenant, the tokens it has been served divided by its weight.
+#[derive(Default)]
+pub struct Shares {
+    served: HashMap<Arc<str>, f64>,
+}
+
+impl Shares {
+    /// Picks at most `max_sequences` candidates and at most `max_tokens` of
+    /// their tokens, as `(candidate index, tokens)`. Candidates are taken in
+    /// order of their tenant's served share (the least served first; arrival
+    /// order among equals), one token each; the tokens left over then extend
+    /// the taken steps in the same order, so a long prompt runs in chunks
+    /// beside the single-token decode steps instead of holding them back.
+    pub fn select(
+        &mut self,
+        candidates: &[Candidate<'_>],
+        max_sequences: usize,
+        max_tokens: usize,
+    ) -> Vec<(usize, usize)> {
+        let floor = self.served.values().copied().fold(f64::INFINITY, f64::min);
+        let floor = if floor.is_finite() { floor } else { 0.0 };
+        for c in candidates {
+            // A newcomer starts level with the least served tenant: no credit
+            // for the time it was away.
+            self.served.entry(c.tenant.clone()).or_insert(floor);
+        }
+        let mut taken: Vec<(usize, usize)> = Vec::new();
+        let mut budget = max_tokens;
+        let mut left: Vec<usize> = (0..candidates.len()).collect();
+        while taken.len() < max_sequences && budget > 0 && !left.is_empty() {
+            let at = self.least_served(candidates, &left);
+            let i = left.remove(at);
+            self.charge(&candidates[i], 1);
+            taken.push((i, 1));
+            budget -= 1;
+        }
+        let mut order: Vec<usize> = (0..taken.len()).collect();
+        while budget > 0 && !order.is_empty() {
+            let picks: Vec<usize> = order.iter().map(|&t| taken[t].0).collect();
+            let at = self.least_served(candidates, &picks);
+            let t = order.remove(at);
+            let (i, tokens) = taken[t];
+            let more = (candidates[i].remaining - tokens).min(budget);
+            self.charge(&candidates[i], more);
+            taken[t].1 += more;
+            budget -= more;
+        }
+        taken
+    }
+
+    /// The position in `among` of the candidate whose tenant is least served.
+    fn least_served(&self, candidates: &[Candidate<'_>], among: &[usize]) -> usize {
+        let share = |i: usize| self.served[candidates[i].tenant];
+        (0..among.len())
+            .min_by(|&a, &b| share(among[a]).total_cmp(&share(among[b])).then(a.cmp(&b)))
+            .expect("not empty")
+    }
+
+    fn charge(&mut self, c: &Candidate<'_>, tokens: usize) {
+        if let Some(served) = self.served.get_mut(c.tenant) {
+            *served += tokens as f64 / c.weight.max(1) as f64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenants(names: &[&str]) -> Vec<Arc<str>> {
+        names.iter().map(|&n| Arc::from(n)).collect()
+    }
+
+    #[test]
+    fn everyone_runs_when_all_fit() {
+        let t = tenants(&["a", "b", "c"]);
+        let c: Vec<Candidate> = t
+            .iter()
+            .map(|tenant| Candidate {
+                tenant,
+                weight: 1,
+                remaining: 1,
+            })
+            .collect();
+        let mut taken = Shares::default().select(&c, 8, 64);
+        taken.sort();
+        assert_eq!(taken, vec![(0, 1), (1, 1), (2, 1)]);
+    }
+
+    #[test]
+    fn slots_follow_the_weights_when_full() {
+        // Tenant a (weight 3) and b (weight 1) each have 8 decode steps waiting,
+        // and a batch holds 4: over many batches a gets 3 slots for b's 1.
+        let t = tenants(&["a", "b"]);
+        let mut shares = Shares::default();
+        let (mut a, mut b) = (0, 0);
+        for _ in 0..100 {
+            let c: Vec<Candidate> = (0..16)
+                .map(|i| Candidate {
+                    tenant: &t[i % 2],
+                    weight: if i % 2 == 0 { 3 } else { 1 },
+                    remaining: 1,
+                })
+                .collect();
+            for (i, _) in shares.select(&c, 4, 64) {
+                if i % 2 == 0 { a += 1 } else { b += 1 }
+            }
+        }
+        assert_eq!((a, b), (300, 100));
+    }
+
+    #[test]
+    fn a_flooding_tenant_cannot_crowd_out_a_quiet_one() {
+        let t = tenants(&["flood", "quiet"]);
+        let mut shares = Shares::default();
+        let mut c: Vec<Candidate> = (0..50)
+            .map(|_| Candidate {
+                tenant: &t[0],
+                weight: 1,
+                remaining: 1,
+            })
+            .collect();
+        c.push(Candidate {
+            tenant: &t[1],
+            weight: 1,
+            remaining: 1,
+        });
+        for _ in 0..20 {
+            let taken = shares.select(&c, 8, 64);
+            assert!(
+                taken.iter().any(|&(i, _)| i == 50),
+                "the quiet tenant's step is in every batch"
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_prompt_runs_in_chunks_beside_decode_steps() {
+        let t = tenants(&["a", "b", "c"]);
+        let c = vec![
+            Candidate {
+                tenant: &t[0],
+                weight: 1,
+                remaining: 500,
+            },
+            Candidate {
+                tenant: &t[1],
+                weight: 1,
+                remaining: 1,
+            },
+            Candidate {
+                tenant: &t[2],
+                weight: 1,
+                remaining: 1,
+            },
+        ];
+        let mut taken = Shares::default().select(&c, 8, 64);
+        taken.sort();
+        assert_eq!(taken, vec![(0, 62), (1, 1), (2, 1)]);
+    }
+
+    #[test]
+    fn a_newcomer_gets_no_credit_for_its_absence() {
+        let t = tenants(&["old", "new"]);
+        let mut shares = Shares::default();
+        let old = [Candidate {
+            tenant: &t[0],
+            weight: 1,
+            remaining: 1,
+        }];
+        for _ in 0..10 {
+            shares.select(&old, 1, 1);
+        }
+        let both = [
+            Candidate {
+                tenant: &t[0],
+                weight: 1,
+                remaining: 1,
+            },
+            Candidate {
+                tenant: &t[1],
+                weight: 1,
+                remaining: 1,
+            },
+        ];
+        let mut firsts = Vec::new();
+        for _ in 0..4 {
+            firsts.push(shares.select(&both, 1, 1)[0].0);
+        }
+        assert_eq!(firsts, vec![0, 1, 0, 1], "they alternate at once");
+    }
+}

@@ -4,6 +4,7 @@
 //! Needs `scripts/build-component.sh`, `scripts/build-test-components.sh` and
 //! `scripts/fetch-models.sh` first (`scripts/test.sh` runs them).
 
+mod batching;
 mod bench;
 mod cli;
 mod engine;

@@ -46,17 +46,23 @@ fn chat_completions_answer_in_openai_shape() {
         "max_completion_tokens": 24,
         "user": "someone",
     });
-    let (status, body) = server.post("/v1/chat/completions", request);
+    let (status, body) = server.post("/v1/chat/completions", request.clone());
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["choices"][0]["message"]["role"], "assistant");
     let content = body["choices"][0]["message"]["content"].as_str().expect("content");
     assert!(content.contains("Paris"), "{content:?}");
-    assert!(
-        body["usage"]["completion_tokens"]
-            .as_u64()
-            .is_some_and(|n| (1..=24).contains(&n))
+    let used = body["usage"]["completion_tokens"].as_u64().expect("usage");
+    assert!(used < 24 && body["choices"][0]["finish_reason"] == "stop", "{body}");
+    let mut through = request.clone();
+    through["ignore_eos"] = json!(true);
+    let (status, body) = server.post("/v1/chat/completions", through);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["usage"]["completion_tokens"], 24,
+        "ignore_eos runs to max tokens: {body}"
     );
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
     for (request, needle) in [
         (json!({"model": DEFAULT_MODEL, "messages": []}), "messages"),
         (

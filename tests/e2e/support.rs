@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use realm_host::compute::{self, BatchPolicy, Budget, Device, ModelCatalog, Scheduler, WeightsRegistry};
 use realm_host::runtime::{InstanceHandle, InstanceSettings, Runtime, SharedCompute, TenantCompute};
@@ -123,6 +123,25 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .build()
         .expect("tokio")
         .block_on(future)
+}
+
+pub fn completion(model: &str, prompt: &str, max_tokens: u32) -> serde_json::Value {
+    serde_json::json!({ "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0 })
+}
+
+/// The value of the metric line that starts with `series`.
+pub fn metric(server: &Server, series: &str) -> Option<f64> {
+    let text = server.call("GET", "/metrics", None, None).text;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A models directory and a tenants file in a temporary directory.

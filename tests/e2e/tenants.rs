@@ -3,34 +3,14 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use realm_host::tenants::keys::KeyHash;
 use serde_json::{Value, json};
 
-use crate::support::{self, DEFAULT_MODEL, Deployment, Server, error_message, tenant};
+use crate::support::{self, DEFAULT_MODEL, Deployment, Server, completion, error_message, metric, tenant, wait_for};
 
 fn key(id: &str) -> String {
     format!("key-{id}")
-}
-
-fn completion(model: &str, prompt: &str, max_tokens: u32) -> Value {
-    json!({ "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0 })
-}
-
-/// The value of the metric line that starts with `series`.
-fn metric(server: &Server, series: &str) -> Option<f64> {
-    let text = server.call("GET", "/metrics", None, None).text;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -96,7 +96,7 @@ async fn admit_and_start(
                 prompt,
                 max_tokens,
                 sampling,
-                ignore_eos: false,
+                ignore_eos: body.ignore_eos.unwrap_or(false),
                 stop,
             })
         }
@@ -118,7 +118,7 @@ async fn admit_and_start(
                 messages,
                 max_tokens,
                 sampling,
-                ignore_eos: false,
+                ignore_eos: body.ignore_eos.unwrap_or(false),
                 stop,
             })
         }

@@ -33,6 +33,8 @@ pub struct GenerationBody {
     repeat_penalty: Option<f32>,
     /// Token id (a string, as OpenAI sends it) to a bias in [-100, 100].
     logit_bias: Option<HashMap<String, f32>>,
+    /// Extension: generate through end-of-sequence tokens until `max_tokens`.
+    pub ignore_eos: Option<bool>,
     pub stream: Option<bool>,
     stream_options: Option<StreamOptions>,
     n: Option<u32>,

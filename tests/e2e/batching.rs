@@ -1,0 +1,133 @@
+//! Steps of many tenants batched over real HTTP: every tenant's greedy text is
+//! the text it gets alone, and a tenant that floods the server does not starve
+//! a quiet one.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{DEFAULT_MODEL, Deployment, Server, completion, metric, tenant, wait_for};
+
+const PROMPTS: [&str; 4] = [
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea,",
+    "def fibonacci(n):",
+    "The three primary colors are",
+];
+
+fn text(server: &Server, tenant: &str, prompt: &str, max_tokens: u32) -> String {
+    let reply = server.call(
+        "POST",
+        "/v1/completions",
+        Some(&format!("key-{tenant}")),
+        Some(completion(DEFAULT_MODEL, prompt, max_tokens)),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.json()["choices"][0]["text"].as_str().expect("text").to_string()
+}
+
+fn batch_totals(server: &Server) -> (f64, f64) {
+    let batches = metric(server, "realm_batches ").expect("realm_batches");
+    let sequences = metric(server, "realm_batched_sequences ").expect("realm_batched_sequences");
+    (batches, sequences)
+}
+
+#[test]
+fn each_tenant_gets_its_own_greedy_text_when_batched() {
+    let ids = ["t0", "t1", "t2", "t3"];
+    let tenants: String = ids.iter().map(|id| tenant(id, "")).collect();
+    let deployment = Deployment::new(&[DEFAULT_MODEL], &[], &tenants);
+    let server = deployment.serve(&[], Stdio::inherit());
+    let alone: Vec<String> = ids
+        .iter()
+        .zip(PROMPTS)
+        .map(|(id, p)| text(&server, id, p, 32))
+        .collect();
+
+    let (batches, sequences) = batch_totals(&server);
+    let together: Vec<String> = std::thread::scope(|scope| {
+        let calls: Vec<_> = ids
+            .iter()
+            .zip(PROMPTS)
+            .map(|(id, p)| scope.spawn(|| text(&server, id, p, 32)))
+            .collect();
+        calls.into_iter().map(|c| c.join().expect("no panic")).collect()
+    });
+    let (batches_after, sequences_after) = batch_totals(&server);
+    assert_eq!(together, alone, "batched text differs from the text alone");
+    let mean = (sequences_after - sequences) / (batches_after - batches);
+    assert!(mean >= 1.5, "four concurrent tenants ran {mean:.2} sequences per batch");
+}
+
+/// A streaming completion held open after its first event; dropping it
+/// disconnects, which cancels the generation.
+fn open_stream(server: &Server, key: &str, prompt: &str, max_tokens: u32) -> BufReader<TcpStream> {
+    let address = server.base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).expect("connect");
+    let body = json!({
+        "model": DEFAULT_MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true,
+        "ignore_eos": true
+    })
+    .to_string();
+    write!(
+        stream,
+        "POST /v1/completions HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while !line.starts_with("data:") {
+        line.clear();
+        assert!(reader.read_line(&mut line).expect("read") > 0, "the stream ended early");
+        assert!(
+            !line.starts_with("HTTP/1.1 4") && !line.starts_with("HTTP/1.1 5"),
+            "{line}"
+        );
+    }
+    reader
+}
+
+#[test]
+fn a_flooding_tenant_leaves_a_quiet_one_its_latency() {
+    let tenants = format!("{}{}", tenant("flood", ""), tenant("quiet", ""));
+    let deployment = Deployment::new(&[DEFAULT_MODEL], &[], &tenants);
+    let server = deployment.serve(&[], Stdio::inherit());
+    let timed = || {
+        let started = Instant::now();
+        text(&server, "quiet", "The capital of France is", 16);
+        started.elapsed()
+    };
+    let median = |mut runs: Vec<Duration>| {
+        runs.sort();
+        runs[runs.len() / 2]
+    };
+    timed();
+    let alone = median((0..3).map(|_| timed()).collect());
+
+    let flood: Vec<_> = (0..50)
+        .map(|i| {
+            open_stream(
+                &server,
+                "key-flood",
+                &format!("Request {i}: tell me a long story."),
+                1000,
+            )
+        })
+        .collect();
+    wait_for("50 flooding requests running", || {
+        metric(&server, "realm_running_requests{tenant=\"flood\"}") == Some(50.0)
+    });
+    let flooded = median((0..3).map(|_| timed()).collect());
+    drop(flood);
+    // The bound: a quiet tenant's steps share each batch with one step of the
+    // flooding tenant (whose 50 requests take turns), so its latency at most
+    // doubles; measured about 1.2x on 2 cores.
+    let ratio = flooded.as_secs_f64() / alone.as_secs_f64();
+    eprintln!("quiet tenant: {alone:?} alone, {flooded:?} beside 50 flooding requests ({ratio:.2}x)");
+    assert!(ratio < 2.0, "the quiet tenant slowed {ratio:.2}x beside a flood");
+}

@@ -92,22 +92,31 @@ fn open_stream(server: &Server, key: &str, prompt: &str, max_tokens: u32) -> Buf
     reader
 }
 
+/// A quiet tenant's request (16 tokens), timed, and how many batches ran
+/// meanwhile.
+fn quiet_request(server: &Server) -> (Duration, f64) {
+    let (batches, _) = batch_totals(server);
+    let started = Instant::now();
+    text(server, "quiet", "The capital of France is", 16);
+    let took = started.elapsed();
+    (took, batch_totals(server).0 - batches)
+}
+
+fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
+}
+
 #[test]
 fn a_flooding_tenant_leaves_a_quiet_one_its_latency() {
+    // Batches of two: the flooding tenant's four instances and the quiet
+    // tenant's one compete for two slots, so the slots follow the tenants'
+    // (equal) weights rather than the number of steps each has waiting.
     let tenants = format!("{}{}", tenant("flood", ""), tenant("quiet", ""));
     let deployment = Deployment::new(&[DEFAULT_MODEL], &[], &tenants);
-    let server = deployment.serve(&[], Stdio::inherit());
-    let timed = || {
-        let started = Instant::now();
-        text(&server, "quiet", "The capital of France is", 16);
-        started.elapsed()
-    };
-    let median = |mut runs: Vec<Duration>| {
-        runs.sort();
-        runs[runs.len() / 2]
-    };
-    timed();
-    let alone = median((0..3).map(|_| timed()).collect());
+    let server = deployment.serve(&["--max-batch", "2", "--instances", "4"], Stdio::inherit());
+    quiet_request(&server);
+    let mut alone: Vec<Duration> = (0..3).map(|_| quiet_request(&server).0).collect();
 
     let flood: Vec<_> = (0..50)
         .map(|i| {
@@ -122,12 +131,31 @@ fn a_flooding_tenant_leaves_a_quiet_one_its_latency() {
     wait_for("50 flooding requests running", || {
         metric(&server, "realm_running_requests{tenant=\"flood\"}") == Some(50.0)
     });
-    let flooded = median((0..3).map(|_| timed()).collect());
+    let flooded: Vec<(Duration, f64)> = (0..3).map(|_| quiet_request(&server)).collect();
     drop(flood);
-    // The bound: a quiet tenant's steps share each batch with one step of the
-    // flooding tenant (whose 50 requests take turns), so its latency at most
-    // doubles; measured about 1.2x on 2 cores.
+    wait_for("the flood to be cancelled", || {
+        metric(&server, "realm_running_requests{tenant=\"flood\"}") == Some(0.0)
+    });
+    alone.extend((0..2).map(|_| quiet_request(&server).0));
+
+    // The quiet tenant's 17 steps (a prompt and 16 tokens) each take the next
+    // batch: a tenant that is served less than another goes first.
+    for (_, batches) in &flooded {
+        assert!(
+            *batches <= 17.0 * 1.5 + 4.0,
+            "the quiet tenant waited: {batches} batches for its 17 steps"
+        );
+    }
+    // Its latency: each step shares a batch with one flooding step, and two
+    // rows cost about twice one on the CPU (fewer than four rows do not share
+    // their weight reads); the batch also waits for the quiet tenant's guest to
+    // sample. Measured 2.2x to 3.2x on a busy 2-core machine; the bound is 4x
+    // (without the tenant shares, the quiet tenant gets one batch in 2.5).
+    let batches: Vec<f64> = flooded.iter().map(|f| f.1).collect();
+    let (alone, flooded) = (median(alone), median(flooded.iter().map(|f| f.0).collect()));
     let ratio = flooded.as_secs_f64() / alone.as_secs_f64();
-    eprintln!("quiet tenant: {alone:?} alone, {flooded:?} beside 50 flooding requests ({ratio:.2}x)");
-    assert!(ratio < 2.0, "the quiet tenant slowed {ratio:.2}x beside a flood");
+    eprintln!(
+        "quiet tenant: {alone:?} alone, {flooded:?} beside 50 flooding requests ({ratio:.2}x), in {batches:?} batches"
+    );
+    assert!(ratio < 4.0, "the quiet tenant slowed {ratio:.2}x beside a flood");
 }

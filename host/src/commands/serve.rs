@@ -27,9 +27,15 @@ pub struct ServeArgs {
     /// models and limits. Without it, one local tenant serves every model.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Engine instances per tenant (a tenant's `instances` overrides it): a
+    /// tenant's concurrent generations spread over up to this many instances,
+    /// created as they are needed, so that they run in the same batches.
+    #[arg(long, default_value_t = 4)]
+    instances: usize,
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=64).contains(&args.instances), "--instances must be in 1..=64");
     let runtime = Runtime::load(&args.engine.component)?;
     let shared = args.engine.shared_compute()?;
     let catalog = ModelCatalog {
@@ -46,7 +52,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 );
             }
             let settings = args.engine.local_settings(shared, false);
-            let tenant = Tenant::new("local".into(), runtime, settings, RequestLimits::default(), None);
+            let limits = RequestLimits {
+                instances: args.instances,
+                ..RequestLimits::default()
+            };
+            let tenant = Tenant::new("local".into(), runtime, settings, limits, None);
             Tenants::local(tenant, catalog)
         }
         Some(path) => {
@@ -56,6 +66,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let runtime = components.get(entry.component.as_ref())?;
                 Ok(configured_tenant(
                     &args.engine,
+                    args.instances,
                     entry,
                     runtime,
                     shared.clone(),
@@ -73,6 +84,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn configured_tenant(
     engine: &EngineArgs,
+    default_instances: usize,
     entry: &TenantConfig,
     runtime: Arc<Runtime>,
     shared: Arc<SharedCompute>,
@@ -107,6 +119,7 @@ fn configured_tenant(
         },
         max_tokens_per_request: limits.max_tokens_per_request,
         request_deadline: limits.request_deadline(),
+        instances: entry.instances.map_or(default_instances, |n| n as usize),
     };
     Tenant::new(
         entry.id.clone(),

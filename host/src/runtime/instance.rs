@@ -68,6 +68,7 @@ enum Job {
         model: String,
         request: GenerationRequest,
         events: async_mpsc::UnboundedSender<GenerationEvent>,
+        load: Load,
     },
     RenderChat {
         model: String,
@@ -101,6 +102,23 @@ enum Job {
 #[derive(Clone)]
 pub struct InstanceHandle {
     jobs: Sender<Job>,
+    generations: Arc<AtomicUsize>,
+}
+
+/// One generation counted against its instance while it lives.
+struct Load(Arc<AtomicUsize>);
+
+impl Load {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl InstanceHandle {
@@ -112,7 +130,15 @@ impl InstanceHandle {
         std::thread::Builder::new()
             .name(name)
             .spawn(move || worker.run(queue))?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            generations: Arc::default(),
+        })
+    }
+
+    /// Generations under way on the instance (started and not yet finished).
+    pub fn generations(&self) -> usize {
+        self.generations.load(Ordering::Relaxed)
     }
 
     /// Starts a completion; its chunks (or its failure) arrive on the receiver.
@@ -150,6 +176,7 @@ impl InstanceHandle {
             model: model.to_string(),
             request,
             events,
+            load: Load::new(&self.generations),
         };
         if let Err(mpsc::SendError(Job::Complete { events, .. })) = self.jobs.send(job) {
             let _ = events.send(GenerationEvent::Failed(Failure::Gone));
@@ -204,6 +231,7 @@ impl InstanceHandle {
 struct Active {
     generation: ResourceAny,
     events: async_mpsc::UnboundedSender<GenerationEvent>,
+    _load: Load,
 }
 
 struct Worker {
@@ -266,8 +294,17 @@ impl Worker {
 
     fn accept(&mut self, job: Job) {
         match job {
-            Job::Complete { model, request, events } => match self.start(&model, &request) {
-                Ok(generation) => self.active.push(Active { generation, events }),
+            Job::Complete {
+                model,
+                request,
+                events,
+                load,
+            } => match self.start(&model, &request) {
+                Ok(generation) => self.active.push(Active {
+                    generation,
+                    events,
+                    _load: load,
+                }),
                 Err(failure) => {
                     let _ = events.send(GenerationEvent::Failed(failure));
                 }

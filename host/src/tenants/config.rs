@@ -35,6 +35,9 @@ pub struct TenantConfig {
     /// The tenant's share of a full batch against other tenants' (1 to 1000);
     /// 1 when absent.
     pub batch_weight: Option<u32>,
+    /// Engine instances for the tenant's concurrent generations (1 to 64);
+    /// the server's `--instances` when absent.
+    pub instances: Option<u32>,
     #[serde(default)]
     pub limits: LimitsConfig,
 }
@@ -114,6 +117,9 @@ impl Config {
             check_limits(&id, &tenant.limits)?;
             if !(1..=1000).contains(&tenant.batch_weight()) {
                 bail!("tenant `{id}`: `batch_weight` must be in 1..=1000");
+            }
+            if tenant.instances.is_some_and(|n| !(1..=64).contains(&n)) {
+                bail!("tenant `{id}`: `instances` must be in 1..=64");
             }
             tenant.component = tenant.component.map(|c| base.join(c));
             tenants.push(tenant);
@@ -203,6 +209,10 @@ mod tests {
             (
                 "[[tenant]]\nid = \"a\"\napi_keys = [\"{KEY}\"]\nbatch_weight = 0\n",
                 "batch_weight",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\napi_keys = [\"{KEY}\"]\ninstances = 65\n",
+                "instances",
             ),
         ];
         for (text, expected) in cases {

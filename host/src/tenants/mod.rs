@@ -27,7 +27,8 @@ pub struct Tenant {
     admission: Arc<Admission>,
     runtime: Arc<Runtime>,
     settings: InstanceSettings,
-    instance: Mutex<Option<InstanceHandle>>,
+    instances: Mutex<Vec<InstanceHandle>>,
+    max_instances: usize,
 }
 
 impl Tenant {
@@ -46,19 +47,24 @@ impl Tenant {
             admission: Admission::new(limits.rates),
             runtime,
             settings,
-            instance: Mutex::new(None),
+            instances: Mutex::new(Vec::new()),
+            max_instances: limits.instances.max(1),
         }
     }
 
-    /// The tenant's instance, instantiated from the pre-instantiated component
-    /// on first use.
+    /// The instance for a new request: an idle one, else a new one while the
+    /// tenant may have more, else the least busy. Instances are made from the
+    /// pre-instantiated component as they are needed.
     pub fn instance(&self) -> anyhow::Result<InstanceHandle> {
-        let mut slot = self.instance.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(instance) = slot.as_ref() {
+        let mut pool = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+        let least_busy = pool.iter().min_by_key(|i| i.generations());
+        if let Some(instance) = least_busy
+            && (instance.generations() == 0 || pool.len() >= self.max_instances)
+        {
             return Ok(instance.clone());
         }
         let instance = InstanceHandle::spawn(self.runtime.clone(), self.settings.clone())?;
-        *slot = Some(instance.clone());
+        pool.push(instance.clone());
         Ok(instance)
     }
 
@@ -97,6 +103,9 @@ pub struct RequestLimits {
     pub rates: RateLimits,
     pub max_tokens_per_request: Option<u32>,
     pub request_deadline: Option<Duration>,
+    /// Engine instances the tenant's concurrent generations spread over (0
+    /// counts as 1); the generations of all of them run in the same batches.
+    pub instances: usize,
 }
 
 /// Why a request has no tenant.

@@ -93,14 +93,18 @@ impl Lane {
     }
 
     fn serve(self: Arc<Self>) {
-        while let Some(batch) = self.next_batch() {
+        let mut free_since = Instant::now();
+        while let Some(batch) = self.next_batch(free_since) {
             self.execute(batch);
+            free_since = Instant::now();
         }
     }
 
     /// Waits for steps, then for company, and takes a batch; None once the
-    /// lane has been idle long enough to retire.
-    fn next_batch(&self) -> Option<Vec<(Waiting, usize)>> {
+    /// lane has been idle long enough to retire. Company is awaited for `wait`
+    /// from the later of the oldest step's arrival and `free_since` (when the
+    /// last batch ended and its seats went back to their guests).
+    fn next_batch(&self, free_since: Instant) -> Option<Vec<(Waiting, usize)>> {
         let mut state = self.lock();
         loop {
             if state.closed {
@@ -123,7 +127,7 @@ impl Lane {
                 continue;
             }
             let oldest = state.waiting.iter().map(|w| w.since).min().expect("not empty");
-            let deadline = oldest + self.policy.wait;
+            let deadline = oldest.max(free_since) + self.policy.wait;
             while !self.complete(&mut state) {
                 let now = Instant::now();
                 if now >= deadline {
@@ -140,18 +144,25 @@ impl Lane {
     }
 
     /// Whether the batch need wait no longer: every seat stepping on this lane
-    /// has a step waiting, or the waiting steps fill a batch.
+    /// has a step waiting; or the waiting steps fill a batch and every tenant
+    /// stepping here has one of them (a tenant with none would win a slot by
+    /// its share, so a full batch still waits for it).
     fn complete(&self, state: &mut State) -> bool {
         state.seats.retain(|s| s.strong_count() > 0);
-        let tokens: usize = state.waiting.iter().map(|w| w.step.tokens.len() - w.done).sum();
-        if state.waiting.len() >= self.policy.max_sequences || tokens >= self.policy.max_tokens {
-            return true;
-        }
-        state
+        let missing: Vec<Arc<Seat>> = state
             .seats
             .iter()
             .filter_map(Weak::upgrade)
-            .all(|seat| !seat.expected_on(self.key) || state.waiting.iter().any(|w| Arc::ptr_eq(&w.seat, &seat)))
+            .filter(|seat| seat.expected_on(self.key) && !state.waiting.iter().any(|w| Arc::ptr_eq(&w.seat, seat)))
+            .collect();
+        if missing.is_empty() {
+            return true;
+        }
+        let tokens: usize = state.waiting.iter().map(|w| w.step.tokens.len() - w.done).sum();
+        let full = state.waiting.len() >= self.policy.max_sequences || tokens >= self.policy.max_tokens;
+        full && missing
+            .iter()
+            .all(|seat| state.waiting.iter().any(|w| w.seat.tenant == seat.tenant))
     }
 
     /// Takes the steps of the next batch, and how many tokens of each.

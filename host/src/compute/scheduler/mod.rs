@@ -5,10 +5,11 @@
 //! lane with its own thread; a submitting thread blocks until its step is done.
 //!
 //! A batch starts as soon as every seat that is stepping on the lane has a step
-//! waiting, when it is full, or when the oldest step has waited `wait`: a lone
-//! sequence never waits, and a seat busy elsewhere delays the others by at most
-//! `wait`. Long steps (prompts) run in chunks beside single-token steps. When
-//! more is waiting than fits, tenants share the batch by weight (`fair`).
+//! waiting, when it is full and every stepping tenant has a step in it, or when
+//! the oldest step has waited `wait`: a lone sequence never waits, and a seat
+//! busy elsewhere delays the others by at most `wait`. Long steps (prompts) run
+//! in chunks beside single-token steps. When more is waiting than fits, tenants
+//! share the batch by weight (`fair`).
 
 mod fair;
 mod lane;

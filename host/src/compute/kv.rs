@@ -61,6 +61,13 @@ impl KvCache {
         (&mut self.keys[layer][..len], &mut self.values[layer][..len])
     }
 
+    /// Keys and values of `layer` for the first `positions` positions, which
+    /// `layer_mut` has filled.
+    pub fn layer(&self, layer: usize, positions: usize) -> (&[f16], &[f16]) {
+        let len = positions * self.width;
+        (&self.keys[layer][..len], &self.values[layer][..len])
+    }
+
     /// Bytes actually allocated.
     pub fn resident_bytes(&self) -> usize {
         self.keys

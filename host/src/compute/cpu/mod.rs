@@ -156,15 +156,22 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
                 let (q, k, v) = (get(&values, a.q)?, get(&values, a.k)?, get(&values, a.v)?);
                 let mut out = vec![0.0; q.rows * q.cols];
                 for (seq, &(first, n)) in batch.iter_mut().zip(&rows.spans) {
-                    attend(
-                        a,
-                        seq,
-                        (q, k, v),
-                        first,
-                        n,
-                        &mut out[first * q.cols..(first + n) * q.cols],
-                    );
+                    append_kv(a.layer, seq, (k, v), first, n);
                 }
+                // One parallel pass over the sequences (each also parallel
+                // over its heads): one join per layer, not one per sequence.
+                let mut outs = Vec::with_capacity(batch.len());
+                let mut rest = out.as_mut_slice();
+                for &(_, n) in &rows.spans {
+                    let (head, tail) = rest.split_at_mut(n * q.cols);
+                    outs.push(head);
+                    rest = tail;
+                }
+                batch
+                    .par_iter()
+                    .zip(&rows.spans)
+                    .zip(outs)
+                    .for_each(|((seq, &(first, n)), out)| attend(a, seq, q, first, n, out));
                 Matrix {
                     rows: q.rows,
                     cols: q.cols,
@@ -204,19 +211,12 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
     Ok(output.data.chunks_exact(output.cols).map(<[f32]>::to_vec).collect())
 }
 
-/// One sequence's part of an attention op: appends its keys and values (rows
-/// `first..first + n` of `k` and `v`) to its cache, then attends its queries.
-fn attend(
-    a: &Attention,
-    seq: &mut Sequence<'_>,
-    (q, k, v): (&Matrix, &Matrix, &Matrix),
-    first: usize,
-    n: usize,
-    out: &mut [f32],
-) {
+/// Appends a sequence's keys and values (rows `first..first + n` of `k` and
+/// `v`) to its cache at its positions.
+fn append_kv(layer: usize, seq: &mut Sequence<'_>, (k, v): (&Matrix, &Matrix), first: usize, n: usize) {
     let start = seq.start as usize;
     let width = seq.cache.width();
-    let (keys, vals) = seq.cache.layer_mut(a.layer, start + n);
+    let (keys, vals) = seq.cache.layer_mut(layer, start + n);
     write_f16(
         &mut keys[start * width..],
         &k.data[first * k.cols..(first + n) * k.cols],
@@ -225,6 +225,12 @@ fn attend(
         &mut vals[start * width..],
         &v.data[first * v.cols..(first + n) * v.cols],
     );
+}
+
+/// A sequence's queries (rows `first..first + n` of `q`) attending to its cache.
+fn attend(a: &Attention, seq: &Sequence<'_>, q: &Matrix, first: usize, n: usize, out: &mut [f32]) {
+    let start = seq.start as usize;
+    let (keys, vals) = seq.cache.layer(a.layer, start + n);
     kernels::attention(a, &q.data[first * q.cols..(first + n) * q.cols], keys, vals, start, out);
 }
 

@@ -1,6 +1,6 @@
 //! Steps of many tenants batched over real HTTP: every tenant's greedy text is
-//! the text it gets alone, and a tenant that floods the server does not starve
-//! a quiet one.
+//! the text it gets alone, also beside neighbours that time out or hang up,
+//! and a tenant that floods the server does not starve a quiet one.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -158,4 +158,48 @@ fn a_flooding_tenant_leaves_a_quiet_one_its_latency() {
         "quiet tenant: {alone:?} alone, {flooded:?} beside 50 flooding requests ({ratio:.2}x), in {batches:?} batches"
     );
     assert!(ratio < 4.0, "the quiet tenant slowed {ratio:.2}x beside a flood");
+}
+
+#[test]
+fn a_neighbour_cancelled_or_past_its_deadline_leaves_the_batch_unchanged() {
+    let tenants = [
+        tenant("steady", ""),
+        tenant("hurried", "[tenant.limits]\nrequest_deadline_secs = 0.5"),
+        tenant("impatient", ""),
+    ]
+    .concat();
+    let deployment = Deployment::new(&[DEFAULT_MODEL], &[], &tenants);
+    let server = deployment.serve(&[], Stdio::inherit());
+    let prompt = PROMPTS[1];
+    let alone = text(&server, "steady", prompt, 64);
+
+    let (batches, sequences) = batch_totals(&server);
+    let beside = std::thread::scope(|scope| {
+        let steady = scope.spawn(|| text(&server, "steady", prompt, 64));
+        // Past its deadline mid-generation: a 504 or an error event.
+        let hurried = scope.spawn(|| {
+            let mut body = completion(DEFAULT_MODEL, "Tell me a long story.", 1000);
+            body["ignore_eos"] = json!(true);
+            server.call("POST", "/v1/completions", Some("key-hurried"), Some(body))
+        });
+        // A client that goes away mid-stream.
+        let stream = open_stream(&server, "key-impatient", "Count to a thousand: 1, 2, 3,", 1000);
+        std::thread::sleep(Duration::from_millis(200));
+        drop(stream);
+        let hurried = hurried.join().expect("no panic");
+        assert_eq!(hurried.status, 504, "{}", hurried.text);
+        steady.join().expect("no panic")
+    });
+    let (batches_after, sequences_after) = batch_totals(&server);
+    assert_eq!(
+        beside, alone,
+        "the steady tenant's text changed beside failing neighbours"
+    );
+    assert!(
+        sequences_after - sequences > batches_after - batches,
+        "the tenants shared batches"
+    );
+    wait_for("the cancelled stream to end", || {
+        metric(&server, "realm_running_requests{tenant=\"impatient\"}") == Some(0.0)
+    });
 }

@@ -54,18 +54,29 @@ impl Tenant {
 
     /// The instance for a new request: an idle one, else a new one while the
     /// tenant may have more, else the least busy. Instances are made from the
-    /// pre-instantiated component as they are needed.
+    /// pre-instantiated component as they are needed; when the engine's pool
+    /// has no slot left, a tenant that has an instance shares it.
     pub fn instance(&self) -> anyhow::Result<InstanceHandle> {
         let mut pool = self.instances.lock().unwrap_or_else(|e| e.into_inner());
-        let least_busy = pool.iter().min_by_key(|i| i.generations());
-        if let Some(instance) = least_busy
+        let least_busy = pool.iter().min_by_key(|i| i.generations()).cloned();
+        if let Some(instance) = &least_busy
             && (instance.generations() == 0 || pool.len() >= self.max_instances)
         {
             return Ok(instance.clone());
         }
-        let instance = InstanceHandle::spawn(self.runtime.clone(), self.settings.clone())?;
-        pool.push(instance.clone());
-        Ok(instance)
+        match InstanceHandle::spawn(self.runtime.clone(), self.settings.clone()) {
+            Ok(instance) => {
+                pool.push(instance.clone());
+                Ok(instance)
+            }
+            Err(e) => match least_busy {
+                Some(instance) => {
+                    tracing::warn!(tenant = %self.id, error = %e, "no new instance; sharing one");
+                    Ok(instance)
+                }
+                None => Err(e),
+            },
+        }
     }
 
     pub fn admit(&self) -> Result<Permit, Refusal> {

@@ -47,36 +47,39 @@ fn generate(instance: &InstanceHandle, model: &str, request: CompletionRequest) 
 fn constructor_errors_are_typed_and_leave_the_instance_usable() {
     let compute = support::settings(2048, support::shared_compute()).compute;
     let state = StoreState::new(compute, Seat::new("test", 1), 1 << 30);
-    let (mut store, bindings) = support::runtime().instantiate(state).expect("instance");
-    let realms = bindings.realm_engine_engine().realm();
-    let mut construct = |model: &str, context_length| {
-        let config = RealmConfig {
-            model: model.into(),
-            context_length,
+    block_on(async {
+        let (mut store, bindings) = support::runtime().instantiate(state).await.expect("instance");
+        let realms = bindings.realm_engine_engine().realm();
+        let mut construct = async |model: &str, context_length| {
+            let config = RealmConfig {
+                model: model.into(),
+                context_length,
+            };
+            realms.call_constructor(&mut store, &config).await.expect("no trap")
         };
-        realms.call_constructor(&mut store, &config).expect("no trap")
-    };
-    match construct("no-such-model", 2048) {
-        Err(EngineError::ModelNotFound(message)) => assert!(message.contains("no-such-model"), "{message}"),
-        other => panic!("unknown model: expected model-not-found, got {:?}", other.err()),
-    }
-    match construct(DEFAULT_MODEL, 0) {
-        Err(EngineError::InvalidConfig(message)) => assert!(message.contains("context"), "{message}"),
-        other => panic!("zero context: expected invalid-config, got {:?}", other.err()),
-    }
-    match construct("../etc/passwd", 2048) {
-        Err(EngineError::PermissionDenied(_)) => {}
-        other => panic!(
-            "a path as a served model name: expected permission-denied, got {:?}",
-            other.err()
-        ),
-    }
-    // The same instance still works after the refusals.
-    let realm = construct(DEFAULT_MODEL, 2048).expect("a valid config constructs");
-    let ids = realms
-        .call_tokenize(&mut store, realm, "Hello world", true, true)
-        .expect("no trap");
-    assert_eq!(ids.expect("tokenize"), vec![19556, 905]);
+        match construct("no-such-model", 2048).await {
+            Err(EngineError::ModelNotFound(message)) => assert!(message.contains("no-such-model"), "{message}"),
+            other => panic!("unknown model: expected model-not-found, got {:?}", other.err()),
+        }
+        match construct(DEFAULT_MODEL, 0).await {
+            Err(EngineError::InvalidConfig(message)) => assert!(message.contains("context"), "{message}"),
+            other => panic!("zero context: expected invalid-config, got {:?}", other.err()),
+        }
+        match construct("../etc/passwd", 2048).await {
+            Err(EngineError::PermissionDenied(_)) => {}
+            other => panic!(
+                "a path as a served model name: expected permission-denied, got {:?}",
+                other.err()
+            ),
+        }
+        // The same instance still works after the refusals.
+        let realm = construct(DEFAULT_MODEL, 2048).await.expect("a valid config constructs");
+        let ids = realms
+            .call_tokenize(&mut store, realm, "Hello world", true, true)
+            .await
+            .expect("no trap");
+        assert_eq!(ids.expect("tokenize"), vec![19556, 905]);
+    });
 }
 
 /// The largest |logit difference| from llama.cpp allowed on a first step, over
@@ -425,7 +428,7 @@ fn other_architectures_get_a_typed_unsupported_error_naming_them() {
 
     let mut settings = support::settings(64, support::shared_compute());
     settings.compute.catalog.dir = dir.path().to_path_buf();
-    let instance = InstanceHandle::spawn(support::runtime(), settings).expect("instance");
+    let instance = block_on(InstanceHandle::spawn(support::runtime(), settings)).expect("instance");
     match block_on(instance.info("tiny-falcon")) {
         Err(Failure::Engine(EngineError::UnsupportedModel(message))) => {
             assert!(message.contains("falcon"), "{message}")
@@ -438,7 +441,7 @@ fn other_architectures_get_a_typed_unsupported_error_naming_them() {
 fn dropping_the_receiver_cancels_the_generation_and_frees_its_kv_cache() {
     let settings = support::settings(2048, support::shared_compute());
     let budget = settings.compute.kv_tokens.clone();
-    let instance = InstanceHandle::spawn(support::runtime(), settings).expect("instance");
+    let instance = block_on(InstanceHandle::spawn(support::runtime(), settings)).expect("instance");
     let mut events = instance.complete(DEFAULT_MODEL, greedy("Once upon a time", 2000));
     assert!(matches!(events.blocking_recv(), Some(GenerationEvent::Chunk(_))));
     assert!(budget.used() > 0, "a running generation holds its KV cache");

@@ -113,7 +113,7 @@ pub fn shared_compute() -> Arc<SharedCompute> {
 pub fn instance() -> InstanceHandle {
     static INSTANCE: OnceLock<InstanceHandle> = OnceLock::new();
     INSTANCE
-        .get_or_init(|| InstanceHandle::spawn(runtime(), settings(2048, shared_compute())).expect("instance"))
+        .get_or_init(|| block_on(InstanceHandle::spawn(runtime(), settings(2048, shared_compute()))).expect("instance"))
         .clone()
 }
 

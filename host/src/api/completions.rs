@@ -128,6 +128,7 @@ async fn admit_and_start(
     app.metrics.requests.get_or_create(labels).inc();
     let instance = tenant
         .instance()
+        .await
         .map_err(|e| ApiError::internal(format!("could not start the tenant's engine instance: {e:#}")))?;
     let mut run = Run {
         events: instance.generate(&body.model, request),

@@ -100,7 +100,10 @@ impl EngineArgs {
     fn local_instance(&self, allow_paths: bool) -> anyhow::Result<InstanceHandle> {
         let runtime = Runtime::load(&self.component)?;
         let shared = self.shared_compute()?;
-        InstanceHandle::spawn(runtime, self.local_settings(shared, allow_paths))
+        let settings = self.local_settings(shared, allow_paths);
+        // The worker runs on the engine executor; this only awaits its start.
+        let starter = tokio::runtime::Builder::new_current_thread().build()?;
+        starter.block_on(InstanceHandle::spawn(runtime, settings))
     }
 
     fn call_deadline(&self) -> Duration {

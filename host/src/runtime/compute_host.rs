@@ -137,7 +137,7 @@ impl compute::HostGraph for StoreState {
         }
     }
 
-    fn run(
+    async fn run(
         &mut self,
         graph: Resource<GraphHandle>,
         cache: Resource<KvHandle>,
@@ -157,7 +157,11 @@ impl compute::HostGraph for StoreState {
             StepOutputKind::TopK(k) => OutputKind::TopK(k as usize),
         };
         let kernel_start = Instant::now();
-        let result = (self.compute.shared.scheduler.run(&self.seat, step)).map(|row| host::shape_output(row, kind));
+        let (scheduler, seat) = (self.compute.shared.scheduler.clone(), self.seat.clone());
+        let result = scheduler
+            .run(&seat, step)
+            .await
+            .map(|row| host::shape_output(row, kind));
         let kernel_end = Instant::now();
         let output = match result {
             Ok(host::StepOutput::Logits(logits)) => Ok(StepOutput::Logits(logits)),

@@ -2,11 +2,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Cache, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{Cache, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
 use super::state::StoreState;
 use super::wit::{RealmWorld, RealmWorldPre};
@@ -30,6 +30,7 @@ impl Runtime {
     pub fn load(path: &Path) -> anyhow::Result<Arc<Self>> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(POOLED_INSTANCES)
+            .total_stacks(POOLED_INSTANCES)
             .total_core_instances(POOLED_INSTANCES * 4)
             .total_memories(POOLED_INSTANCES * 2)
             .total_tables(POOLED_INSTANCES * 4)
@@ -64,7 +65,7 @@ impl Runtime {
         tracing::info!(path = %path.display(), elapsed = ?started.elapsed(), "component ready");
 
         let mut linker = Linker::<StoreState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         RealmWorld::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |state| state)?;
         let pre = RealmWorldPre::new(linker.instantiate_pre(&component)?)
             .map_err(anyhow::Error::from)
@@ -72,13 +73,20 @@ impl Runtime {
         Ok(Arc::new(Self { engine, pre }))
     }
 
-    /// A fresh instance in its own store.
-    pub fn instantiate(&self, state: StoreState) -> anyhow::Result<(Store<StoreState>, RealmWorld)> {
+    /// A fresh instance in its own store. Its guest yields to the executor at
+    /// every epoch tick, and traps with `Trap::Interrupt` once the store's
+    /// call deadline (`StoreState::arm_deadline`) has passed.
+    pub async fn instantiate(&self, state: StoreState) -> anyhow::Result<(Store<StoreState>, RealmWorld)> {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(u64::MAX / 2);
-        store.epoch_deadline_trap();
-        let bindings = self.pre.instantiate(&mut store)?;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|store| {
+            Ok(match store.data().deadline {
+                Some(deadline) if Instant::now() >= deadline => UpdateDeadline::Interrupt,
+                _ => UpdateDeadline::Yield(1),
+            })
+        });
+        let bindings = self.pre.instantiate_async(&mut store).await?;
         Ok((store, bindings))
     }
 }

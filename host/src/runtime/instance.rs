@@ -1,19 +1,22 @@
-//! A tenant's component instance, owned by one worker thread. Requests arrive
-//! as jobs; the worker steps every active generation in turn, one chunk each,
-//! so no request waits for another's whole generation. A trap discards the
-//! instance and starts a fresh one; only that instance's requests fail.
+//! A tenant's component instance, owned by one worker task on the engine
+//! executor. Requests arrive as jobs; the worker steps every active generation
+//! in turn, one chunk each, so no request waits for another's whole
+//! generation. Guest calls are async: a guest awaiting its batched step, or
+//! past an epoch tick, yields its thread to other instances. A trap discards
+//! the instance and starts a fresh one; only that instance's requests fail.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
-use tokio::sync::{mpsc as async_mpsc, oneshot};
+use tokio::sync::mpsc::{self as async_mpsc, UnboundedReceiver, UnboundedSender, error::SendError};
+use tokio::sync::oneshot;
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
-use super::engine::{EPOCH_TICK, Runtime};
+use super::engine::Runtime;
 use super::state::{StoreState, TenantCompute};
 use super::wit::{
     ChatRequest, Chunk, CompletionRequest, EngineError, GuestRealm, Message, ModelInfo, RealmConfig, RealmWorld,
@@ -101,7 +104,7 @@ enum Job {
 /// A handle on a tenant's instance; cloning shares the instance.
 #[derive(Clone)]
 pub struct InstanceHandle {
-    jobs: Sender<Job>,
+    jobs: UnboundedSender<Job>,
     generations: Arc<AtomicUsize>,
 }
 
@@ -122,14 +125,11 @@ impl Drop for Load {
 }
 
 impl InstanceHandle {
-    /// Instantiates the component and starts the worker thread.
-    pub fn spawn(runtime: Arc<Runtime>, settings: InstanceSettings) -> anyhow::Result<Self> {
-        let worker = Worker::new(runtime, settings)?;
-        let (jobs, queue) = mpsc::channel();
-        let name = format!("realm-tenant-{}", worker.settings.compute.tenant);
-        std::thread::Builder::new()
-            .name(name)
-            .spawn(move || worker.run(queue))?;
+    /// Instantiates the component and starts its worker on the engine executor.
+    pub async fn spawn(runtime: Arc<Runtime>, settings: InstanceSettings) -> anyhow::Result<Self> {
+        let worker = Worker::new(runtime, settings).await?;
+        let (jobs, queue) = async_mpsc::unbounded_channel();
+        executor().spawn(worker.run(queue));
         Ok(Self {
             jobs,
             generations: Arc::default(),
@@ -178,7 +178,7 @@ impl InstanceHandle {
             events,
             load: Load::new(&self.generations),
         };
-        if let Err(mpsc::SendError(Job::Complete { events, .. })) = self.jobs.send(job) {
+        if let Err(SendError(Job::Complete { events, .. })) = self.jobs.send(job) {
             let _ = events.send(GenerationEvent::Failed(Failure::Gone));
         }
         receiver
@@ -255,10 +255,10 @@ impl Drop for Worker {
 type Call<T> = wasmtime::Result<Result<T, EngineError>>;
 
 impl Worker {
-    fn new(runtime: Arc<Runtime>, settings: InstanceSettings) -> anyhow::Result<Self> {
+    async fn new(runtime: Arc<Runtime>, settings: InstanceSettings) -> anyhow::Result<Self> {
         let seat = Seat::new(&settings.compute.tenant, settings.compute.batch_weight);
         let state = StoreState::new(settings.compute.clone(), seat.clone(), settings.guest_memory);
-        let (store, bindings) = runtime.instantiate(state)?;
+        let (store, bindings) = runtime.instantiate(state).await?;
         LIVE_INSTANCES.fetch_add(1, Ordering::Relaxed);
         Ok(Self {
             runtime,
@@ -271,35 +271,35 @@ impl Worker {
         })
     }
 
-    fn run(mut self, queue: Receiver<Job>) {
+    async fn run(mut self, mut queue: UnboundedReceiver<Job>) {
         loop {
             self.seat.set_stepping(!self.active.is_empty());
             if self.active.is_empty() {
-                match queue.recv() {
-                    Ok(job) => self.accept(job),
-                    Err(_) => return,
+                match queue.recv().await {
+                    Some(job) => self.accept(job).await,
+                    None => return,
                 }
             }
             while let Ok(job) = queue.try_recv() {
-                self.accept(job);
+                self.accept(job).await;
             }
-            self.step_all();
+            self.step_all().await;
         }
     }
 
     fn arm_deadline(&mut self) {
-        let ticks = (self.settings.call_deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
-        self.store.set_epoch_deadline(ticks);
+        let allowed = self.settings.call_deadline;
+        self.store.data_mut().arm_deadline(allowed);
     }
 
-    fn accept(&mut self, job: Job) {
+    async fn accept(&mut self, job: Job) {
         match job {
             Job::Complete {
                 model,
                 request,
                 events,
                 load,
-            } => match self.start(&model, &request) {
+            } => match self.start(&model, &request).await {
                 Ok(generation) => self.active.push(Active {
                     generation,
                     events,
@@ -316,62 +316,76 @@ impl Worker {
                 parse_special,
                 reply,
             } => {
-                let result = self.call_realm(&model, |realms, store, realm| {
-                    realms.call_tokenize(store, realm, &text, add_special, parse_special)
-                });
+                let result = self
+                    .call_realm(&model, async |realms, store, realm| {
+                        realms
+                            .call_tokenize(store, realm, &text, add_special, parse_special)
+                            .await
+                    })
+                    .await;
                 let _ = reply.send(result);
             }
             Job::RenderChat { model, messages, reply } => {
-                let result = self.call_realm(&model, |realms, store, realm| {
-                    realms.call_render_chat(store, realm, &messages, true)
-                });
+                let result = self
+                    .call_realm(&model, async |realms, store, realm| {
+                        realms.call_render_chat(store, realm, &messages, true).await
+                    })
+                    .await;
                 let _ = reply.send(result);
             }
             Job::Detokenize { model, tokens, reply } => {
-                let result = self.call_realm(&model, |realms, store, realm| {
-                    realms.call_detokenize(store, realm, &tokens)
-                });
+                let result = self
+                    .call_realm(&model, async |realms, store, realm| {
+                        realms.call_detokenize(store, realm, &tokens).await
+                    })
+                    .await;
                 let _ = reply.send(result);
             }
             Job::Evaluate { model, tokens, reply } => {
-                let result = self.call_realm(&model, |realms, store, realm| {
-                    realms.call_evaluate(store, realm, &tokens)
-                });
+                let result = self
+                    .call_realm(&model, async |realms, store, realm| {
+                        realms.call_evaluate(store, realm, &tokens).await
+                    })
+                    .await;
                 let _ = reply.send(result);
             }
             Job::Info { model, reply } => {
-                let result = self.call_realm(&model, |realms, store, realm| realms.call_info(store, realm).map(Ok));
+                let result = self
+                    .call_realm(&model, async |realms, store, realm| {
+                        realms.call_info(store, realm).await.map(Ok)
+                    })
+                    .await;
                 let _ = reply.send(result);
             }
         }
     }
 
-    fn start(&mut self, model: &str, request: &GenerationRequest) -> Result<ResourceAny, Failure> {
-        let realm = self.realm(model)?;
+    async fn start(&mut self, model: &str, request: &GenerationRequest) -> Result<ResourceAny, Failure> {
+        let realm = self.realm(model).await?;
         self.arm_deadline();
         let realms = self.bindings.realm_engine_engine().realm();
         let call = match request {
-            GenerationRequest::Completion(request) => realms.call_complete(&mut self.store, realm, request),
-            GenerationRequest::Chat(request) => realms.call_chat(&mut self.store, realm, request),
+            GenerationRequest::Completion(request) => realms.call_complete(&mut self.store, realm, request).await,
+            GenerationRequest::Chat(request) => realms.call_chat(&mut self.store, realm, request).await,
         };
-        self.settle(call)
+        self.settle(call).await
     }
 
     /// One call on the realm of `model` (constructed on first use), under the
     /// call deadline.
-    fn call_realm<T>(
+    async fn call_realm<T>(
         &mut self,
         model: &str,
-        call: impl FnOnce(&GuestRealm, &mut Store<StoreState>, ResourceAny) -> Call<T>,
+        call: impl AsyncFnOnce(&GuestRealm, &mut Store<StoreState>, ResourceAny) -> Call<T>,
     ) -> Result<T, Failure> {
-        let realm = self.realm(model)?;
+        let realm = self.realm(model).await?;
         self.arm_deadline();
-        let outcome = call(&self.bindings.realm_engine_engine().realm(), &mut self.store, realm);
-        self.settle(outcome)
+        let outcome = call(&self.bindings.realm_engine_engine().realm(), &mut self.store, realm).await;
+        self.settle(outcome).await
     }
 
     /// The realm of `model`, constructed on first use.
-    fn realm(&mut self, model: &str) -> Result<ResourceAny, Failure> {
+    async fn realm(&mut self, model: &str) -> Result<ResourceAny, Failure> {
         if let Some(realm) = self.realms.get(model) {
             return Ok(*realm);
         }
@@ -384,21 +398,22 @@ impl Worker {
             .bindings
             .realm_engine_engine()
             .realm()
-            .call_constructor(&mut self.store, &config);
-        let realm = self.settle(call)?;
+            .call_constructor(&mut self.store, &config)
+            .await;
+        let realm = self.settle(call).await?;
         self.realms.insert(model.to_string(), realm);
         Ok(realm)
     }
 
     /// Turns a guest call's outcome into the request's result; a trap replaces
     /// the instance and fails every request it was serving.
-    fn settle<T>(&mut self, call: Call<T>) -> Result<T, Failure> {
+    async fn settle<T>(&mut self, call: Call<T>) -> Result<T, Failure> {
         match call {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(Failure::Engine(error)),
             Err(trap) => {
                 let failure = self.failure_of(&trap);
-                self.replace_instance(&failure);
+                self.replace_instance(&failure).await;
                 Err(failure)
             }
         }
@@ -427,7 +442,7 @@ impl Worker {
         }
     }
 
-    fn replace_instance(&mut self, failure: &Failure) {
+    async fn replace_instance(&mut self, failure: &Failure) {
         REPLACEMENTS.fetch_add(1, Ordering::Relaxed);
         let guest_stderr = self.store.data().stderr.contents();
         let guest_stderr = String::from_utf8_lossy(&guest_stderr);
@@ -441,7 +456,7 @@ impl Worker {
             self.seat.clone(),
             self.settings.guest_memory,
         );
-        match self.runtime.instantiate(state) {
+        match self.runtime.instantiate(state).await {
             Ok((store, bindings)) => {
                 // Dropping the old store frees its KV caches and its memory slot.
                 self.store = store;
@@ -452,12 +467,12 @@ impl Worker {
     }
 
     /// Advances every active generation by one chunk.
-    fn step_all(&mut self) {
+    async fn step_all(&mut self) {
         let mut i = 0;
         while i < self.active.len() {
             if self.active[i].events.is_closed() {
                 let gone = self.active.swap_remove(i);
-                self.release(gone.generation);
+                self.release(gone.generation).await;
                 continue;
             }
             let generation = self.active[i].generation;
@@ -466,39 +481,40 @@ impl Worker {
                 .bindings
                 .realm_engine_engine()
                 .generation()
-                .call_next(&mut self.store, generation);
+                .call_next(&mut self.store, generation)
+                .await;
             let trapped = call.is_err();
-            match self.settle(call) {
+            match self.settle(call).await {
                 Ok(Some(chunk)) => {
                     let done = chunk.finish.is_some();
                     let _ = self.active[i].events.send(GenerationEvent::Chunk(chunk));
                     if done {
                         let finished = self.active.swap_remove(i);
-                        self.release(finished.generation);
+                        self.release(finished.generation).await;
                     } else {
                         i += 1;
                     }
                 }
                 Ok(None) => {
                     let finished = self.active.swap_remove(i);
-                    self.release(finished.generation);
+                    self.release(finished.generation).await;
                 }
                 // A trap already failed and cleared every active generation.
                 Err(_) if trapped => return,
                 Err(failure) => {
                     let failed = self.active.swap_remove(i);
                     let _ = failed.events.send(GenerationEvent::Failed(failure));
-                    self.release(failed.generation);
+                    self.release(failed.generation).await;
                 }
             }
         }
     }
 
-    fn release(&mut self, generation: ResourceAny) {
+    async fn release(&mut self, generation: ResourceAny) {
         self.arm_deadline();
-        if let Err(trap) = generation.resource_drop(&mut self.store) {
+        if let Err(trap) = generation.resource_drop_async(&mut self.store).await {
             let failure = self.failure_of(&trap);
-            self.replace_instance(&failure);
+            self.replace_instance(&failure).await;
         }
     }
 }
@@ -515,6 +531,21 @@ pub fn describe(error: &EngineError) -> String {
         EngineError::Internal(m) => ("internal error", m),
     };
     format!("{kind}: {message}")
+}
+
+/// The executor of every instance's worker: guest calls run here, and a guest
+/// awaiting its step leaves its thread to the others.
+fn executor() -> &'static tokio::runtime::Runtime {
+    static EXECUTOR: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    EXECUTOR.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("realm-engine")
+            .enable_all()
+            .build()
+            .expect("the engine executor starts")
+    })
 }
 
 /// Engine instances (stores) alive in the process.

@@ -2,6 +2,7 @@
 //! tenant's view of compute, and its memory limits.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -44,6 +45,8 @@ pub struct StoreState {
     /// The instance's place in the step scheduler.
     pub seat: Arc<Seat>,
     pub limits: GuestLimits,
+    /// When the guest call under way must end (see `Runtime::instantiate`).
+    pub deadline: Option<Instant>,
 }
 
 impl StoreState {
@@ -62,7 +65,13 @@ impl StoreState {
                 memory: guest_memory,
                 refused: None,
             },
+            deadline: None,
         }
+    }
+
+    /// Gives the next guest call `allowed` to run.
+    pub fn arm_deadline(&mut self, allowed: Duration) {
+        self.deadline = Some(Instant::now() + allowed);
     }
 }
 

@@ -8,7 +8,13 @@ mod generated {
     wasmtime::component::bindgen!({
         world: "realm",
         path: "../wit",
-        imports: { default: tracing | trappable },
+        // A step awaits its batch: the guest's fiber is suspended and its
+        // thread serves other instances meanwhile.
+        imports: {
+            "realm:engine/compute.[method]graph.run": async | tracing | trappable,
+            default: tracing | trappable,
+        },
+        exports: { default: async },
         with: {
             "realm:engine/compute.weights": crate::runtime::wit::WeightsHandle,
             "realm:engine/compute.kv-cache": crate::runtime::wit::KvHandle,

@@ -6,7 +6,7 @@ mod admission;
 pub mod config;
 pub mod keys;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use admission::Admission;
@@ -27,7 +27,7 @@ pub struct Tenant {
     admission: Arc<Admission>,
     runtime: Arc<Runtime>,
     settings: InstanceSettings,
-    instances: Mutex<Vec<InstanceHandle>>,
+    instances: tokio::sync::Mutex<Vec<InstanceHandle>>,
     max_instances: usize,
 }
 
@@ -47,7 +47,7 @@ impl Tenant {
             admission: Admission::new(limits.rates),
             runtime,
             settings,
-            instances: Mutex::new(Vec::new()),
+            instances: tokio::sync::Mutex::new(Vec::new()),
             max_instances: limits.instances.max(1),
         }
     }
@@ -56,15 +56,15 @@ impl Tenant {
     /// tenant may have more, else the least busy. Instances are made from the
     /// pre-instantiated component as they are needed; when the engine's pool
     /// has no slot left, a tenant that has an instance shares it.
-    pub fn instance(&self) -> anyhow::Result<InstanceHandle> {
-        let mut pool = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+    pub async fn instance(&self) -> anyhow::Result<InstanceHandle> {
+        let mut pool = self.instances.lock().await;
         let least_busy = pool.iter().min_by_key(|i| i.generations()).cloned();
         if let Some(instance) = &least_busy
             && (instance.generations() == 0 || pool.len() >= self.max_instances)
         {
             return Ok(instance.clone());
         }
-        match InstanceHandle::spawn(self.runtime.clone(), self.settings.clone()) {
+        match InstanceHandle::spawn(self.runtime.clone(), self.settings.clone()).await {
             Ok(instance) => {
                 pool.push(instance.clone());
                 Ok(instance)

@@ -1,6 +1,6 @@
-//! One benchmark tenant: its own store and component instance, driven directly
-//! on the calling thread (as a tenant's worker thread drives it in the server),
-//! so every guest call can be timed and split with `runtime::profile`.
+//! One benchmark tenant: its own store and component instance, driven to
+//! completion on the calling thread, so every guest call can be timed and
+//! split with `runtime::profile`.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,9 @@ use crate::runtime::wit::{Chunk, CompletionRequest, EngineError, ModelInfo, Real
 use crate::runtime::{InstanceSettings, Runtime};
 
 pub struct Tenant {
+    /// Drives the guest's async calls on this thread, so that `profile`'s
+    /// per-thread counters see its steps.
+    executor: tokio::runtime::Runtime,
     store: Store<StoreState>,
     bindings: RealmWorld,
     realm: Option<ResourceAny>,
@@ -36,16 +39,34 @@ fn engine<T>(call: wasmtime::Result<Result<T, EngineError>>, what: &str) -> anyh
     }
 }
 
+/// One guest call, run to completion on `executor`, timed and split with
+/// `runtime::profile`.
+fn timed<T>(
+    executor: &tokio::runtime::Runtime,
+    what: &str,
+    call: impl Future<Output = wasmtime::Result<Result<T, EngineError>>>,
+) -> anyhow::Result<(T, Timed)> {
+    let before = profile::snapshot();
+    let started = Instant::now();
+    let outcome = executor.block_on(call);
+    let wall = started.elapsed();
+    let value = engine(outcome, what)?;
+    let steps = profile::snapshot().since(&before);
+    Ok((value, Timed { wall, steps }))
+}
+
 impl Tenant {
     /// A new store and instance, and how long instantiation took.
     pub fn instantiate(runtime: &Runtime, settings: &InstanceSettings) -> anyhow::Result<(Self, Duration)> {
+        let executor = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
         let started = Instant::now();
         let seat = Seat::new(&settings.compute.tenant, settings.compute.batch_weight);
         let state = StoreState::new(settings.compute.clone(), seat, settings.guest_memory);
-        let (store, bindings) = runtime.instantiate(state)?;
+        let (store, bindings) = executor.block_on(runtime.instantiate(state))?;
         let elapsed = started.elapsed();
         Ok((
             Self {
+                executor,
                 store,
                 bindings,
                 realm: None,
@@ -61,16 +82,11 @@ impl Tenant {
             model: model.to_string(),
             context_length,
         };
-        let started = Instant::now();
-        let call = self
-            .bindings
-            .realm_engine_engine()
-            .realm()
-            .call_constructor(&mut self.store, &config);
-        let realm = engine(call, &format!("model `{model}`"))?;
-        let elapsed = started.elapsed();
+        let realms = self.bindings.realm_engine_engine().realm();
+        let call = realms.call_constructor(&mut self.store, &config);
+        let (realm, timed) = timed(&self.executor, &format!("model `{model}`"), call)?;
         self.realm = Some(realm);
-        Ok(elapsed)
+        Ok(timed.wall)
     }
 
     /// Tells the step scheduler whether this tenant is decoding (so that
@@ -85,50 +101,25 @@ impl Tenant {
 
     pub fn info(&mut self) -> anyhow::Result<ModelInfo> {
         let realm = self.realm()?;
-        let info = self
-            .bindings
-            .realm_engine_engine()
-            .realm()
-            .call_info(&mut self.store, realm)?;
-        Ok(info)
+        let realms = self.bindings.realm_engine_engine().realm();
+        let call = async { realms.call_info(&mut self.store, realm).await.map(Ok) };
+        Ok(timed(&self.executor, "info", call)?.0)
     }
 
     /// Token ids of `text` as a completion prompt is tokenized (special tokens added and parsed).
     pub fn tokenize(&mut self, text: &str) -> anyhow::Result<Vec<u32>> {
         let realm = self.realm()?;
-        let call = self
-            .bindings
-            .realm_engine_engine()
-            .realm()
-            .call_tokenize(&mut self.store, realm, text, true, true);
-        engine(call, "tokenize")
+        let realms = self.bindings.realm_engine_engine().realm();
+        let call = realms.call_tokenize(&mut self.store, realm, text, true, true);
+        Ok(timed(&self.executor, "tokenize", call)?.0)
     }
 
     /// The logits after `tokens` in a fresh sequence: a prefill from an empty cache.
     pub fn evaluate(&mut self, tokens: &[u32]) -> anyhow::Result<Timed> {
         let realm = self.realm()?;
-        let (_, timed) = self.timed("evaluate", |bindings, store| {
-            bindings
-                .realm_engine_engine()
-                .realm()
-                .call_evaluate(store, realm, tokens)
-        })?;
-        Ok(timed)
-    }
-
-    /// One guest call, timed and split with `runtime::profile`.
-    fn timed<T>(
-        &mut self,
-        what: &str,
-        call: impl FnOnce(&RealmWorld, &mut Store<StoreState>) -> wasmtime::Result<Result<T, EngineError>>,
-    ) -> anyhow::Result<(T, Timed)> {
-        let before = profile::snapshot();
-        let started = Instant::now();
-        let outcome = call(&self.bindings, &mut self.store);
-        let wall = started.elapsed();
-        let value = engine(outcome, what)?;
-        let steps = profile::snapshot().since(&before);
-        Ok((value, Timed { wall, steps }))
+        let realms = self.bindings.realm_engine_engine().realm();
+        let call = realms.call_evaluate(&mut self.store, realm, tokens);
+        Ok(timed(&self.executor, "evaluate", call)?.1)
     }
 
     /// Starts a greedy completion of `prompt` that ignores end-of-sequence tokens.
@@ -144,28 +135,23 @@ impl Tenant {
             ignore_eos: true,
             stop: Vec::new(),
         };
-        let (generation, timed) = self.timed("complete", |bindings, store| {
-            bindings
-                .realm_engine_engine()
-                .realm()
-                .call_complete(store, realm, &request)
-        })?;
+        let realms = self.bindings.realm_engine_engine().realm();
+        let call = realms.call_complete(&mut self.store, realm, &request);
+        let (generation, timed) = timed(&self.executor, "complete", call)?;
         Ok((Generation(generation), timed))
     }
 
     /// The generation's next chunk (None after the last), timed.
     pub fn next(&mut self, generation: &Generation) -> anyhow::Result<(Option<Chunk>, Timed)> {
-        self.timed("next", |bindings, store| {
-            bindings
-                .realm_engine_engine()
-                .generation()
-                .call_next(store, generation.0)
-        })
+        let generations = self.bindings.realm_engine_engine().generation();
+        let call = generations.call_next(&mut self.store, generation.0);
+        timed(&self.executor, "next", call)
     }
 
     /// Drops a generation, freeing its KV cache.
     pub fn release(&mut self, generation: Generation) -> anyhow::Result<()> {
-        generation.0.resource_drop(&mut self.store)?;
+        let drop = generation.0.resource_drop_async(&mut self.store);
+        self.executor.block_on(drop)?;
         Ok(())
     }
 }

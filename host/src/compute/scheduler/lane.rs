@@ -2,9 +2,10 @@
 //! in batches.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use super::fair::{Candidate, Shares};
 use super::{BatchPolicy, Counters, Scheduler, Seat, StepRequest, lock};
@@ -21,7 +22,7 @@ struct Waiting {
     /// Tokens of the step already run (a prompt runs in chunks).
     done: usize,
     since: Instant,
-    reply: SyncSender<Reply>,
+    reply: oneshot::Sender<Reply>,
 }
 
 #[derive(Default)]
@@ -67,8 +68,8 @@ impl Lane {
     }
 
     /// Queues a step; its output arrives on the receiver.
-    pub fn submit(&self, seat: &Arc<Seat>, step: StepRequest) -> Receiver<Reply> {
-        let (reply, answer) = sync_channel(1);
+    pub fn submit(&self, seat: &Arc<Seat>, step: StepRequest) -> oneshot::Receiver<Reply> {
+        let (reply, answer) = oneshot::channel();
         let mut state = self.lock();
         if !state.seats.iter().any(|s| std::ptr::eq(s.as_ptr(), Arc::as_ptr(seat))) {
             state.seats.push(Arc::downgrade(seat));

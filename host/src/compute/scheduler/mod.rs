@@ -19,13 +19,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{Backend, CompiledGraph, ComputeError, KvCache, Sequence};
+use super::{Backend, CompiledGraph, ComputeError, KvCache};
 use lane::Lane;
 
 /// How steps are batched.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchPolicy {
-    /// Sequences per batch; 1 runs every step alone on its caller's thread.
+    /// Sequences per batch; 1 runs every step alone.
     pub max_sequences: usize,
     /// Tokens per batch (prompt chunks and decode steps together).
     pub max_tokens: usize,
@@ -51,10 +51,6 @@ impl BatchPolicy {
             max_tokens: usize::MAX,
             wait: Duration::ZERO,
         }
-    }
-
-    fn batches(&self) -> bool {
-        self.max_sequences > 1
     }
 }
 
@@ -137,11 +133,9 @@ impl Scheduler {
 
     /// Runs `step` (checked here, so that a bad step fails alone), batched with
     /// the steps of other seats on the same program; returns its output row.
-    pub fn run(self: &Arc<Self>, seat: &Arc<Seat>, step: StepRequest) -> Result<Vec<f32>, ComputeError> {
+    /// The caller awaits its batch without holding a thread.
+    pub async fn run(self: &Arc<Self>, seat: &Arc<Seat>, step: StepRequest) -> Result<Vec<f32>, ComputeError> {
         super::check(&step.graph, &lock(&step.cache), &step.tokens, step.start)?;
-        if !self.policy.batches() {
-            return self.run_alone(step);
-        }
         let key = step.graph.fingerprint;
         seat.lane.store(key, Ordering::Relaxed);
         let reply = {
@@ -156,24 +150,11 @@ impl Scheduler {
             };
             lane.submit(seat, step)
         };
-        reply.recv().unwrap_or_else(|_| {
+        reply.await.unwrap_or_else(|_| {
             Err(ComputeError::Internal(
                 "the step's batch ended without an answer".into(),
             ))
         })
-    }
-
-    fn run_alone(&self, step: StepRequest) -> Result<Vec<f32>, ComputeError> {
-        let mut cache = lock(&step.cache);
-        let mut batch = [Sequence {
-            cache: &mut cache,
-            tokens: &step.tokens,
-            start: step.start,
-        }];
-        let mut rows = self.backend.run_batch(&step.graph, &mut batch)?;
-        self.counters.record(1, step.tokens.len());
-        rows.pop()
-            .ok_or_else(|| ComputeError::Internal("the backend returned no row".into()))
     }
 
     /// Removes an idle lane, unless a step arrived since it looked.

@@ -127,9 +127,16 @@ fn run_sequence(scheduler: &Arc<Scheduler>, seat: &Arc<Seat>, graph: &Arc<Compil
                 start,
             };
             start += n;
-            scheduler.run(seat, step).expect("the step runs")
+            block_on(scheduler.run(seat, step)).expect("the step runs")
         })
         .collect()
+}
+
+fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(future)
 }
 
 fn backend() -> Arc<dyn Backend> {
@@ -188,7 +195,7 @@ fn a_bad_step_fails_alone() {
         tokens: vec![VOCAB as u32],
         start: 0,
     };
-    match scheduler.run(&seat, step) {
+    match block_on(scheduler.run(&seat, step)) {
         Err(ComputeError::InvalidStep(m)) => assert!(m.contains("outside the vocabulary"), "{m}"),
         other => panic!("expected invalid-step, got {other:?}"),
     }
@@ -198,5 +205,8 @@ fn a_bad_step_fails_alone() {
         tokens: vec![1, 2],
         start: 0,
     };
-    assert_eq!(scheduler.run(&seat, good).expect("runs").len(), VOCAB as usize);
+    assert_eq!(
+        block_on(scheduler.run(&seat, good)).expect("runs").len(),
+        VOCAB as usize
+    );
 }

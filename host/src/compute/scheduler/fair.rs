@@ -86,17 +86,18 @@ mod tests {
         names.iter().map(|&n| Arc::from(n)).collect()
     }
 
+    fn step(tenant: &Arc<str>, weight: u32, remaining: usize) -> Candidate<'_> {
+        Candidate {
+            tenant,
+            weight,
+            remaining,
+        }
+    }
+
     #[test]
     fn everyone_runs_when_all_fit() {
         let t = tenants(&["a", "b", "c"]);
-        let c: Vec<Candidate> = t
-            .iter()
-            .map(|tenant| Candidate {
-                tenant,
-                weight: 1,
-                remaining: 1,
-            })
-            .collect();
+        let c: Vec<Candidate> = t.iter().map(|tenant| step(tenant, 1, 1)).collect();
         let mut taken = Shares::default().select(&c, 8, 64);
         taken.sort();
         assert_eq!(taken, vec![(0, 1), (1, 1), (2, 1)]);
@@ -111,11 +112,7 @@ mod tests {
         let (mut a, mut b) = (0, 0);
         for _ in 0..100 {
             let c: Vec<Candidate> = (0..16)
-                .map(|i| Candidate {
-                    tenant: &t[i % 2],
-                    weight: if i % 2 == 0 { 3 } else { 1 },
-                    remaining: 1,
-                })
+                .map(|i| step(&t[i % 2], if i % 2 == 0 { 3 } else { 1 }, 1))
                 .collect();
             for (i, _) in shares.select(&c, 4, 64) {
                 if i % 2 == 0 { a += 1 } else { b += 1 }
@@ -128,18 +125,8 @@ mod tests {
     fn a_flooding_tenant_cannot_crowd_out_a_quiet_one() {
         let t = tenants(&["flood", "quiet"]);
         let mut shares = Shares::default();
-        let mut c: Vec<Candidate> = (0..50)
-            .map(|_| Candidate {
-                tenant: &t[0],
-                weight: 1,
-                remaining: 1,
-            })
-            .collect();
-        c.push(Candidate {
-            tenant: &t[1],
-            weight: 1,
-            remaining: 1,
-        });
+        let mut c: Vec<Candidate> = (0..50).map(|_| step(&t[0], 1, 1)).collect();
+        c.push(step(&t[1], 1, 1));
         for _ in 0..20 {
             let taken = shares.select(&c, 8, 64);
             assert!(
@@ -152,23 +139,7 @@ mod tests {
     #[test]
     fn a_long_prompt_runs_in_chunks_beside_decode_steps() {
         let t = tenants(&["a", "b", "c"]);
-        let c = vec![
-            Candidate {
-                tenant: &t[0],
-                weight: 1,
-                remaining: 500,
-            },
-            Candidate {
-                tenant: &t[1],
-                weight: 1,
-                remaining: 1,
-            },
-            Candidate {
-                tenant: &t[2],
-                weight: 1,
-                remaining: 1,
-            },
-        ];
+        let c = vec![step(&t[0], 1, 500), step(&t[1], 1, 1), step(&t[2], 1, 1)];
         let mut taken = Shares::default().select(&c, 8, 64);
         taken.sort();
         assert_eq!(taken, vec![(0, 62), (1, 1), (2, 1)]);
@@ -178,26 +149,11 @@ mod tests {
     fn a_newcomer_gets_no_credit_for_its_absence() {
         let t = tenants(&["old", "new"]);
         let mut shares = Shares::default();
-        let old = [Candidate {
-            tenant: &t[0],
-            weight: 1,
-            remaining: 1,
-        }];
+        let old = [step(&t[0], 1, 1)];
         for _ in 0..10 {
             shares.select(&old, 1, 1);
         }
-        let both = [
-            Candidate {
-                tenant: &t[0],
-                weight: 1,
-                remaining: 1,
-            },
-            Candidate {
-                tenant: &t[1],
-                weight: 1,
-                remaining: 1,
-            },
-        ];
+        let both = [step(&t[0], 1, 1), step(&t[1], 1, 1)];
         let mut firsts = Vec::new();
         for _ in 0..4 {
             firsts.push(shares.select(&both, 1, 1)[0].0);

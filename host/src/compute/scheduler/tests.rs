@@ -5,7 +5,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use super::*;
-use crate::compute::cpu::CpuBackend;
+use crate::compute::cpu::{CpuBackend, quant};
 use crate::compute::gguf::writer::GgufWriter;
 use crate::compute::{Budget, WeightsRegistry};
 use crate::runtime::wit::compute::{AttentionOp, MatmulOp, Op, RmsNormOp, RopeOp, RopeStyle};
@@ -14,15 +14,11 @@ const VOCAB: u64 = 40;
 const DIM: u64 = 16;
 const HEAD_DIM: u32 = 8;
 
+/// Weights in [-1, 1).
 fn noise(seed: u64, n: usize) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % 2000) as f32 / 1000.0 - 1.0
-        })
+    quant::tests::noise(seed, n)
+        .iter()
+        .map(|&b| b as f32 / 128.0 - 1.0)
         .collect()
 }
 

@@ -4,6 +4,7 @@
 pub mod activations;
 #[cfg(test)]
 mod bench;
+pub mod kdot;
 pub mod kernels;
 pub mod kquants;
 pub mod ksimd;
@@ -334,7 +335,7 @@ mod tests {
     use crate::compute::cpu::quant::tests::{BLOCK_TYPES, noise, random_row};
 
     #[test]
-    fn matmul_rows_equals_the_row_dot_products_bit_for_bit() {
+    fn matmul_rows_equals_dot_rows_per_weight_row_bit_for_bit() {
         let k_types = [
             GgmlType::Q4K,
             GgmlType::Q6K,
@@ -356,15 +357,12 @@ mod tests {
                     .map(|&b| b as f32 / 64.0 - 2.0)
                     .collect();
                 let out = matmul_rows(ty, &w, k, n, &x);
-                for (r, xr) in x.chunks_exact(k).enumerate() {
-                    let a = activations::quantize(ty, xr);
-                    for j in 0..n {
-                        let expected = activations::dot(ty, &w[j * row_bytes..(j + 1) * row_bytes], &a);
-                        assert_eq!(
-                            out[r * n + j].to_bits(),
-                            expected.to_bits(),
-                            "{ty} rows {rows} ({r}, {j})"
-                        );
+                let a: Vec<_> = x.chunks_exact(k).map(|xr| activations::quantize(ty, xr)).collect();
+                for j in 0..n {
+                    let mut expected = vec![0.0; rows];
+                    activations::dot_rows(ty, &w[j * row_bytes..(j + 1) * row_bytes], &a, &mut expected);
+                    for (r, e) in expected.iter().enumerate() {
+                        assert_eq!(out[r * n + j].to_bits(), e.to_bits(), "{ty} rows {rows} ({r}, {j})");
                     }
                 }
             }

@@ -2,12 +2,8 @@
 //! attention over an f16 KV cache. They follow ggml's arithmetic (f64 sums in
 //! norms, RoPE angles by repeated multiplication) to track llama.cpp closely.
 
-use half::f16;
-use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
-
-use super::quant::dot_f32;
 use crate::compute::graph::{Attention, RopeStyle};
+use half::f16;
 
 /// RMS-normalises each `group`-long slice of `x` in place, then scales by `weight`.
 pub fn rms_norm(x: &mut [f32], group: usize, eps: f32, weight: Option<&[f32]>) {
@@ -101,46 +97,10 @@ pub fn gelu_gate_direct(x: f32) -> f32 {
 /// Causal attention for `rows` query rows starting at `start`: each row attends
 /// to cached positions up to its own (within the window). `keys`/`values` hold
 /// every position up to `start + rows`, `width` values each.
-/// As llama.cpp without flash attention: q is rounded to f16 for the f16 K dot
-/// products, and the softmax weights to f16 for the f16 V products.
+/// As llama.cpp without flash attention, to the summation order: see
+/// [`super::attention`].
 pub fn attention(a: &Attention, q: &[f32], keys: &[f16], values: &[f16], start: usize, out: &mut [f32]) {
-    let (hd, width) = (a.head_dim, a.n_kv_head * a.head_dim);
-    let group = a.n_head / a.n_kv_head;
-    out.par_chunks_mut(hd).enumerate().for_each(|(task, out_head)| {
-        let (row, head) = (task / a.n_head, task % a.n_head);
-        let position = start + row;
-        let first = if a.window > 0 {
-            (position + 1).saturating_sub(a.window)
-        } else {
-            0
-        };
-        let kv_offset = (head / group) * hd;
-        let query: Vec<f32> = q[row * a.n_head * hd + head * hd..][..hd]
-            .iter()
-            .map(|&v| f16::from_f32(v).to_f32())
-            .collect();
-        let mut k_row = vec![0.0f32; hd];
-        let mut scores: Vec<f32> = (first..=position)
-            .map(|t| {
-                keys[t * width + kv_offset..][..hd].convert_to_f32_slice(&mut k_row);
-                dot_f32(&query, &k_row) * a.scale
-            })
-            .collect();
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f64;
-        for s in &mut scores {
-            *s = (*s - max).exp();
-            sum += *s as f64;
-        }
-        let inv = (1.0 / sum) as f32;
-        out_head.fill(0.0);
-        let mut v_row = vec![0.0f32; hd];
-        for (t, s) in (first..=position).zip(&scores) {
-            values[t * width + kv_offset..][..hd].convert_to_f32_slice(&mut v_row);
-            let p = f16::from_f32(s * inv).to_f32();
-            out_head.iter_mut().zip(&v_row).for_each(|(o, v)| *o += p * v);
-        }
-    });
+    super::attention::attention(a, q, keys, values, start, out)
 }
 
 #[cfg(test)]

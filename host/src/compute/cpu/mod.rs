@@ -2,6 +2,7 @@
 //! Matrix products run over the memory-mapped weights in their stored type.
 
 pub mod activations;
+pub mod attention;
 #[cfg(test)]
 mod bench;
 pub mod kdot;

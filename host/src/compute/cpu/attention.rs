@@ -29,6 +29,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use super::vmath::expf;
 use crate::compute::graph::Attention;
 
 /// Lanes of one AVX-512 f32 vector.
@@ -49,40 +50,6 @@ pub fn reduce16(x: &[f32; LANES]) -> f32 {
         s4[i] = s8[i + 4] + s8[i];
     }
     (s4[0] + s4[2]) + (s4[1] + s4[3])
-}
-
-/// ggml's `ggml_v_expf` (AVX-512 variant) for one lane: the ARM optimized
-/// routines' polynomial, at most about 1.5 ulp from the true value.
-#[inline(always)]
-pub fn expf(x: f32) -> f32 {
-    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
-    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // 0x1.715476p+0 = 1/ln 2
-    let n = z - r;
-    // fnmadd(a, b, c) = -(a·b) + c, which is fma(-a, b, c) exactly.
-    let b = (-n).mul_add(
-        f32::from_bits(0x35bf_be8e),                  // 0x1.7f7d1cp-20
-        (-n).mul_add(f32::from_bits(0x3f31_7200), x), // 0x1.62e4p-1
-    );
-    let u = b * b;
-    let j = f32::from_bits(0x3c07_2010) // 0x1.0e4020p-7
-        .mul_add(b, f32::from_bits(0x3d2b_9f17)) // 0x1.573e2ep-5
-        .mul_add(
-            u,
-            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)), // 0x1.555e66p-3, 0x1.fffdb6p-2
-        )
-        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0)); // 0x1.ffffecp-1
-    if n.abs() > 192.0 {
-        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
-    }
-    scalef(j, n)
-}
-
-/// `_mm512_scalef_ps(j, n)` for an integral |n| ≤ 192: j·2ⁿ rounded once
-/// (the product is exact in f64).
-#[inline(always)]
-fn scalef(j: f32, n: f32) -> f32 {
-    let n = n as i64; // NaN gives 0; j is NaN then anyway
-    (j as f64 * f64::from_bits(((n + 1023) as u64) << 52)) as f32
 }
 
 /// Which of ggml's kernels a product follows.
@@ -321,89 +288,10 @@ fn head_attention_impl(
 mod tests {
     use super::*;
 
-    /// Distance in units in the last place between two finite positive floats.
-    fn ulps(a: f32, b: f32) -> u32 {
-        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
-    }
-
-    #[test]
-    fn expf_is_within_two_ulps_of_exp() {
-        let mut worst = 0;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let want = (x as f64).exp() as f32;
-            worst = worst.max(ulps(expf(x), want));
-            x += 0.000_731;
-        }
-        assert!(worst <= 2, "worst {worst} ulps");
-        assert_eq!(expf(0.0), 1.0);
-        assert_eq!(expf(f32::NEG_INFINITY), 0.0);
-        assert_eq!(expf(-1000.0), 0.0);
-        assert_eq!(expf(f32::INFINITY), f32::INFINITY);
-        assert_eq!(expf(200.0), f32::INFINITY);
-        assert!(expf(f32::NAN).is_nan());
-        // Subnormal results are rounded once, as _mm512_scalef_ps does.
-        for x in [-90.0f32, -100.0, -103.0] {
-            let want = (x as f64).exp();
-            assert!((expf(x) as f64 - want).abs() <= 2.0 * f32::from_bits(1) as f64, "{x}");
-        }
-    }
-
-    #[test]
-    fn expf_equals_the_avx512_kernel() {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            let mut x = -110.0f32;
-            while x < 90.0 {
-                let xs: [f32; 16] = std::array::from_fn(|i| x + i as f32 * 0.0137);
-                // SAFETY: AVX-512F is present (checked above).
-                let got = unsafe { avx512::expf16(&xs) };
-                for (g, &x) in got.iter().zip(&xs) {
-                    assert_eq!(g.to_bits(), expf(x).to_bits(), "{x}");
-                }
-                x += 0.219;
-            }
-        }
-    }
-
-    /// ggml_v_expf transcribed with AVX-512 intrinsics, as a reference.
+    /// `_mm512_reduce_add_ps` itself, as a reference.
     #[cfg(target_arch = "x86_64")]
     mod avx512 {
         use std::arch::x86_64::*;
-
-        #[target_feature(enable = "avx512f")]
-        pub fn expf16(xs: &[f32; 16]) -> [f32; 16] {
-            let s = _mm512_set1_ps;
-            // SAFETY: 16 floats are read and written.
-            let x = unsafe { _mm512_loadu_ps(xs.as_ptr()) };
-            let r = s(f32::from_bits(0x4b40_0000));
-            let z = _mm512_fmadd_ps(x, s(f32::from_bits(0x3fb8_aa3b)), r);
-            let n = _mm512_sub_ps(z, r);
-            let b = _mm512_fnmadd_ps(
-                n,
-                s(f32::from_bits(0x35bf_be8e)),
-                _mm512_fnmadd_ps(n, s(f32::from_bits(0x3f31_7200)), x),
-            );
-            let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), s(192.0));
-            let u = _mm512_mul_ps(b, b);
-            let j = _mm512_fmadd_ps(
-                _mm512_fmadd_ps(
-                    _mm512_fmadd_ps(s(f32::from_bits(0x3c07_2010)), b, s(f32::from_bits(0x3d2b_9f17))),
-                    u,
-                    _mm512_fmadd_ps(s(f32::from_bits(0x3e2a_af33)), b, s(f32::from_bits(0x3eff_fedb))),
-                ),
-                u,
-                _mm512_fmadd_ps(s(f32::from_bits(0x3f7f_fff6)), b, s(1.0)),
-            );
-            let res = _mm512_scalef_ps(j, n);
-            let zero = _mm512_setzero_ps();
-            let alt = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, zero), s(f32::INFINITY), zero);
-            let v = _mm512_mask_blend_ps(d, res, alt);
-            let mut out = [0.0f32; 16];
-            // SAFETY: 16 floats are written.
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), v) };
-            out
-        }
 
         #[target_feature(enable = "avx512f")]
         pub fn reduce_add(xs: &[f32; 16]) -> f32 {

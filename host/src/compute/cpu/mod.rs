@@ -11,6 +11,7 @@ pub mod kquants;
 pub mod ksimd;
 pub mod quant;
 pub mod simd;
+pub mod vmath;
 
 use half::f16;
 use rayon::prelude::*;
@@ -122,7 +123,24 @@ fn execute(step: Step<'_>) -> Result<Vec<f32>, ComputeError> {
             }
             Node::Add(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |x, y| x + y),
             Node::Mul(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |x, y| x * y),
-            Node::Swiglu(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |g, u| kernels::silu(g) * u),
+            Node::Swiglu(a, b) => {
+                let (gate, up) = (get(&values, *a)?, get(&values, *b)?);
+                let cols = up.cols;
+                let mut out = Matrix {
+                    rows: up.rows,
+                    cols,
+                    data: vec![0.0; up.data.len()],
+                };
+                for ((o, g), u) in out
+                    .data
+                    .chunks_exact_mut(cols)
+                    .zip(gate.data.chunks_exact(cols))
+                    .zip(up.data.chunks_exact(cols))
+                {
+                    vmath::swiglu_row(g, u, o);
+                }
+                out
+            }
             Node::Geglu(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |g, u| kernels::gelu_gate(g) * u),
             Node::Scale(a, factor) => {
                 let mut m = copy(get(&values, *a)?);

@@ -285,61 +285,77 @@ mod x86 {
         ]
     }
 
-    /// Q6_K for `N` activation rows, the unpacking shared: `vec_dot` order
-    /// (eight i32 lanes per super-block fused into eight f32 accumulators, as
-    /// `ggml_vec_dot_q6_K_q8_K`), or with `TILED` the tiled kernel's (the
-    /// super-block's integer total times `d`, fused into one accumulator with
-    /// `y.d`).
+    /// Super-block `i` of a Q6_K row times block `i` of `N` activation rows,
+    /// the unpacking shared: for each row the eight i32 lanes of
+    /// `ggml_vec_dot_q6_K_q8_K` (the scaled products with the stored +32,
+    /// less 32 times the scaled group sums).
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn rows_q6k<const N: usize, const TILED: bool>(row: &[u8], x: [&[BlockQ8K]; N]) -> [f32; N] {
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut total = [0.0f32; N];
-        for (i, b) in row.chunks_exact(Q6K_BYTES).enumerate() {
-            let (sc, scales) = q6k_scales(b);
-            let mut lanes = [_mm256_setzero_si256(); N];
-            for j in 0..2 {
-                let q = q6k_quants(b, j);
-                for (t, &qt) in q.iter().enumerate() {
-                    let g = 8 * j + 2 * t;
-                    let s = split16(sc[g], sc[g + 1]);
-                    for (r, l) in lanes.iter_mut().enumerate() {
-                        *l = _mm256_add_epi32(*l, scaled(s, qt, load_q8(&x[r][i], 128 * j + 32 * t)));
-                    }
-                }
-            }
-            let dw = f16_at(b, 208);
-            for r in 0..N {
-                let y = &x[r][i];
-                let lanes = _mm256_sub_epi32(lanes[r], q6k_offset(y, scales));
-                if TILED {
-                    total[r] = (hsum(lanes) as f32 * dw).mul_add(y.d, total[r]);
-                } else {
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(y.d * dw), _mm256_cvtepi32_ps(lanes), acc[r]);
+    #[target_feature(enable = "avx2")]
+    fn q6k_lanes<const N: usize>(b: &[u8], x: [&[BlockQ8K]; N], i: usize) -> [__m256i; N] {
+        let (sc, scales) = q6k_scales(b);
+        let mut lanes: [__m256i; N] =
+            std::array::from_fn(|r| _mm256_sub_epi32(_mm256_setzero_si256(), q6k_offset(&x[r][i], scales)));
+        for j in 0..2 {
+            for (t, &qt) in q6k_quants(b, j).iter().enumerate() {
+                let g = 8 * j + 2 * t;
+                let s = split16(sc[g], sc[g + 1]);
+                for (r, l) in lanes.iter_mut().enumerate() {
+                    *l = _mm256_add_epi32(*l, scaled(s, qt, load_q8(&x[r][i], 128 * j + 32 * t)));
                 }
             }
         }
-        if TILED { total } else { acc.map(|a| hsum_ps(a)) }
+        lanes
+    }
+
+    /// Q6_K for `N` rows in `vec_dot` order: each row's eight lanes fused
+    /// (`lanes · (y.d · d) + acc`) into eight accumulators, summed at the end.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn rows_q6k<const N: usize>(row: &[u8], x: [&[BlockQ8K]; N]) -> [f32; N] {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (i, b) in row.chunks_exact(Q6K_BYTES).enumerate() {
+            let lanes = q6k_lanes(b, x, i);
+            let dw = f16_at(b, 208);
+            for r in 0..N {
+                let d = _mm256_set1_ps(x[r][i].d * dw);
+                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes[r]), acc[r]);
+            }
+        }
+        acc.map(|a| hsum_ps(a))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn row_q6k(row: &[u8], x: &[BlockQ8K]) -> f32 {
-        rows_q6k::<1, false>(row, [x])[0]
+        rows_q6k::<1>(row, [x])[0]
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn rows4_q6k(row: &[u8], x: [&[BlockQ8K]; 4]) -> [f32; 4] {
-        rows_q6k::<4, false>(row, x)
+        rows_q6k::<4>(row, x)
     }
 
+    /// Q6_K in the tiled kernel's order (`kdot::dot_tiled_portable`).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn row_q6k_tiled(row: &[u8], x: &[BlockQ8K]) -> f32 {
-        rows_q6k::<1, true>(row, [x])[0]
+        let mut acc = 0.0f32;
+        for (i, b) in row.chunks_exact(Q6K_BYTES).enumerate() {
+            let [lanes] = q6k_lanes(b, [x], i);
+            acc = (hsum(lanes) as f32 * f16_at(b, 208)).mul_add(x[i].d, acc);
+        }
+        acc
     }
 
+    /// `row_q6k_tiled` for four rows, one per f32 lane.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn rows4_q6k_tiled(row: &[u8], x: [&[BlockQ8K]; 4]) -> [f32; 4] {
-        rows_q6k::<4, true>(row, x)
+        let mut acc = _mm_setzero_ps();
+        for (i, b) in row.chunks_exact(Q6K_BYTES).enumerate() {
+            let [l0, l1, l2, l3] = q6k_lanes(b, x, i);
+            let r = _mm_mul_ps(_mm_cvtepi32_ps(totals4(l0, l1, l2, l3)), _mm_set1_ps(f16_at(b, 208)));
+            let yd = _mm_setr_ps(x[0][i].d, x[1][i].d, x[2][i].d, x[3][i].d);
+            acc = _mm_fmadd_ps(r, yd, acc);
+        }
+        store4(acc)
     }
 
     /// The 16 group scales of a Q6_K super-block, as i16s and as a vector.

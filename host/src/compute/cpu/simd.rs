@@ -34,17 +34,43 @@ pub type RowKernel = unsafe fn(&[u8], &[BlockQ8]) -> f32;
 pub fn row_kernel(ty: GgmlType) -> Option<RowKernel> {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        return match ty {
-            GgmlType::Q4_0 => Some(x86::row_q4_0 as RowKernel),
-            GgmlType::Q4_1 => Some(x86::row_q4_1 as RowKernel),
-            GgmlType::Q8_0 => Some(x86::row_q8_0 as RowKernel),
-            GgmlType::Q5_0 => Some(x86::row_q5_0 as RowKernel),
-            GgmlType::Q5_1 => Some(x86::row_q5_1 as RowKernel),
-            _ => None,
-        };
+        macro_rules! pick {
+            ($m:ident) => {
+                match ty {
+                    GgmlType::Q4_0 => Some(x86::$m::row_q4_0 as RowKernel),
+                    GgmlType::Q4_1 => Some(x86::$m::row_q4_1 as RowKernel),
+                    GgmlType::Q5_0 => Some(x86::$m::row_q5_0 as RowKernel),
+                    GgmlType::Q5_1 => Some(x86::$m::row_q5_1 as RowKernel),
+                    GgmlType::Q8_0 => Some(x86::$m::row_q8_0 as RowKernel),
+                    _ => None,
+                }
+            };
+        }
+        return if has_avx512() { pick!(avx512) } else { pick!(avx2) };
     }
     let _ = ty;
     None
+}
+
+/// Whether the AVX-512 variants can run as well (AVX-512 F, BW, VL and VNNI,
+/// as on Zen 4 and Ice Lake or later). Checked once.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx512() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static LEVEL: AtomicU8 = AtomicU8::new(0);
+    match LEVEL.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let yes = has_avx2()
+                && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512vnni");
+            LEVEL.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        }
+    }
 }
 
 /// A whole row's dot product for the 32-value block types, as ggml's x86
@@ -65,18 +91,22 @@ pub fn row_dot(ty: GgmlType, row: &[u8], blocks: &[BlockQ8]) -> Option<f32> {
 pub fn rows_dot4(ty: GgmlType, row: &[u8], ys: [&[BlockQ8]; 4]) -> Option<[f32; 4]> {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: AVX2, FMA and F16C are present (checked above); the kernels
-        // read whole blocks of `row` and the matching blocks of each `ys[r]`.
-        return unsafe {
-            match ty {
-                GgmlType::Q4_0 => Some(x86::rows4_q4_0(row, ys)),
-                GgmlType::Q4_1 => Some(x86::rows4_q4_1(row, ys)),
-                GgmlType::Q5_0 => Some(x86::rows4_q5_0(row, ys)),
-                GgmlType::Q5_1 => Some(x86::rows4_q5_1(row, ys)),
-                GgmlType::Q8_0 => Some(x86::rows4_q8_0(row, ys)),
-                _ => None,
-            }
-        };
+        macro_rules! pick {
+            ($m:ident) => {
+                match ty {
+                    GgmlType::Q4_0 => Some(x86::$m::rows4_q4_0(row, ys)),
+                    GgmlType::Q4_1 => Some(x86::$m::rows4_q4_1(row, ys)),
+                    GgmlType::Q5_0 => Some(x86::$m::rows4_q5_0(row, ys)),
+                    GgmlType::Q5_1 => Some(x86::$m::rows4_q5_1(row, ys)),
+                    GgmlType::Q8_0 => Some(x86::$m::rows4_q8_0(row, ys)),
+                    _ => None,
+                }
+            };
+        }
+        // SAFETY: AVX2, FMA and F16C (and AVX-512 for those kernels) are
+        // present (checked here); the kernels read whole blocks of `row` and
+        // the matching blocks of each `ys[r]`.
+        return unsafe { if has_avx512() { pick!(avx512) } else { pick!(avx2) } };
     }
     let _ = (ty, row, ys);
     None
@@ -239,78 +269,113 @@ pub(super) mod x86 {
         }
     }
 
-    /// The block's products with `qy` as eight f32 lanes of four adjacent
-    /// products each (ggml's `mul_sum_i8_pairs_float` for signed quants, by
-    /// their absolute values and `qy` with their signs; `mul_sum_us8_pairs_float`
-    /// for unsigned ones).
+    /// Pairwise integer products of unsigned x and signed y, each lane the sum
+    /// of four adjacent products, as f32, with VNNI's `vpdpbusd` (the same
+    /// integers as `pairs_ps`: `maddubs` cannot saturate on these operands).
     #[inline]
-    #[target_feature(enable = "avx2")]
-    fn products<const TY: u8>(x: __m256i, qy: __m256i) -> __m256 {
-        if layout(TY).1 {
-            pairs_ps(x, qy)
-        } else {
-            pairs_ps(_mm256_sign_epi8(x, x), _mm256_sign_epi8(qy, x))
-        }
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn pairs_vnni(x: __m256i, y: __m256i) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), x, y))
     }
 
-    /// A row as ggml's AVX2 `ggml_vec_dot_*_q8_*` computes it (and, for Q4_0,
-    /// Q5_0 and Q8_0, llamafile's `tinyBLAS_Q0_AVX`, which llama.cpp runs for
-    /// prompts: the same order): per block, the products' eight lanes times
-    /// `d * y.d`, fused into eight accumulators; the lanes summed once at the
-    /// end (`hsum_float_8`), then the mins `m * y.s` (exact in f32) added.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn row_ggml<const TY: u8>(row: &[u8], blocks: &[BlockQ8]) -> f32 {
-        let (bytes, has_min) = layout(TY);
-        let mut acc = _mm256_setzero_ps();
-        let mut mins = 0.0f32;
-        for (w, y) in row.chunks_exact(bytes).zip(blocks) {
-            if has_min {
-                mins += f16_pair(w, 0).1 * y.s;
-            }
-            let products = products::<TY>(quants::<TY>(w), load_y(y));
-            acc = _mm256_fmadd_ps(scale8(w, 0, y.d), products, acc);
-        }
-        if has_min { hsum_ps(acc) + mins } else { hsum_ps(acc) }
-    }
-
-    /// `row_ggml` for four activation rows, with the weight block unpacked
-    /// once: each row keeps its own accumulators, so its result is the same.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn rows4_ggml<const TY: u8>(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
-        let (bytes, has_min) = layout(TY);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut mins = [0.0f32; 4];
-        for (b, w) in row.chunks_exact(bytes).enumerate() {
-            let x = quants::<TY>(w);
-            let m = f16_pair(w, 0).1;
-            for r in 0..4 {
-                let y = &ys[r][b];
-                if has_min {
-                    mins[r] += m * y.s;
-                }
-                acc[r] = _mm256_fmadd_ps(scale8(w, 0, y.d), products::<TY>(x, load_y(y)), acc[r]);
-            }
-        }
-        let mut out = [hsum_ps(acc[0]), hsum_ps(acc[1]), hsum_ps(acc[2]), hsum_ps(acc[3])];
-        if has_min {
-            for r in 0..4 {
-                out[r] += mins[r];
-            }
-        }
-        out
-    }
-
+    /// The row kernels, stamped out for AVX2 and for AVX-512 VNNI (whose
+    /// `vpdpbusd` forms the lanes' integer sums in one step; the results are
+    /// the same).
     macro_rules! ggml_kernels {
-        ($($row:ident, $rows4:ident, $ty:ident;)*) => {
+        ($module:ident, $features:literal, $pairs:ident) => {
+            pub mod $module {
+                use super::*;
+
+                /// The block's products with `qy` as eight f32 lanes of four
+                /// adjacent products each (ggml's `mul_sum_i8_pairs_float` for
+                /// signed quants, by their absolute values and `qy` with their
+                /// signs; `mul_sum_us8_pairs_float` for unsigned ones).
+                #[inline]
+                #[target_feature(enable = $features)]
+                fn products<const TY: u8>(x: __m256i, qy: __m256i) -> __m256 {
+                    if layout(TY).1 {
+                        $pairs(x, qy)
+                    } else {
+                        $pairs(_mm256_sign_epi8(x, x), _mm256_sign_epi8(qy, x))
+                    }
+                }
+
+                /// A row as ggml's AVX2 `ggml_vec_dot_*_q8_*` computes it (and,
+                /// for Q4_0, Q5_0 and Q8_0, llamafile's `tinyBLAS_Q0_AVX`, which
+                /// llama.cpp runs for prompts: the same order): per block, the
+                /// products' eight lanes times `d * y.d`, fused into eight
+                /// accumulators; the lanes summed once at the end
+                /// (`hsum_float_8`), then the mins `m * y.s` (exact in f32) added.
+                #[inline]
+                #[target_feature(enable = $features)]
+                fn row_ggml<const TY: u8>(row: &[u8], blocks: &[BlockQ8]) -> f32 {
+                    let (bytes, has_min) = layout(TY);
+                    let mut acc = _mm256_setzero_ps();
+                    let mut mins = 0.0f32;
+                    for (w, y) in row.chunks_exact(bytes).zip(blocks) {
+                        if has_min {
+                            mins += f16_pair(w, 0).1 * y.s;
+                        }
+                        let products = products::<TY>(quants::<TY>(w), load_y(y));
+                        acc = _mm256_fmadd_ps(scale8(w, 0, y.d), products, acc);
+                    }
+                    if has_min {
+                        hsum_ps(acc) + mins
+                    } else {
+                        hsum_ps(acc)
+                    }
+                }
+
+                /// `row_ggml` for four activation rows, with the weight block
+                /// unpacked once: each row keeps its own accumulators, so its
+                /// result is the same.
+                #[inline]
+                #[target_feature(enable = $features)]
+                fn rows4_ggml<const TY: u8>(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
+                    let (bytes, has_min) = layout(TY);
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    let mut mins = [0.0f32; 4];
+                    for (b, w) in row.chunks_exact(bytes).enumerate() {
+                        let x = quants::<TY>(w);
+                        let m = f16_pair(w, 0).1;
+                        for r in 0..4 {
+                            let y = &ys[r][b];
+                            if has_min {
+                                mins[r] += m * y.s;
+                            }
+                            acc[r] = _mm256_fmadd_ps(scale8(w, 0, y.d), products::<TY>(x, load_y(y)), acc[r]);
+                        }
+                    }
+                    let mut out = [hsum_ps(acc[0]), hsum_ps(acc[1]), hsum_ps(acc[2]), hsum_ps(acc[3])];
+                    if has_min {
+                        for r in 0..4 {
+                            out[r] += mins[r];
+                        }
+                    }
+                    out
+                }
+
+                wrappers! {
+                    $features;
+                    row_q4_0, rows4_q4_0, Q4_0;
+                    row_q4_1, rows4_q4_1, Q4_1;
+                    row_q5_0, rows4_q5_0, Q5_0;
+                    row_q5_1, rows4_q5_1, Q5_1;
+                    row_q8_0, rows4_q8_0, Q8_0;
+                }
+            }
+        };
+    }
+
+    macro_rules! wrappers {
+        ($features:literal; $($row:ident, $rows4:ident, $ty:ident;)*) => {
             $(
-                #[target_feature(enable = "avx2,fma,f16c")]
+                #[target_feature(enable = $features)]
                 pub unsafe fn $row(row: &[u8], blocks: &[BlockQ8]) -> f32 {
                     row_ggml::<$ty>(row, blocks)
                 }
 
-                #[target_feature(enable = "avx2,fma,f16c")]
+                #[target_feature(enable = $features)]
                 pub unsafe fn $rows4(row: &[u8], ys: [&[BlockQ8]; 4]) -> [f32; 4] {
                     rows4_ggml::<$ty>(row, ys)
                 }
@@ -318,13 +383,8 @@ pub(super) mod x86 {
         };
     }
 
-    ggml_kernels! {
-        row_q4_0, rows4_q4_0, Q4_0;
-        row_q4_1, rows4_q4_1, Q4_1;
-        row_q5_0, rows4_q5_0, Q5_0;
-        row_q5_1, rows4_q5_1, Q5_1;
-        row_q8_0, rows4_q8_0, Q8_0;
-    }
+    ggml_kernels!(avx2, "avx2,fma,f16c", pairs_ps);
+    ggml_kernels!(avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", pairs_vnni);
 }
 
 #[cfg(test)]
@@ -364,6 +424,23 @@ mod tests {
                 for (r, v) in quad.iter().enumerate() {
                     let reference = dot_blocks(ty, &row, &ys[r]);
                     assert_eq!(v.to_bits(), reference.to_bits(), "{ty} rows4 row {r}");
+                }
+                // The AVX2 kernels too where the dispatch picks the AVX-512 ones.
+                #[cfg(target_arch = "x86_64")]
+                if has_avx512() {
+                    let ys4 = [&ys[0][..], &ys[1], &ys[2], &ys[3]];
+                    // SAFETY: AVX2, FMA and F16C are present (AVX-512 implies them here).
+                    let (one, four) = unsafe {
+                        match ty {
+                            GgmlType::Q4_0 => (x86::avx2::row_q4_0(&row, &ys[0]), x86::avx2::rows4_q4_0(&row, ys4)),
+                            GgmlType::Q4_1 => (x86::avx2::row_q4_1(&row, &ys[0]), x86::avx2::rows4_q4_1(&row, ys4)),
+                            GgmlType::Q5_0 => (x86::avx2::row_q5_0(&row, &ys[0]), x86::avx2::rows4_q5_0(&row, ys4)),
+                            GgmlType::Q5_1 => (x86::avx2::row_q5_1(&row, &ys[0]), x86::avx2::rows4_q5_1(&row, ys4)),
+                            _ => (x86::avx2::row_q8_0(&row, &ys[0]), x86::avx2::rows4_q8_0(&row, ys4)),
+                        }
+                    };
+                    assert_eq!(one.to_bits(), fast.to_bits(), "{ty} avx2");
+                    assert_eq!(four, quad, "{ty} avx2 rows4");
                 }
             }
         }

@@ -58,7 +58,10 @@ pub fn graph(hp: &Hyperparameters, names: &TensorNames, layers: &Layers) -> Vec<
             shape.rope_base = layers.local_rope_base;
         }
         let h = g.rms_norm(x, &format!("{prefix}.attn_norm.weight"), hp.rms_eps);
-        let attended = g.self_attention(h, &prefix, layer, &shape, options);
+        let mut attended = g.self_attention(h, &prefix, layer, &shape, options);
+        if layer + 1 == hp.n_layer {
+            (attended, x) = g.last_rows(attended, x);
+        }
         let attended = g.rms_norm(attended, &format!("{prefix}.post_attention_norm.weight"), hp.rms_eps);
         x = g.add(attended, x);
         let h = g.rms_norm(x, &format!("{prefix}.ffn_norm.weight"), hp.rms_eps);
@@ -66,8 +69,7 @@ pub fn graph(hp: &Hyperparameters, names: &TensorNames, layers: &Layers) -> Vec<
         let ffn = g.rms_norm(ffn, &format!("{prefix}.post_ffw_norm.weight"), hp.rms_eps);
         x = g.add(ffn, x);
     }
-    let last = g.last_row(x);
-    let normed = g.rms_norm(last, TensorNames::OUTPUT_NORM, hp.rms_eps);
+    let normed = g.rms_norm(x, TensorNames::OUTPUT_NORM, hp.rms_eps);
     g.matmul(normed, names.output());
     g.finish()
 }

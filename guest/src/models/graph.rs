@@ -95,8 +95,12 @@ impl GraphBuilder {
         self.push(Op::Swiglu((gate, up)))
     }
 
-    pub fn last_row(&mut self, input: ValueId) -> ValueId {
-        self.push(Op::LastRow(input))
+    /// The last rows of the last layer's attention output and residual. From
+    /// there on llama.cpp keeps only the position whose logits are wanted
+    /// (`inp_out_ids`), so the rest of the layer runs as one-row products,
+    /// whose kernels (and float order) differ from the many-row ones.
+    pub fn last_rows(&mut self, attended: ValueId, residual: ValueId) -> (ValueId, ValueId) {
+        (self.push(Op::LastRow(attended)), self.push(Op::LastRow(residual)))
     }
 
     pub fn rope(&mut self, input: ValueId, shape: &AttentionShape) -> ValueId {

@@ -37,8 +37,12 @@ impl Hyperparameters {
         if head_dim == 0 {
             return Err(Error::UnsupportedModel(format!("{n_head} heads do not fit {n_embd}")));
         }
+        let n_layer = meta.arch_u32(keys::BLOCK_COUNT)?;
+        if n_layer == 0 {
+            return Err(Error::UnsupportedModel("the model has no layers".into()));
+        }
         Ok(Self {
-            n_layer: meta.arch_u32(keys::BLOCK_COUNT)?,
+            n_layer,
             n_embd,
             n_head,
             n_kv_head: meta.arch_u32_or(keys::HEAD_COUNT_KV, n_head)?,

@@ -7,6 +7,7 @@
 
 use half::{bf16, f16};
 
+use super::kdot;
 use super::kquants::{self, BlockQ8K};
 use super::quant::{self, QK};
 use super::simd;
@@ -105,14 +106,18 @@ pub fn dot(ty: GgmlType, row: &[u8], x: &Activations) -> f32 {
             .map(|(w, a)| bf16::from_le_bytes([w[0], w[1]]).to_f32() * a.to_f32())
             .sum(),
         Activations::Q8(blocks) => simd::row_dot(ty, row, blocks).unwrap_or_else(|| dot_blocks(ty, row, blocks)),
-        Activations::Q8K(blocks) => kquants::dot(ty, row, blocks),
+        Activations::Q8K(blocks) => kdot::dot(ty, row, blocks),
     }
 }
 
 /// `row . xs[r]` into `out[r]` for every activation row: four rows at a time
-/// where a kernel shares the weight row's unpacking between them (the same
-/// results as `dot` row by row), else one by one.
+/// where a kernel shares the weight row's unpacking between them, else one by
+/// one. The results are `dot`'s, except where llama.cpp orders a product of
+/// several rows differently: Q4_K rows in whole groups of four (see
+/// `kdot::rows_dot4`), and every row of the K-quants it multiplies in its
+/// tiled kernel (`kdot::is_tiled`).
 pub fn dot_rows(ty: GgmlType, row: &[u8], xs: &[Activations], out: &mut [f32]) {
+    let tiled = kdot::is_tiled(ty, xs.len());
     let mut done = 0;
     for (quad, o) in xs.chunks_exact(4).zip(out.chunks_exact_mut(4)) {
         let result = match quad {
@@ -127,7 +132,13 @@ pub fn dot_rows(ty: GgmlType, row: &[u8], xs: &[Activations], out: &mut [f32]) {
                 Activations::Q8K(b),
                 Activations::Q8K(c),
                 Activations::Q8K(d),
-            ] => kquants::rows_dot4(ty, row, [a, b, c, d]),
+            ] if tiled => Some(kdot::rows_dot4_tiled(ty, row, [a, b, c, d])),
+            [
+                Activations::Q8K(a),
+                Activations::Q8K(b),
+                Activations::Q8K(c),
+                Activations::Q8K(d),
+            ] => kdot::rows_dot4(ty, row, [a, b, c, d]),
             _ => None,
         };
         let Some(result) = result else { break };
@@ -135,59 +146,77 @@ pub fn dot_rows(ty: GgmlType, row: &[u8], xs: &[Activations], out: &mut [f32]) {
         done += 4;
     }
     for (o, x) in out[done..].iter_mut().zip(&xs[done..]) {
-        *o = dot(ty, row, x);
+        *o = match x {
+            Activations::Q8K(blocks) if tiled => kdot::dot_tiled(ty, row, blocks),
+            _ => dot(ty, row, x),
+        };
     }
 }
 
-/// The portable row dot product: one exact integer sum per block, scaled and
-/// summed in block order.
+/// The portable row dot product, in the order of ggml's x86 kernels (which
+/// `simd::row_dot` runs where it can, with the same results): per block, eight
+/// lanes of four adjacent integer products, times `d * y.d` fused into eight
+/// f32 accumulators; the lanes summed pairwise at the end (`hsum_float_8`),
+/// then the mins `m * y.s` of Q4_1 and Q5_1 (exact in f32) added.
 pub fn dot_blocks(ty: GgmlType, row: &[u8], blocks: &[BlockQ8]) -> f32 {
-    row.chunks_exact(ty.block_bytes())
-        .zip(blocks)
-        .map(|(w, y)| block_dot(ty, w, y))
-        .sum()
+    let has_min = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
+    let mut acc = [0.0f32; 8];
+    let mut mins = 0.0f32;
+    for (w, y) in row.chunks_exact(ty.block_bytes()).zip(blocks) {
+        let x = block_quants(ty, w);
+        let d = f16_at(w, 0) * y.d;
+        for (lane, a) in acc.iter_mut().enumerate() {
+            let sum: i32 = (4 * lane..4 * lane + 4).map(|j| x[j] * y.qs[j] as i32).sum();
+            *a = d.mul_add(sum as f32, *a);
+        }
+        if has_min {
+            mins += f16_at(w, 2) * y.s;
+        }
+    }
+    let sum = hsum_float_8(&acc);
+    if has_min { sum + mins } else { sum }
+}
+
+/// ggml's `hsum_float_8`: the upper four lanes added to the lower four, then
+/// (0 + 2) + (1 + 3).
+pub fn hsum_float_8(acc: &[f32; 8]) -> f32 {
+    let half: [f32; 4] = std::array::from_fn(|i| acc[i + 4] + acc[i]);
+    (half[0] + half[2]) + (half[1] + half[3])
 }
 
 fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
-/// One weight block times one activation block, as ggml's `vec_dot_*_q8_*`.
-fn block_dot(ty: GgmlType, w: &[u8], y: &BlockQ8) -> f32 {
-    let d = f16_at(w, 0);
+/// A weight block's 32 quants in value order, as the integers ggml's kernels
+/// multiply: `q - 8` for Q4_0, `q - 16` for Q5_0, the unsigned `q` of Q4_1 and
+/// Q5_1 (their min is added apart), the signed bytes of Q8_0.
+fn block_quants(ty: GgmlType, w: &[u8]) -> [i32; QK] {
+    let mut x = [0i32; QK];
     match ty {
-        GgmlType::Q4_0 => (simd::nibbles_dot(packed(&w[2..18]), &y.qs) - 8 * y.sum) as f32 * (d * y.d),
-        GgmlType::Q4_1 => (d * y.d) * simd::nibbles_dot(packed(&w[4..20]), &y.qs) as f32 + f16_at(w, 2) * y.s,
-        GgmlType::Q5_0 | GgmlType::Q5_1 => {
-            let has_min = ty == GgmlType::Q5_1;
-            let rest = if has_min { &w[4..] } else { &w[2..] };
-            let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-            let mut x = [0u8; QK];
-            for (j, &q) in rest[4..20].iter().enumerate() {
-                x[j] = (q & 0x0F) | ((((qh >> j) << 4) & 0x10) as u8);
-                x[j + 16] = (q >> 4) | (((qh >> (j + 12)) & 0x10) as u8);
+        GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            let (at, offset) = if ty == GgmlType::Q4_0 { (2, 8) } else { (4, 0) };
+            for (j, &q) in w[at..at + 16].iter().enumerate() {
+                x[j] = (q & 0x0F) as i32 - offset;
+                x[j + 16] = (q >> 4) as i32 - offset;
             }
-            let sumi = simd::unsigned_dot(&x, &y.qs) - if has_min { 0 } else { 16 * y.sum };
-            let m = if has_min { f16_at(w, 2) * y.s } else { 0.0 };
-            (d * y.d) * sumi as f32 + m
+        }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let (at, offset) = if ty == GgmlType::Q5_0 { (2, 16) } else { (4, 0) };
+            let qh = u32::from_le_bytes([w[at], w[at + 1], w[at + 2], w[at + 3]]);
+            for (j, &q) in w[at + 4..at + 20].iter().enumerate() {
+                x[j] = ((q & 0x0F) as u32 | (((qh >> j) << 4) & 0x10)) as i32 - offset;
+                x[j + 16] = ((q >> 4) as u32 | ((qh >> (j + 12)) & 0x10)) as i32 - offset;
+            }
         }
         GgmlType::Q8_0 => {
-            let x: &[i8; QK] = bytemuck_i8(&w[2..34]);
-            simd::signed_dot(x, &y.qs) as f32 * (d * y.d)
+            for (v, &q) in x.iter_mut().zip(&w[2..34]) {
+                *v = q as i8 as i32;
+            }
         }
-        _ => unreachable!("block_dot on {ty}"),
+        _ => unreachable!("block_quants on {ty}"),
     }
-}
-
-fn packed(bytes: &[u8]) -> &[u8; 16] {
-    bytes.try_into().expect("16 packed bytes")
-}
-
-/// A Q8_0 block's quants as i8 (same size and alignment as u8).
-fn bytemuck_i8(bytes: &[u8]) -> &[i8; QK] {
-    let bytes: &[u8; QK] = bytes.try_into().expect("32 quant bytes");
-    // SAFETY: u8 and i8 have the same size and alignment; every bit pattern is valid.
-    unsafe { &*(bytes as *const [u8; QK]).cast::<[i8; QK]>() }
+    x
 }
 
 #[cfg(test)]
@@ -228,60 +257,70 @@ mod tests {
         }
     }
 
-    /// ggml's per-element formulas for the integer sum of one block.
-    fn reference_sumi(ty: GgmlType, w: &[u8], y: &BlockQ8) -> i32 {
-        let value = |j: usize| -> i32 {
-            let (lo, hi, at) = (j < 16, j >= 16, j % 16);
-            match ty {
-                GgmlType::Q4_0 | GgmlType::Q4_1 => {
-                    let q = w[if ty == GgmlType::Q4_0 { 2 } else { 4 } + at];
-                    let nibble = if lo { q & 0x0F } else { q >> 4 } as i32;
-                    if ty == GgmlType::Q4_0 { nibble - 8 } else { nibble }
-                }
-                GgmlType::Q5_0 | GgmlType::Q5_1 => {
-                    let rest = if ty == GgmlType::Q5_1 { &w[4..] } else { &w[2..] };
-                    let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-                    let q = rest[4 + at];
-                    let h = if hi {
-                        (qh >> (at + 12)) & 0x10
-                    } else {
-                        ((qh >> at) << 4) & 0x10
-                    };
-                    let x = (if lo { q & 0x0F } else { q >> 4 }) as u32 | h;
-                    x as i32 - if ty == GgmlType::Q5_0 { 16 } else { 0 }
-                }
-                _ => w[2 + j] as i8 as i32,
+    /// ggml's per-element formula (`dequantize_row_*`) for quant `j` of a block.
+    fn reference_quant(ty: GgmlType, w: &[u8], j: usize) -> i32 {
+        let (lo, hi, at) = (j < 16, j >= 16, j % 16);
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                let q = w[if ty == GgmlType::Q4_0 { 2 } else { 4 } + at];
+                let nibble = if lo { q & 0x0F } else { q >> 4 } as i32;
+                if ty == GgmlType::Q4_0 { nibble - 8 } else { nibble }
             }
-        };
-        (0..QK).map(|j| value(j) * y.qs[j] as i32).sum()
+            GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                let rest = if ty == GgmlType::Q5_1 { &w[4..] } else { &w[2..] };
+                let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let q = rest[4 + at];
+                let h = if hi {
+                    (qh >> (at + 12)) & 0x10
+                } else {
+                    ((qh >> at) << 4) & 0x10
+                };
+                let x = (if lo { q & 0x0F } else { q >> 4 }) as u32 | h;
+                x as i32 - if ty == GgmlType::Q5_0 { 16 } else { 0 }
+            }
+            _ => w[2 + j] as i8 as i32,
+        }
     }
 
     #[test]
-    fn block_dots_equal_ggml_formulas_exactly() {
+    fn block_quants_equal_ggml_formulas() {
         for ty in BLOCK_TYPES {
             for seed in 0..50 {
                 let w = random_row(ty, 1, seed + 7);
-                let x: Vec<f32> = noise(seed, QK).iter().map(|&b| b as f32 / 64.0 - 2.0).collect();
-                let y = quantize_block(&x);
-                let (d, dy) = (f16_at(&w, 0), y.d);
-                let sumi = reference_sumi(ty, &w, &y);
-                let m = if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
-                    f16_at(&w, 2) * y.s
-                } else {
-                    0.0
-                };
-                let expected = if m != 0.0 || matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
-                    (d * dy) * sumi as f32 + m
-                } else {
-                    sumi as f32 * (d * dy)
-                };
-                assert_eq!(block_dot(ty, &w, &y), expected, "{ty} seed {seed}");
+                let expected: Vec<i32> = (0..QK).map(|j| reference_quant(ty, &w, j)).collect();
+                assert_eq!(block_quants(ty, &w).to_vec(), expected, "{ty} seed {seed}");
             }
         }
     }
 
     #[test]
-    fn dot_rows_equals_dot_row_by_row_bit_for_bit() {
+    fn row_dots_keep_ggml_lanes_of_four_products() {
+        // Block 0 puts 2^24 in lane 0; block 1 adds 1 to each of the 8 lanes.
+        // In ggml's lanes lane 0 rounds 2^24 + 1 back to 2^24 and the other
+        // seven 1s are summed pairwise: 2^24 + 6. Summed per block it would be
+        // 2^24 + 8.
+        let block = |d: f32, quants: &[(usize, i8)]| {
+            let mut w = vec![0u8; 34];
+            w[0..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+            let mut y = quantize_block(&[0.0; QK]);
+            y.d = 1.0;
+            for &(j, q) in quants {
+                w[2 + j] = q as u8;
+                y.qs[j] = q;
+            }
+            (w, y)
+        };
+        let (w0, y0) = block(4096.0, &[(0, 64)]);
+        let ones: Vec<(usize, i8)> = (0..8).map(|lane| (4 * lane, 1)).collect();
+        let (w1, y1) = block(1.0, &ones);
+        let row = [w0, w1].concat();
+        let expected = 16_777_216.0 + 6.0;
+        assert_eq!(dot_blocks(GgmlType::Q8_0, &row, &[y0, y1]), expected);
+        assert_eq!(dot(GgmlType::Q8_0, &row, &Activations::Q8(vec![y0, y1])), expected);
+    }
+
+    #[test]
+    fn dot_rows_orders_whole_quads_as_llama_cpp_and_the_rest_as_dot() {
         let k_types = [
             GgmlType::Q2K,
             GgmlType::Q3K,
@@ -297,19 +336,31 @@ mod tests {
                 } else {
                     random_row(ty, len / QK, seed)
                 };
-                let xs: Vec<Activations> = (0..7)
-                    .map(|r| {
-                        let x: Vec<f32> = noise(seed * 10 + r, len)
-                            .iter()
-                            .map(|&b| b as f32 / 64.0 - 2.0)
-                            .collect();
-                        quantize(ty, &x)
-                    })
-                    .collect();
-                let mut out = vec![0.0; xs.len()];
-                dot_rows(ty, &row, &xs, &mut out);
-                for (o, x) in out.iter().zip(&xs) {
-                    assert_eq!(o.to_bits(), dot(ty, &row, x).to_bits(), "{ty} seed {seed}");
+                for rows in [7, 9] {
+                    let xs: Vec<Activations> = (0..rows)
+                        .map(|r| {
+                            let x: Vec<f32> = noise(seed * 10 + r, len)
+                                .iter()
+                                .map(|&b| b as f32 / 64.0 - 2.0)
+                                .collect();
+                            quantize(ty, &x)
+                        })
+                        .collect();
+                    let mut out = vec![0.0; xs.len()];
+                    dot_rows(ty, &row, &xs, &mut out);
+                    for (r, (o, x)) in out.iter().zip(&xs).enumerate() {
+                        let expected = match x {
+                            Activations::Q8K(y) if kdot::is_tiled(ty, xs.len()) => {
+                                kdot::dot_tiled_portable(ty, &row, y)
+                            }
+                            // Whole quads (rows 0..8 of 9, 0..4 of 7): llama.cpp's repacked gemm.
+                            Activations::Q8K(y) if ty == GgmlType::Q4K && r < xs.len() / 4 * 4 => {
+                                kdot::dot_q4k(&row, y, kdot::GEMM_GROUPS)
+                            }
+                            _ => dot(ty, &row, x),
+                        };
+                        assert_eq!(o.to_bits(), expected.to_bits(), "{ty} seed {seed} rows {rows} row {r}");
+                    }
                 }
             }
         }

@@ -2,12 +2,8 @@
 //! attention over an f16 KV cache. They follow ggml's arithmetic (f64 sums in
 //! norms, RoPE angles by repeated multiplication) to track llama.cpp closely.
 
-use half::f16;
-use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
-
-use super::quant::dot_f32;
 use crate::compute::graph::{Attention, RopeStyle};
+use half::f16;
 
 /// RMS-normalises each `group`-long slice of `x` in place, then scales by `weight`.
 pub fn rms_norm(x: &mut [f32], group: usize, eps: f32, weight: Option<&[f32]>) {
@@ -54,14 +50,12 @@ impl Rope {
     }
 }
 
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
-/// GELU, tanh approximation.
+/// GELU, tanh approximation, as GCC compiles ggml's `ggml_gelu_f32`
+/// (-ffp-contract=fast): `1 + 0.044715·x·x` is one fused multiply-add.
 pub fn gelu(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+    let inner = (0.044_715 * x).mul_add(x, 1.0);
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * inner).tanh())
 }
 
 /// GELU of the gate as ggml computes it for GeGLU: the input rounded to f16 and
@@ -101,46 +95,10 @@ pub fn gelu_gate_direct(x: f32) -> f32 {
 /// Causal attention for `rows` query rows starting at `start`: each row attends
 /// to cached positions up to its own (within the window). `keys`/`values` hold
 /// every position up to `start + rows`, `width` values each.
-/// As llama.cpp without flash attention: q is rounded to f16 for the f16 K dot
-/// products, and the softmax weights to f16 for the f16 V products.
+/// As llama.cpp without flash attention, to the summation order: see
+/// [`super::attention`].
 pub fn attention(a: &Attention, q: &[f32], keys: &[f16], values: &[f16], start: usize, out: &mut [f32]) {
-    let (hd, width) = (a.head_dim, a.n_kv_head * a.head_dim);
-    let group = a.n_head / a.n_kv_head;
-    out.par_chunks_mut(hd).enumerate().for_each(|(task, out_head)| {
-        let (row, head) = (task / a.n_head, task % a.n_head);
-        let position = start + row;
-        let first = if a.window > 0 {
-            (position + 1).saturating_sub(a.window)
-        } else {
-            0
-        };
-        let kv_offset = (head / group) * hd;
-        let query: Vec<f32> = q[row * a.n_head * hd + head * hd..][..hd]
-            .iter()
-            .map(|&v| f16::from_f32(v).to_f32())
-            .collect();
-        let mut k_row = vec![0.0f32; hd];
-        let mut scores: Vec<f32> = (first..=position)
-            .map(|t| {
-                keys[t * width + kv_offset..][..hd].convert_to_f32_slice(&mut k_row);
-                dot_f32(&query, &k_row) * a.scale
-            })
-            .collect();
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f64;
-        for s in &mut scores {
-            *s = (*s - max).exp();
-            sum += *s as f64;
-        }
-        let inv = (1.0 / sum) as f32;
-        out_head.fill(0.0);
-        let mut v_row = vec![0.0f32; hd];
-        for (t, s) in (first..=position).zip(&scores) {
-            values[t * width + kv_offset..][..hd].convert_to_f32_slice(&mut v_row);
-            let p = f16::from_f32(s * inv).to_f32();
-            out_head.iter_mut().zip(&v_row).for_each(|(o, v)| *o += p * v);
-        }
-    });
+    super::attention::attention(a, q, keys, values, start, out)
 }
 
 #[cfg(test)]
@@ -159,6 +117,14 @@ mod tests {
         for x in [-10.5f32, -10.0, 9.999, 10.0, 12.5, 0.1234567] {
             assert_eq!(gelu_gate(x).to_bits(), gelu_gate_direct(x).to_bits(), "{x}");
         }
+    }
+
+    #[test]
+    fn gelu_table_fuses_as_ggml() {
+        // The one f16 input whose table entry the fused multiply-add changes:
+        // ggml's table holds 0xa9d3 there (unfused, it would be 0xa9d2).
+        let x = f16::from_bits(0xbfff).to_f32();
+        assert_eq!(f16::from_f32(gelu_gate(x)).to_bits(), 0xa9d3);
     }
 
     #[test]

@@ -6,10 +6,9 @@
 //! `d * scale[p / 16] * q[p] - dmin * min[p / 16]` with small integers `q`,
 //! `scale` and `min` (groups of 32 repeat their scale over two groups of 16).
 //! `dequantize_row` is the reference and evaluates exactly the f32 expression
-//! of ggml's `dequantize_row_q*_K`. `dot` multiplies a row with activations
-//! quantized to Q8_K (ggml's `vec_dot_type` for every K-quant) the way ggml's
-//! x86 `ggml_vec_dot_q*_K_q8_K` does: all products within a super-block are an
-//! exact integer sum, and only `d * y.d` and `dmin * y.d` are f32.
+//! of ggml's `dequantize_row_q*_K`. `quantize_q8k` quantizes activations to
+//! Q8_K (ggml's `vec_dot_type` for every K-quant), which `kdot` multiplies
+//! with the rows.
 
 use half::f16;
 
@@ -18,7 +17,7 @@ use crate::compute::gguf::GgmlType;
 /// Values per super-block.
 pub const QK_K: usize = 256;
 /// Groups of 16 values per super-block.
-const GROUPS: usize = QK_K / 16;
+pub const GROUPS: usize = QK_K / 16;
 /// Bytes of the packed 6-bit scales and mins of Q4_K and Q5_K (and Q3_K's scales).
 const K_SCALE_SIZE: usize = 12;
 
@@ -67,14 +66,14 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
 }
 
 /// A super-block as integers: value `p` is `d * scales[p / 16] * q[p] - dmin * mins[p / 16]`.
-struct Decoded {
-    d: f32,
+pub(super) struct Decoded {
+    pub d: f32,
     /// 0 for the types without mins (Q3_K, Q6_K).
-    dmin: f32,
-    has_min: bool,
-    scales: [i32; GROUPS],
-    mins: [i32; GROUPS],
-    q: [i8; QK_K],
+    pub dmin: f32,
+    pub has_min: bool,
+    pub scales: [i32; GROUPS],
+    pub mins: [i32; GROUPS],
+    pub q: [i8; QK_K],
 }
 
 impl Decoded {
@@ -90,7 +89,7 @@ impl Decoded {
     }
 }
 
-fn decode(ty: GgmlType, block: &[u8]) -> Decoded {
+pub(super) fn decode(ty: GgmlType, block: &[u8]) -> Decoded {
     match ty {
         GgmlType::Q2K => decode_q2k(block),
         GgmlType::Q3K => decode_q3k(block),
@@ -318,44 +317,10 @@ fn quantize_block_q8k(x: &[f32]) -> BlockQ8K {
     block
 }
 
-/// `row . x` for a K-quant row and its activations quantized by `quantize_q8k`:
-/// the SIMD kernel where this CPU has one (the same integer sums and the same
-/// f32 steps, so bit-identical), else the portable loop.
-pub fn dot(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> f32 {
-    super::ksimd::row_dot(ty, row, x).unwrap_or_else(|| dot_portable(ty, row, x))
-}
-
-/// `dot` for four activation rows at once where a SIMD kernel shares the
-/// unpacking of each super-block between them (bit-identical per row).
-pub fn rows_dot4(ty: GgmlType, row: &[u8], x: [&[BlockQ8K]; 4]) -> Option<[f32; 4]> {
-    super::ksimd::rows_dot4(ty, row, x)
-}
-
-/// The portable `dot`: per super-block one exact integer sum of the scaled
-/// products (and one of the mins times the group sums), then two f32 steps.
-pub fn dot_portable(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> f32 {
-    let mut acc = 0.0f32;
-    let mut acc_min = 0.0f32;
-    for (block, y) in row.chunks_exact(block_bytes(ty)).zip(x) {
-        let b = decode(ty, block);
-        // Per group of 16: sum(q * q8), exact in i32 (|q| <= 63, |q8| <= 127).
-        let mut groups = [0i32; GROUPS];
-        for (s, (q16, y16)) in groups.iter_mut().zip(b.q.chunks_exact(16).zip(y.qs.chunks_exact(16))) {
-            *s = q16.iter().zip(y16).map(|(&a, &c)| a as i32 * c as i32).sum();
-        }
-        let sumi: i32 = groups.iter().zip(&b.scales).map(|(s, sc)| s * sc).sum();
-        acc += (y.d * b.d) * sumi as f32;
-        if b.has_min {
-            let summ: i32 = y.bsums.iter().zip(&b.mins).map(|(&s, m)| s as i32 * m).sum();
-            acc_min += (-y.d * b.dmin) * summ as f32;
-        }
-    }
-    acc + acc_min
-}
-
 #[cfg(test)]
 pub mod tests {
     use super::*;
+    use crate::compute::cpu::kdot;
     use crate::compute::cpu::quant::tests::noise;
 
     const TYPES: [GgmlType; 5] = [
@@ -560,7 +525,7 @@ pub mod tests {
                 dequantize_row(ty, &row, &mut w);
                 let reference: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
                 let magnitude: f64 = w.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
-                let got = dot(ty, &row, &quantize_q8k(&x));
+                let got = kdot::dot(ty, &row, &quantize_q8k(&x));
                 assert!(
                     (got as f64 - reference).abs() <= 0.01 * magnitude,
                     "{ty}: {got} vs {reference} (scale {magnitude})"
@@ -572,7 +537,7 @@ pub mod tests {
                 }
                 let reference: f64 = w.iter().zip(&has_max).map(|(&a, &b)| a as f64 * b as f64).sum();
                 let magnitude: f64 = w.iter().zip(&has_max).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
-                let got = dot(ty, &row, &quantize_q8k(&has_max));
+                let got = kdot::dot(ty, &row, &quantize_q8k(&has_max));
                 assert!(
                     (got as f64 - reference).abs() <= 1e-5 * magnitude.max(1.0),
                     "{ty}: exact activations {got} vs {reference}"

@@ -1,13 +1,10 @@
 //! AVX2 row dot products of the K-quants with Q8_K activations, chosen at run
 //! time. The integer work is that of ggml's x86 `ggml_vec_dot_q*_K_q8_K` (AVX2
 //! path: `maddubs` of the unsigned quants with the activations, `madd` with the
-//! group scales, eight i32 lanes per super-block); the lanes are then added to
-//! the super-block's exact integer sum (and the mins' sum), which are combined
-//! in f32 exactly as `kquants::dot_portable` does. So the two paths are
-//! bit-identical on every CPU, and realm's numerics do not depend on the CPU's
-//! features. (ggml keeps eight f32 lanes across the row instead, and on AVX2
-//! llama.cpp runs repacked kernels for Q4_K with yet another order; realm's
-//! golden tests against llama.cpp hold with this order.)
+//! group scales, eight i32 lanes per super-block); the f32 steps are those of
+//! `kdot`'s portable loops (`dot_portable`, `dot_q4k` for `rows4_q4k`,
+//! `dot_tiled_portable` for the `_tiled` kernels), so both paths are
+//! bit-identical on every CPU.
 
 use super::kquants::BlockQ8K;
 use crate::compute::gguf::GgmlType;
@@ -73,13 +70,43 @@ pub fn rows_dot4(ty: GgmlType, row: &[u8], x: [&[BlockQ8K]; 4]) -> Option<[f32; 
     None
 }
 
+/// `row . x` in the order of llama.cpp's tiled kernel (see
+/// `kdot::dot_tiled`), or None where this CPU or type has no such kernel.
+pub fn row_dot_tiled(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        // SAFETY: as `row_dot`.
+        return unsafe {
+            match ty {
+                GgmlType::Q3K => Some(x86::row_q3k_tiled(row, x)),
+                GgmlType::Q5K => Some(x86::row_q5k_tiled(row, x)),
+                GgmlType::Q6K => Some(x86::row_q6k_tiled(row, x)),
+                _ => None,
+            }
+        };
+    }
+    let _ = (ty, row, x);
+    None
+}
+
+/// `row_dot_tiled` for four activation rows, each super-block unpacked once.
+pub fn rows_dot4_tiled(ty: GgmlType, row: &[u8], x: [&[BlockQ8K]; 4]) -> Option<[f32; 4]> {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() && ty == GgmlType::Q6K {
+        // SAFETY: as `rows_dot4`.
+        return Some(unsafe { x86::rows4_q6k_tiled(row, x) });
+    }
+    let _ = (ty, row, x);
+    None
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
     use super::BlockQ8K;
     use crate::compute::cpu::kquants::{Q2K_BYTES, Q3K_BYTES, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES};
-    use crate::compute::cpu::simd::x86::{f16_at, f16_pair, hsum};
+    use crate::compute::cpu::simd::x86::{f16_at, f16_pair, hsum, hsum_ps};
 
     /// 32 bytes at `at` of `bytes`.
     #[inline]
@@ -160,6 +187,8 @@ mod x86 {
         _mm_madd_epi16(mins, sums)
     }
 
+    /// Q4_K in `gemv_q4_K_8x8_q8_K`'s order (`kdot::dot_q4k` with the
+    /// whole super-block per step).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn row_q4k(row: &[u8], x: &[BlockQ8K]) -> f32 {
         let m4 = _mm256_set1_epi8(0x0F);
@@ -170,17 +199,25 @@ mod x86 {
             let summ = hsum4(mins_by_sums(&mn, y));
             let mut sumi = _mm256_setzero_si256();
             for j in 0..4 {
-                let bits = load(b, 16 + 32 * j);
-                let lo = _mm256_and_si256(bits, m4);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
-                let p_lo = scaled(splat16(sc[2 * j]), lo, load_q8(y, 64 * j));
-                let p_hi = scaled(splat16(sc[2 * j + 1]), hi, load_q8(y, 64 * j + 32));
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+                sumi = _mm256_add_epi32(sumi, q4k_sub_block(b, y, j, &sc, m4));
             }
-            acc += (y.d * bd) * hsum(sumi) as f32;
-            acc_min += (-y.d * bmin) * summ as f32;
+            acc = (bd * y.d).mul_add(hsum(sumi) as f32, acc);
+            acc_min = (bmin * y.d).mul_add(summ as f32, acc_min);
         }
-        acc + acc_min
+        acc - acc_min
+    }
+
+    /// The scaled products of sub-block `j` (values `64j..64j + 64`, groups of
+    /// 32 `2j` and `2j + 1`) of a Q4_K super-block with `y`, as eight i32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn q4k_sub_block(b: &[u8], y: &BlockQ8K, j: usize, sc: &[i16; 8], m4: __m256i) -> __m256i {
+        let bits = load(b, 16 + 32 * j);
+        let lo = _mm256_and_si256(bits, m4);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+        let p_lo = scaled(splat16(sc[2 * j]), lo, load_q8(y, 64 * j));
+        let p_hi = scaled(splat16(sc[2 * j + 1]), hi, load_q8(y, 64 * j + 32));
+        _mm256_add_epi32(p_lo, p_hi)
     }
 
     /// The totals of four vectors of eight i32 lanes, as four lanes.
@@ -200,6 +237,8 @@ mod x86 {
         out
     }
 
+    /// Q4_K for four activation rows in `gemm_q4_K_8x8_q8_K`'s order
+    /// (`kdot::dot_q4k` with two groups of 32 per step), one row per lane.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn rows4_q4k(row: &[u8], x: [&[BlockQ8K]; 4]) -> [f32; 4] {
         let m4 = _mm256_set1_epi8(0x0F);
@@ -208,93 +247,179 @@ mod x86 {
             let y = [&x[0][i], &x[1][i], &x[2][i], &x[3][i]];
             let (bd, bmin) = f16_pair(b, 0);
             let (sc, mn) = scales_mins(&b[4..16]);
-            let mut sumi = [_mm256_setzero_si256(); 4];
-            for j in 0..4 {
-                let bits = load(b, 16 + 32 * j);
-                let lo = _mm256_and_si256(bits, m4);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
-                let (s_lo, s_hi) = (splat16(sc[2 * j]), splat16(sc[2 * j + 1]));
-                for r in 0..4 {
-                    let p_lo = scaled(s_lo, lo, load_q8(y[r], 64 * j));
-                    let p_hi = scaled(s_hi, hi, load_q8(y[r], 64 * j + 32));
-                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p_lo, p_hi));
-                }
-            }
-            let sumi = totals4(sumi[0], sumi[1], sumi[2], sumi[3]);
-            let m = [
+            let yd = _mm_setr_ps(y[0].d, y[1].d, y[2].d, y[3].d);
+            let (d, dmin) = (_mm_mul_ps(_mm_set1_ps(bd), yd), _mm_mul_ps(_mm_set1_ps(bmin), yd));
+            // Lane j of row r's vector: the mins of sub-block j; transposed to
+            // one vector per sub-block, lane r for row r.
+            let m = transpose4([
                 mins_by_sums(&mn, y[0]),
                 mins_by_sums(&mn, y[1]),
                 mins_by_sums(&mn, y[2]),
                 mins_by_sums(&mn, y[3]),
-            ];
-            let h = _mm_hadd_epi32(_mm_hadd_epi32(m[0], m[1]), _mm_hadd_epi32(m[2], m[3]));
-            let yd = _mm_setr_ps(y[0].d, y[1].d, y[2].d, y[3].d);
-            let scaled_sum = _mm_mul_ps(_mm_mul_ps(yd, _mm_set1_ps(bd)), _mm_cvtepi32_ps(sumi));
-            acc = _mm_add_ps(acc, scaled_sum);
-            let neg_yd = _mm_xor_ps(yd, _mm_set1_ps(-0.0));
-            let scaled_min = _mm_mul_ps(_mm_mul_ps(neg_yd, _mm_set1_ps(bmin)), _mm_cvtepi32_ps(h));
-            acc_min = _mm_add_ps(acc_min, scaled_min);
+            ]);
+            for (j, &m) in m.iter().enumerate() {
+                let sumi = totals4(
+                    q4k_sub_block(b, y[0], j, &sc, m4),
+                    q4k_sub_block(b, y[1], j, &sc, m4),
+                    q4k_sub_block(b, y[2], j, &sc, m4),
+                    q4k_sub_block(b, y[3], j, &sc, m4),
+                );
+                acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sumi), d, acc);
+                acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(m), dmin, acc_min);
+            }
         }
-        store4(_mm_add_ps(acc, acc_min))
+        store4(_mm_sub_ps(acc, acc_min))
+    }
+
+    /// A 4 x 4 transpose of i32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn transpose4(r: [__m128i; 4]) -> [__m128i; 4] {
+        let (t0, t1) = (_mm_unpacklo_epi32(r[0], r[1]), _mm_unpacklo_epi32(r[2], r[3]));
+        let (t2, t3) = (_mm_unpackhi_epi32(r[0], r[1]), _mm_unpackhi_epi32(r[2], r[3]));
+        [
+            _mm_unpacklo_epi64(t0, t1),
+            _mm_unpackhi_epi64(t0, t1),
+            _mm_unpacklo_epi64(t2, t3),
+            _mm_unpackhi_epi64(t2, t3),
+        ]
+    }
+
+    /// Super-block `i` of a Q6_K row times block `i` of `N` activation rows,
+    /// the unpacking shared: for each row the eight i32 lanes of
+    /// `ggml_vec_dot_q6_K_q8_K` (the scaled products with the stored +32,
+    /// less 32 times the scaled group sums).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn q6k_lanes<const N: usize>(b: &[u8], x: [&[BlockQ8K]; N], i: usize) -> [__m256i; N] {
+        let (sc, scales) = q6k_scales(b);
+        let mut lanes: [__m256i; N] =
+            std::array::from_fn(|r| _mm256_sub_epi32(_mm256_setzero_si256(), q6k_offset(&x[r][i], scales)));
+        for j in 0..2 {
+            for (t, &qt) in q6k_quants(b, j).iter().enumerate() {
+                let g = 8 * j + 2 * t;
+                let s = split16(sc[g], sc[g + 1]);
+                for (r, l) in lanes.iter_mut().enumerate() {
+                    *l = _mm256_add_epi32(*l, scaled(s, qt, load_q8(&x[r][i], 128 * j + 32 * t)));
+                }
+            }
+        }
+        lanes
+    }
+
+    /// Q6_K for `N` rows in `vec_dot` order: each row's eight lanes fused
+    /// (`lanes · (y.d · d) + acc`) into eight accumulators, summed at the end.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn rows_q6k<const N: usize>(row: &[u8], x: [&[BlockQ8K]; N]) -> [f32; N] {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (i, b) in row.chunks_exact(Q6K_BYTES).enumerate() {
+            let lanes = q6k_lanes(b, x, i);
+            let dw = f16_at(b, 208);
+            for r in 0..N {
+                let d = _mm256_set1_ps(x[r][i].d * dw);
+                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes[r]), acc[r]);
+            }
+        }
+        acc.map(|a| hsum_ps(a))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn row_q6k(row: &[u8], x: &[BlockQ8K]) -> f32 {
+        rows_q6k::<1>(row, [x])[0]
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn rows4_q6k(row: &[u8], x: [&[BlockQ8K]; 4]) -> [f32; 4] {
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m2 = _mm256_set1_epi8(0x03);
+        rows_q6k::<4>(row, x)
+    }
+
+    /// Q6_K in the tiled kernel's order (`kdot::dot_tiled_portable`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn row_q6k_tiled(row: &[u8], x: &[BlockQ8K]) -> f32 {
+        let mut acc = 0.0f32;
+        for (i, b) in row.chunks_exact(Q6K_BYTES).enumerate() {
+            let [lanes] = q6k_lanes(b, [x], i);
+            acc = (hsum(lanes) as f32 * f16_at(b, 208)).mul_add(x[i].d, acc);
+        }
+        acc
+    }
+
+    /// `row_q6k_tiled` for four rows, one per f32 lane.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows4_q6k_tiled(row: &[u8], x: [&[BlockQ8K]; 4]) -> [f32; 4] {
         let mut acc = _mm_setzero_ps();
         for (i, b) in row.chunks_exact(Q6K_BYTES).enumerate() {
-            let y = [&x[0][i], &x[1][i], &x[2][i], &x[3][i]];
-            let d = f16_at(b, 208);
-            let sc: [i16; 16] = std::array::from_fn(|g| b[192 + g] as i8 as i16);
-            // SAFETY: `sc` is 16 i16s, 32 bytes.
-            let scales = unsafe { _mm256_loadu_si256(sc.as_ptr().cast()) };
-            let mut sumi = [_mm256_setzero_si256(); 4];
-            for r in 0..4 {
-                let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(load_bsums(y[r]), scales));
-                sumi[r] = _mm256_sub_epi32(sumi[r], offset);
-            }
-            for j in 0..2 {
-                let ql1 = load(b, 64 * j);
-                let ql2 = load(b, 64 * j + 32);
-                let qh = load(b, 128 + 32 * j);
-                let q = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, m4),
-                        _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m2)),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql2, m4),
-                        _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C))),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                        _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql2), m4),
-                        _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8))),
-                    ),
-                ];
-                for (t, &qt) in q.iter().enumerate() {
-                    let g = 8 * j + 2 * t;
-                    let s = split16(sc[g], sc[g + 1]);
-                    for r in 0..4 {
-                        let p = scaled(s, qt, load_q8(y[r], 128 * j + 32 * t));
-                        sumi[r] = _mm256_add_epi32(sumi[r], p);
-                    }
-                }
-            }
-            let sumi = totals4(sumi[0], sumi[1], sumi[2], sumi[3]);
-            let yd = _mm_setr_ps(y[0].d, y[1].d, y[2].d, y[3].d);
-            acc = _mm_add_ps(acc, _mm_mul_ps(_mm_mul_ps(yd, _mm_set1_ps(d)), _mm_cvtepi32_ps(sumi)));
+            let [l0, l1, l2, l3] = q6k_lanes(b, x, i);
+            let r = _mm_mul_ps(_mm_cvtepi32_ps(totals4(l0, l1, l2, l3)), _mm_set1_ps(f16_at(b, 208)));
+            let yd = _mm_setr_ps(x[0][i].d, x[1][i].d, x[2][i].d, x[3][i].d);
+            acc = _mm_fmadd_ps(r, yd, acc);
         }
-        // The portable loop adds its (zero) sum of mins.
-        store4(_mm_add_ps(acc, _mm_setzero_ps()))
+        store4(acc)
+    }
+
+    /// The 16 group scales of a Q6_K super-block, as i16s and as a vector.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn q6k_scales(b: &[u8]) -> ([i16; 16], __m256i) {
+        let sc: [i16; 16] = std::array::from_fn(|g| b[192 + g] as i8 as i16);
+        // SAFETY: `sc` is 16 i16s, 32 bytes.
+        let v = unsafe { _mm256_loadu_si256(sc.as_ptr().cast()) };
+        (sc, v)
+    }
+
+    /// The stored quants (value + 32) of half `j` of a Q6_K super-block, as
+    /// four chunks of 32: values `128j + 32t ..`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn q6k_quants(b: &[u8], j: usize) -> [__m256i; 4] {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let ql1 = load(b, 64 * j);
+        let ql2 = load(b, 64 * j + 32);
+        let qh = load(b, 128 + 32 * j);
+        [
+            _mm256_or_si256(
+                _mm256_and_si256(ql1, m4),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(0x03))),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(ql2, m4),
+                _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C))),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql2), m4),
+                _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8))),
+            ),
+        ]
+    }
+
+    /// 32 · the scaled group sums of `y`, two groups per lane (what the stored
+    /// +32 of the quants adds to the lanes).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn q6k_offset(y: &BlockQ8K, scales: __m256i) -> __m256i {
+        _mm256_slli_epi32::<5>(_mm256_madd_epi16(load_bsums(y), scales))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn row_q5k(row: &[u8], x: &[BlockQ8K]) -> f32 {
+        q5k::<false>(row, x)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn row_q5k_tiled(row: &[u8], x: &[BlockQ8K]) -> f32 {
+        q5k::<true>(row, x)
+    }
+
+    /// Q5_K: per super-block two f32 steps, or with `TILED` the tiled
+    /// kernel's (`kdot::dot_tiled`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q5k<const TILED: bool>(row: &[u8], x: &[BlockQ8K]) -> f32 {
         let m4 = _mm256_set1_epi8(0x0F);
         let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
         for (b, y) in row.chunks_exact(Q5K_BYTES).zip(x) {
@@ -315,66 +440,36 @@ mod x86 {
                 let p_hi = scaled(splat16(sc[2 * j + 1]), hi, load_q8(y, 64 * j + 32));
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
             }
-            acc += (y.d * bd) * hsum(sumi) as f32;
-            acc_min += (-y.d * bmin) * summ as f32;
-        }
-        acc + acc_min
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn row_q6k(row: &[u8], x: &[BlockQ8K]) -> f32 {
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m2 = _mm256_set1_epi8(0x03);
-        let mut acc = 0.0f32;
-        for (b, y) in row.chunks_exact(Q6K_BYTES).zip(x) {
-            let d = y.d * f16_at(b, 208);
-            let sc: [i16; 16] = std::array::from_fn(|g| b[192 + g] as i8 as i16);
-            // The values are stored plus 32: subtract 32 · scale · (group sum of y),
-            // two groups per lane as ggml does.
-            // SAFETY: `sc` is 16 i16s, 32 bytes.
-            let scales = unsafe { _mm256_loadu_si256(sc.as_ptr().cast()) };
-            let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(load_bsums(y), scales));
-            let mut sumi = _mm256_setzero_si256();
-            for j in 0..2 {
-                let ql1 = load(b, 64 * j);
-                let ql2 = load(b, 64 * j + 32);
-                let qh = load(b, 128 + 32 * j);
-                let q0 = _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m2)),
-                );
-                let q1 = _mm256_or_si256(
-                    _mm256_and_si256(ql2, m4),
-                    _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C))),
-                );
-                let q2 = _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                    _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
-                );
-                let q3 = _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql2), m4),
-                    _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8))),
-                );
-                let g = 8 * j;
-                let p0 = scaled(split16(sc[g], sc[g + 1]), q0, load_q8(y, 128 * j));
-                let p1 = scaled(split16(sc[g + 2], sc[g + 3]), q1, load_q8(y, 128 * j + 32));
-                let p2 = scaled(split16(sc[g + 4], sc[g + 5]), q2, load_q8(y, 128 * j + 64));
-                let p3 = scaled(split16(sc[g + 6], sc[g + 7]), q3, load_q8(y, 128 * j + 96));
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p2, p3));
+            if TILED {
+                let r = (-bmin).mul_add(summ as f32, hsum(sumi) as f32 * bd);
+                acc = r.mul_add(y.d, acc);
+            } else {
+                acc += (y.d * bd) * hsum(sumi) as f32;
+                acc_min += (-y.d * bmin) * summ as f32;
             }
-            acc += d * hsum(_mm256_sub_epi32(sumi, offset)) as f32;
         }
-        // The portable loop adds its (zero) sum of mins.
-        acc + 0.0
+        if TILED { acc } else { acc + acc_min }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn row_q3k(row: &[u8], x: &[BlockQ8K]) -> f32 {
+        q3k::<false>(row, x)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn row_q3k_tiled(row: &[u8], x: &[BlockQ8K]) -> f32 {
+        q3k::<true>(row, x)
+    }
+
+    /// Q3_K: per super-block one f32 step, or with `TILED` the tiled
+    /// kernel's (`kdot::dot_tiled`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q3k<const TILED: bool>(row: &[u8], x: &[BlockQ8K]) -> f32 {
         let m3 = _mm256_set1_epi8(3);
         let mut acc = 0.0f32;
         for (b, y) in row.chunks_exact(Q3K_BYTES).zip(x) {
-            let d = y.d * f16_at(b, 108);
+            let dw = f16_at(b, 108);
             let s = &b[96..108];
             let mut sc = [0i16; 16];
             for j in 0..4 {
@@ -401,9 +496,13 @@ mod x86 {
                     sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(split16(sc[g], sc[g + 1]), p16));
                 }
             }
-            acc += d * hsum(sumi) as f32;
+            if TILED {
+                acc = (hsum(sumi) as f32 * dw).mul_add(y.d, acc);
+            } else {
+                acc += (y.d * dw) * hsum(sumi) as f32;
+            }
         }
-        acc + 0.0
+        if TILED { acc } else { acc + 0.0 }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -444,6 +543,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compute::cpu::kdot;
     use crate::compute::cpu::kquants::{self, QK_K};
     use crate::compute::cpu::quant::tests::noise;
     use half::f16;
@@ -497,7 +597,7 @@ mod tests {
                 let y = kquants::quantize_q8k(&ints);
                 assert!(y.iter().all(|b| b.d == 1.0));
                 let Some(fast) = row_dot(ty, &w, &y) else { return };
-                assert_eq!(fast, kquants::dot_portable(ty, &w, &y), "{ty} seed {seed} integers");
+                assert_eq!(fast, kdot::dot_portable(ty, &w, &y), "{ty} seed {seed} integers");
 
                 // Real-valued scales: the same f32 steps, so the same bits.
                 let w = row(ty, blocks, seed + 77, |b| 0.001 + b as f32 / 65536.0);
@@ -507,12 +607,41 @@ mod tests {
                     .collect();
                 let y = kquants::quantize_q8k(&x);
                 let fast = row_dot(ty, &w, &y).expect("kernel");
-                let reference = kquants::dot_portable(ty, &w, &y);
+                let reference = kdot::dot_portable(ty, &w, &y);
                 assert_eq!(
                     fast.to_bits(),
                     reference.to_bits(),
                     "{ty} seed {seed}: {fast} vs {reference}"
                 );
+                let ys: Vec<Vec<BlockQ8K>> = (0..4u64)
+                    .map(|r| {
+                        let x: Vec<f32> = noise(seed * 4 + r + 900, blocks * QK_K)
+                            .iter()
+                            .map(|&b| b as f32 / 64.0 - 2.0)
+                            .collect();
+                        kquants::quantize_q8k(&x)
+                    })
+                    .collect();
+                if let Some(fast) = row_dot_tiled(ty, &w, &y) {
+                    let reference = kdot::dot_tiled_portable(ty, &w, &y);
+                    assert_eq!(fast.to_bits(), reference.to_bits(), "{ty} seed {seed} tiled");
+                }
+                if let Some(quad) = rows_dot4_tiled(ty, &w, [&ys[0], &ys[1], &ys[2], &ys[3]]) {
+                    for (r, v) in quad.iter().enumerate() {
+                        let reference = kdot::dot_tiled_portable(ty, &w, &ys[r]);
+                        assert_eq!(v.to_bits(), reference.to_bits(), "{ty} seed {seed} tiled rows4 row {r}");
+                    }
+                }
+                if let Some(quad) = rows_dot4(ty, &w, [&ys[0], &ys[1], &ys[2], &ys[3]]) {
+                    for (r, v) in quad.iter().enumerate() {
+                        let reference = if ty == GgmlType::Q4K {
+                            kdot::dot_q4k(&w, &ys[r], kdot::GEMM_GROUPS)
+                        } else {
+                            kdot::dot_portable(ty, &w, &ys[r])
+                        };
+                        assert_eq!(v.to_bits(), reference.to_bits(), "{ty} seed {seed} rows4 row {r}");
+                    }
+                }
             }
         }
     }

@@ -2,13 +2,16 @@
 //! Matrix products run over the memory-mapped weights in their stored type.
 
 pub mod activations;
+pub mod attention;
 #[cfg(test)]
 mod bench;
+pub mod kdot;
 pub mod kernels;
 pub mod kquants;
 pub mod ksimd;
 pub mod quant;
 pub mod simd;
+pub mod vmath;
 
 use half::f16;
 use rayon::prelude::*;
@@ -121,7 +124,24 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
             }
             Node::Add(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |x, y| x + y),
             Node::Mul(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |x, y| x * y),
-            Node::Swiglu(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |g, u| kernels::silu(g) * u),
+            Node::Swiglu(a, b) => {
+                let (gate, up) = (get(&values, *a)?, get(&values, *b)?);
+                let cols = up.cols;
+                let mut out = Matrix {
+                    rows: up.rows,
+                    cols,
+                    data: vec![0.0; up.data.len()],
+                };
+                for ((o, g), u) in out
+                    .data
+                    .chunks_exact_mut(cols)
+                    .zip(gate.data.chunks_exact(cols))
+                    .zip(up.data.chunks_exact(cols))
+                {
+                    vmath::swiglu_row(g, u, o);
+                }
+                out
+            }
             Node::Geglu(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |g, u| kernels::gelu_gate(g) * u),
             Node::Scale(a, factor) => {
                 let mut m = copy(get(&values, *a)?);
@@ -380,7 +400,7 @@ mod tests {
     use crate::compute::cpu::quant::tests::{BLOCK_TYPES, noise, random_row};
 
     #[test]
-    fn matmul_rows_equals_the_row_dot_products_bit_for_bit() {
+    fn matmul_rows_equals_dot_rows_per_weight_row_bit_for_bit() {
         let k_types = [
             GgmlType::Q4K,
             GgmlType::Q6K,
@@ -402,15 +422,12 @@ mod tests {
                     .map(|&b| b as f32 / 64.0 - 2.0)
                     .collect();
                 let out = matmul_rows(ty, &w, k, n, &x);
-                for (r, xr) in x.chunks_exact(k).enumerate() {
-                    let a = activations::quantize(ty, xr);
-                    for j in 0..n {
-                        let expected = activations::dot(ty, &w[j * row_bytes..(j + 1) * row_bytes], &a);
-                        assert_eq!(
-                            out[r * n + j].to_bits(),
-                            expected.to_bits(),
-                            "{ty} rows {rows} ({r}, {j})"
-                        );
+                let a: Vec<_> = x.chunks_exact(k).map(|xr| activations::quantize(ty, xr)).collect();
+                for j in 0..n {
+                    let mut expected = vec![0.0; rows];
+                    activations::dot_rows(ty, &w[j * row_bytes..(j + 1) * row_bytes], &a, &mut expected);
+                    for (r, e) in expected.iter().enumerate() {
+                        assert_eq!(out[r * n + j].to_bits(), e.to_bits(), "{ty} rows {rows} ({r}, {j})");
                     }
                 }
             }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{DEFAULT_MODEL, Deployment, Server, completion, metric, tenant, wait_for};
+use crate::support::{DEFAULT_MODEL, Deployment, Server, completion, golden_models, metric, tenant, wait_for};
 
 const PROMPTS: [&str; 4] = [
     "The capital of France is",
@@ -19,11 +19,15 @@ const PROMPTS: [&str; 4] = [
 ];
 
 fn text(server: &Server, tenant: &str, prompt: &str, max_tokens: u32) -> String {
+    text_of(server, DEFAULT_MODEL, tenant, prompt, max_tokens)
+}
+
+fn text_of(server: &Server, model: &str, tenant: &str, prompt: &str, max_tokens: u32) -> String {
     let reply = server.call(
         "POST",
         "/v1/completions",
         Some(&format!("key-{tenant}")),
-        Some(completion(DEFAULT_MODEL, prompt, max_tokens)),
+        Some(completion(model, prompt, max_tokens)),
     );
     assert_eq!(reply.status, 200, "{}", reply.text);
     reply.json()["choices"][0]["text"].as_str().expect("text").to_string()
@@ -40,26 +44,36 @@ fn each_tenant_gets_its_own_greedy_text_when_batched() {
     let ids = ["t0", "t1", "t2", "t3"];
     let tenants: String = ids.iter().map(|id| tenant(id, "")).collect();
     let deployment = Deployment::new(&[DEFAULT_MODEL], &[], &tenants);
-    let server = deployment.serve(&[], Stdio::inherit());
-    let alone: Vec<String> = ids
-        .iter()
-        .zip(PROMPTS)
-        .map(|(id, p)| text(&server, id, p, 32))
-        .collect();
-
-    let (batches, sequences) = batch_totals(&server);
-    let together: Vec<String> = std::thread::scope(|scope| {
-        let calls: Vec<_> = ids
+    // The K-quant models too, where present: their products take other
+    // kernels at 1, 4 and 8 rows, as llama.cpp's do.
+    let models = golden_models();
+    for model in &models[1..] {
+        deployment.link(model);
+    }
+    let server = &deployment.serve(&[], Stdio::inherit());
+    for model in models {
+        let alone: Vec<String> = ids
             .iter()
             .zip(PROMPTS)
-            .map(|(id, p)| scope.spawn(|| text(&server, id, p, 32)))
+            .map(|(id, p)| text_of(server, model, id, p, 24))
             .collect();
-        calls.into_iter().map(|c| c.join().expect("no panic")).collect()
-    });
-    let (batches_after, sequences_after) = batch_totals(&server);
-    assert_eq!(together, alone, "batched text differs from the text alone");
-    let mean = (sequences_after - sequences) / (batches_after - batches);
-    assert!(mean >= 1.5, "four concurrent tenants ran {mean:.2} sequences per batch");
+        let (batches, sequences) = batch_totals(server);
+        let together: Vec<String> = std::thread::scope(|scope| {
+            let calls: Vec<_> = ids
+                .iter()
+                .zip(PROMPTS)
+                .map(|(&id, p)| scope.spawn(move || text_of(server, model, id, p, 24)))
+                .collect();
+            calls.into_iter().map(|c| c.join().expect("no panic")).collect()
+        });
+        let (batches_after, sequences_after) = batch_totals(server);
+        assert_eq!(together, alone, "{model}: batched text differs from the text alone");
+        let mean = (sequences_after - sequences) / (batches_after - batches);
+        assert!(
+            mean >= 1.5,
+            "{model}: four concurrent tenants ran {mean:.2} sequences per batch"
+        );
+    }
 }
 
 /// A streaming completion held open after its first event; dropping it

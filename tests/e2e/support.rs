@@ -171,6 +171,12 @@ impl Deployment {
         self.dir.path().join("models")
     }
 
+    /// Serves `model` of the models directory too, under its own name.
+    pub fn link(&self, model: &str) {
+        let name = format!("{model}.gguf");
+        std::os::unix::fs::symlink(models_dir().join(&name), self.models().join(name)).expect("link");
+    }
+
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("tenants.toml")
     }

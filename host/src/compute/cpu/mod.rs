@@ -81,6 +81,16 @@ impl Rows {
         Self { spans, positions }
     }
 
+    /// Each sequence's rows of a value: its tokens' rows, or its one row of a
+    /// single-row value.
+    fn spans_of(&self, single_row: bool) -> Vec<(usize, usize)> {
+        if single_row {
+            (0..self.spans.len()).map(|s| (s, 1)).collect()
+        } else {
+            self.spans.clone()
+        }
+    }
+
     /// The position of each row of a value: one per token, or each sequence's
     /// last position for a single-row value.
     fn positions_of(&self, single_row: bool) -> Vec<u32> {
@@ -113,7 +123,10 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
                 kernels::rms_norm(&mut m.data, *group, *eps, w.as_deref());
                 m
             }
-            Node::Matmul { input, weight } => matmul(g, *weight, get(&values, *input)?),
+            Node::Matmul { input, weight } => {
+                let spans = rows.spans_of(g.single_row[*input]);
+                matmul(g, *weight, get(&values, *input)?, &spans)
+            }
             Node::AddTensor { input, tensor } => {
                 let mut m = copy(get(&values, *input)?);
                 let t = vector(g, *tensor);
@@ -306,11 +319,12 @@ fn embed(g: &CompiledGraph, table: TensorId, tokens: &[u32]) -> Matrix {
     }
 }
 
-/// `x . W^T` for a [n, k] weight in its stored type.
-fn matmul(g: &CompiledGraph, weight: TensorId, x: &Matrix) -> Matrix {
+/// `x . W^T` for a [n, k] weight in its stored type; `spans` are the
+/// sequences' rows of `x`.
+fn matmul(g: &CompiledGraph, weight: TensorId, x: &Matrix, spans: &[(usize, usize)]) -> Matrix {
     let t = g.tensor(weight);
     let (k, n) = (t.row_len(), t.rows());
-    let data = matmul_rows(t.ggml_type, g.model.data(t), k, n, &x.data);
+    let data = matmul_spans(t.ggml_type, g.model.data(t), k, n, &x.data, spans);
     Matrix {
         rows: x.rows,
         cols: n,
@@ -356,6 +370,16 @@ fn rows_times<B: Sync>(
 /// `ty` (`w`), as `[rows, n]`. Each input row is quantized once for the weight
 /// type; every weight row is read once and multiplied with all input rows.
 pub fn matmul_rows(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32]) -> Vec<f32> {
+    matmul_spans(ty, w, k, n, x, &[(0, x.len() / k)])
+}
+
+/// `matmul_rows` over rows that come in `spans` (first row, row count), one
+/// per sequence of a batch. Each weight row is read once for all of them, but
+/// each span's rows are multiplied as `matmul_rows` multiplies them alone:
+/// the K-quant products take their float order from the number of rows (as
+/// llama.cpp's kernels do), so a sequence's results do not depend on its
+/// company. The other types keep one order, and their rows go together.
+pub fn matmul_spans(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32], spans: &[(usize, usize)]) -> Vec<f32> {
     let row_bytes = ty.row_bytes(k).unwrap_or(0);
     let rows = x.len() / k;
     let inputs: Vec<Activations> = x.chunks_exact(k).map(|row| activations::quantize(ty, row)).collect();
@@ -364,6 +388,8 @@ pub fn matmul_rows(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32]) -> Vec
     {
         return out;
     }
+    let whole = [(0, rows)];
+    let groups = if kquants::is_k_quant(ty) { spans } else { &whole[..] };
     let mut out_t = vec![0.0f32; n * rows];
     out_t
         .par_chunks_mut(COLUMNS_PER_TASK * rows)
@@ -372,7 +398,10 @@ pub fn matmul_rows(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32]) -> Vec
             for (c, out_col) in chunk.chunks_exact_mut(rows).enumerate() {
                 let j = task * COLUMNS_PER_TASK + c;
                 let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
-                activations::dot_rows(ty, w_row, &inputs, out_col);
+                for &(first, len) in groups {
+                    let span = first..first + len;
+                    activations::dot_rows(ty, w_row, &inputs[span.clone()], &mut out_col[span]);
+                }
             }
         });
     if rows == 1 {
@@ -430,6 +459,36 @@ mod tests {
                         assert_eq!(out[r * n + j].to_bits(), e.to_bits(), "{ty} rows {rows} ({r}, {j})");
                     }
                 }
+            }
+        }
+    }
+
+    /// A batch's rows give each sequence what it gets alone: one decode row
+    /// beside others, or a prompt of 9 rows beside decode rows (the K-quants
+    /// take other kernels at 1, 4 and 8 rows).
+    #[test]
+    fn a_sequence_in_a_batch_gets_its_rows_as_alone() {
+        for ty in [
+            GgmlType::Q4K,
+            GgmlType::Q6K,
+            GgmlType::Q5K,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+        ] {
+            let (k, n) = (512, 40);
+            let w = if kquants::is_k_quant(ty) {
+                kquants::tests::random_k_row(ty, n * k / kquants::QK_K, 5)
+            } else {
+                random_row(ty, n * k / quant::QK, 5)
+            };
+            let spans = [(0, 1), (1, 9), (10, 1), (11, 1), (12, 1)];
+            let x: Vec<f32> = noise(11, 13 * k).iter().map(|&b| b as f32 / 64.0 - 2.0).collect();
+            let batched = matmul_spans(ty, &w, k, n, &x, &spans);
+            for &(first, len) in &spans {
+                let alone = matmul_rows(ty, &w, k, n, &x[first * k..(first + len) * k]);
+                let got = &batched[first * n..(first + len) * n];
+                let same = got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{ty}: the sequence at row {first} ({len} rows) differs batched");
             }
         }
     }

@@ -20,12 +20,14 @@ pub struct Shares {
 }
 
 impl Shares {
-    /// Picks at most `max_sequences` candidates and at most `max_tokens` of
-    /// their tokens, as `(candidate index, tokens)`. Candidates are taken in
-    /// order of their tenant's served share (the least served first; arrival
-    /// order among equals), one token each; the tokens left over then extend
-    /// the taken steps in the same order, so a long prompt runs in chunks
-    /// beside the single-token decode steps instead of holding them back.
+    /// Picks at most `max_sequences` candidates, in order of their tenant's
+    /// served share (the least served first; arrival order among equals), as
+    /// `(candidate index, tokens)`. A step runs `min(remaining, max_tokens)`
+    /// tokens, the chunk it would run alone, so that its rows (and the kernels
+    /// they go through) do not depend on its company. Single-token (decode)
+    /// steps always fit; a longer chunk joins while the batch holds fewer than
+    /// `max_tokens` tokens, and the first one always does, so a prompt runs
+    /// beside the decode steps without holding them back for long.
     pub fn select(
         &mut self,
         candidates: &[Candidate<'_>],
@@ -40,25 +42,19 @@ impl Shares {
             self.served.entry(c.tenant.clone()).or_insert(floor);
         }
         let mut taken: Vec<(usize, usize)> = Vec::new();
-        let mut budget = max_tokens;
+        let (mut tokens, mut chunks) = (0, 0);
         let mut left: Vec<usize> = (0..candidates.len()).collect();
-        while taken.len() < max_sequences && budget > 0 && !left.is_empty() {
+        while taken.len() < max_sequences && !left.is_empty() {
             let at = self.least_served(candidates, &left);
             let i = left.remove(at);
-            self.charge(&candidates[i], 1);
-            taken.push((i, 1));
-            budget -= 1;
-        }
-        let mut order: Vec<usize> = (0..taken.len()).collect();
-        while budget > 0 && !order.is_empty() {
-            let picks: Vec<usize> = order.iter().map(|&t| taken[t].0).collect();
-            let at = self.least_served(candidates, &picks);
-            let t = order.remove(at);
-            let (i, tokens) = taken[t];
-            let more = (candidates[i].remaining - tokens).min(budget);
-            self.charge(&candidates[i], more);
-            taken[t].1 += more;
-            budget -= more;
+            let chunk = candidates[i].remaining.min(max_tokens.max(1));
+            if chunk > 1 && chunks > 0 && tokens + chunk > max_tokens {
+                continue;
+            }
+            chunks += usize::from(chunk > 1);
+            tokens += chunk;
+            self.charge(&candidates[i], chunk);
+            taken.push((i, chunk));
         }
         taken
     }
@@ -142,7 +138,15 @@ mod tests {
         let c = vec![step(&t[0], 1, 500), step(&t[1], 1, 1), step(&t[2], 1, 1)];
         let mut taken = Shares::default().select(&c, 8, 64);
         taken.sort();
-        assert_eq!(taken, vec![(0, 62), (1, 1), (2, 1)]);
+        assert_eq!(taken, vec![(0, 64), (1, 1), (2, 1)], "the chunk it would run alone");
+        let two = [step(&t[0], 1, 500), step(&t[1], 1, 40), step(&t[2], 1, 1)];
+        let mut taken = Shares::default().select(&two, 8, 64);
+        taken.sort();
+        assert_eq!(
+            taken,
+            vec![(0, 64), (2, 1)],
+            "a second chunk waits for a batch with room"
+        );
     }
 
     #[test]

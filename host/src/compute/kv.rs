@@ -2,6 +2,7 @@
 //! llama.cpp stores them. Charged to its tenant's KV-token budget for its full
 //! capacity; the memory itself grows as positions are filled.
 
+use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use half::f16;
@@ -14,6 +15,8 @@ pub struct KvCache {
     capacity: u32,
     keys: Vec<Vec<f16>>,
     values: Vec<Vec<f16>>,
+    /// Where a GPU backend keeps this cache's keys and values instead.
+    device: Option<Box<dyn Any + Send + Sync>>,
     _charge: Charge,
 }
 
@@ -31,6 +34,7 @@ impl KvCache {
             capacity,
             keys: empty(),
             values: empty(),
+            device: None,
             _charge: charge,
         }
     }
@@ -66,6 +70,12 @@ impl KvCache {
     pub fn layer(&self, layer: usize, positions: usize) -> (&[f16], &[f16]) {
         let len = positions * self.width;
         (&self.keys[layer][..len], &self.values[layer][..len])
+    }
+
+    /// The backend's device-side storage for this cache, if it made one; it
+    /// is freed with the cache.
+    pub fn device_slot(&mut self) -> &mut Option<Box<dyn Any + Send + Sync>> {
+        &mut self.device
     }
 
     /// Bytes actually allocated.

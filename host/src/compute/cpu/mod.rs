@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::gguf::GgmlType;
 use super::graph::{Attention, CompiledGraph, Node, TensorId};
-use super::{Backend, ComputeError, Sequence};
+use super::{Backend, ComputeError, Rows, Sequence};
 use activations::Activations;
 use kernels::Rope;
 
@@ -59,50 +59,6 @@ struct Matrix {
     rows: usize,
     cols: usize,
     data: Vec<f32>,
-}
-
-/// Where each sequence's rows lie in a batch's per-token values, and each
-/// row's position.
-struct Rows {
-    /// Per sequence, its first row and its row count.
-    spans: Vec<(usize, usize)>,
-    /// Per row, its position in its sequence.
-    positions: Vec<u32>,
-}
-
-impl Rows {
-    fn of(batch: &[Sequence<'_>]) -> Self {
-        let mut spans = Vec::with_capacity(batch.len());
-        let mut positions = Vec::new();
-        for seq in batch {
-            spans.push((positions.len(), seq.tokens.len()));
-            positions.extend((0..seq.tokens.len() as u32).map(|i| seq.start + i));
-        }
-        Self { spans, positions }
-    }
-
-    /// Each sequence's rows of a value: its tokens' rows, or its one row of a
-    /// single-row value.
-    fn spans_of(&self, single_row: bool) -> Vec<(usize, usize)> {
-        if single_row {
-            (0..self.spans.len()).map(|s| (s, 1)).collect()
-        } else {
-            self.spans.clone()
-        }
-    }
-
-    /// The position of each row of a value: one per token, or each sequence's
-    /// last position for a single-row value.
-    fn positions_of(&self, single_row: bool) -> Vec<u32> {
-        if single_row {
-            self.spans
-                .iter()
-                .map(|&(first, n)| self.positions[first + n - 1])
-                .collect()
-        } else {
-            self.positions.clone()
-        }
-    }
 }
 
 fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>>, ComputeError> {

@@ -1,0 +1,240 @@
+//! A batched step: its inputs put on the device, then its ops launched one by
+//! one, or, for a decode step (one token per sequence), replayed from a CUDA
+//! graph captured the first time a decode batch of that size ran. A launch
+//! costs the host microseconds, and a step has hundreds of ops: a replay is
+//! one launch for all of them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Weak};
+
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, result};
+
+use super::driver;
+use super::exec::{Buffers, Exec, Inputs, Value};
+use super::kernels::{Kernels, KvRows};
+use super::resident::{BufferPool, DeviceWeights, kv_stores, ptr};
+use crate::compute::cpu::quant;
+use crate::compute::graph::{CompiledGraph, Node, TensorId};
+use crate::compute::weights::ModelFile;
+use crate::compute::{ComputeError, Rows, Sequence};
+
+/// `REALM_CUDA_GRAPHS=0` launches every op of every step (for comparison).
+static GRAPHS: LazyLock<bool> = LazyLock::new(|| std::env::var("REALM_CUDA_GRAPHS").as_deref() != Ok("0"));
+
+/// Captured plans kept at most; past it they are all dropped and captured again.
+const MOST_PLANS: usize = 256;
+
+pub struct Device<'a> {
+    pub stream: &'a Arc<CudaStream>,
+    pub kernels: &'a Kernels,
+    pub weights: &'a mut DeviceWeights,
+    pub pool: &'a mut BufferPool,
+    pub plans: &'a mut Plans,
+}
+
+/// Decode steps captured as CUDA graphs, by program, model file and batch size.
+#[derive(Default)]
+pub struct Plans(HashMap<(u64, usize, usize), Plan>);
+
+/// A captured decode step: its graph and everything the graph reads and writes.
+struct Plan {
+    model: Weak<ModelFile>,
+    graph: Captured,
+    inputs: DeviceInputs,
+    _buffers: Vec<CudaSlice<f32>>,
+    output: (u64, usize, usize),
+}
+
+/// A graph is launched and dropped only under the backend's lock, with its
+/// context bound to the thread.
+struct Captured(CudaGraph);
+// SAFETY: see above; CUDA graph executables may be used from any thread.
+unsafe impl Send for Captured {}
+
+pub fn run(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>>, ComputeError> {
+    let rows = Rows::of(batch);
+    let host = HostInputs::of(d.stream, g, batch, &rows)?;
+    // Ops profiling synchronizes after each op, which a capture cannot hold.
+    let capture = *GRAPHS && *super::profile::MODE != super::profile::Mode::Ops;
+    let decode = capture && batch.iter().all(|s| s.tokens.len() == 1);
+    if !decode {
+        let inputs = DeviceInputs::upload(d.stream, &host)?;
+        let mut exec = Exec::new(d.stream, d.kernels, d.weights, Buffers::Pool(d.pool));
+        let out = exec.nodes(g, &inputs.view(g), &rows)?;
+        return exec.download(out);
+    }
+    let key = (g.fingerprint, Arc::as_ptr(&g.model) as usize, batch.len());
+    if let Some(plan) = d.plans.0.get_mut(&key)
+        && plan.model.upgrade().is_some_and(|m| Arc::ptr_eq(&m, &g.model))
+    {
+        plan.inputs.write(d.stream, &host)?;
+        plan.graph.0.launch().map_err(driver)?;
+        let (at, rows, cols) = plan.output;
+        let mut exec = Exec::new(d.stream, d.kernels, d.weights, Buffers::Pool(d.pool));
+        return exec.download(Value::borrowed(at, rows, cols));
+    }
+    // First a run that records its buffers, then the same ops captured over them.
+    let inputs = DeviceInputs::upload(d.stream, &host)?;
+    let mut kept = Vec::new();
+    let mut exec = Exec::new(d.stream, d.kernels, d.weights, Buffers::Record(&mut kept));
+    let out = exec.nodes(g, &inputs.view(g), &rows)?;
+    let result = exec.download(out)?;
+    d.stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .map_err(driver)?;
+    let mut exec = Exec::new(d.stream, d.kernels, d.weights, Buffers::Replay(&kept, 0));
+    let captured = exec.nodes(g, &inputs.view(g), &rows);
+    let graph = d
+        .stream
+        .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
+    match (captured, graph) {
+        (Ok(out), Ok(Some(graph))) => {
+            if d.plans.0.len() >= MOST_PLANS {
+                d.plans.0.clear();
+            }
+            let plan = Plan {
+                model: Arc::downgrade(&g.model),
+                graph: Captured(graph),
+                inputs,
+                _buffers: kept,
+                output: (out.at, out.rows, out.cols),
+            };
+            d.plans.0.insert(key, plan);
+        }
+        (captured, graph) => {
+            let why = captured
+                .err()
+                .map(|e| e.to_string())
+                .or(graph.err().map(|e| e.to_string()));
+            tracing::warn!(
+                ?why,
+                "a decode step could not be captured as a CUDA graph; it runs op by op"
+            );
+        }
+    }
+    Ok(result)
+}
+
+/// What a step reads, on the host: the per-row tables and each embedding
+/// table's rows for the step's tokens.
+struct HostInputs {
+    /// Each row's key store, then each row's value store.
+    pointers: Vec<u64>,
+    /// Each row's position, each sequence's last position, each sequence's last row.
+    numbers: Vec<i32>,
+    rows: usize,
+    sequences: usize,
+    embedded: Vec<(TensorId, Vec<f32>)>,
+}
+
+impl HostInputs {
+    /// Grows each sequence's device KV cache to hold the step, and reads the
+    /// step's embedding rows from the mapped file.
+    fn of(
+        s: &Arc<CudaStream>,
+        g: &CompiledGraph,
+        batch: &mut [Sequence<'_>],
+        rows: &Rows,
+    ) -> Result<Self, ComputeError> {
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for seq in batch.iter_mut() {
+            let (k, v) = if g.kv_layers > 0 {
+                kv_stores(s, seq.cache, seq.start as usize + seq.tokens.len())?
+            } else {
+                (0, 0)
+            };
+            keys.extend(std::iter::repeat_n(k, seq.tokens.len()));
+            values.extend(std::iter::repeat_n(v, seq.tokens.len()));
+        }
+        let mut numbers: Vec<i32> = rows.positions.iter().map(|&p| p as i32).collect();
+        numbers.extend(rows.positions_of(true).iter().map(|&p| p as i32));
+        numbers.extend(rows.spans.iter().map(|&(first, n)| (first + n - 1) as i32));
+        let tokens: Vec<u32> = batch.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let mut embedded: Vec<(TensorId, Vec<f32>)> = Vec::new();
+        for node in &g.nodes {
+            if let Node::Embed { table } = node
+                && !embedded.iter().any(|(t, _)| t == table)
+            {
+                embedded.push((*table, embed(g, *table, &tokens)));
+            }
+        }
+        Ok(Self {
+            pointers: [keys, values].concat(),
+            numbers,
+            rows: rows.positions.len(),
+            sequences: batch.len(),
+            embedded,
+        })
+    }
+}
+
+fn embed(g: &CompiledGraph, table: TensorId, tokens: &[u32]) -> Vec<f32> {
+    let t = g.tensor(table);
+    let cols = t.row_len();
+    let row_bytes = t.ggml_type.row_bytes(cols).unwrap_or(0);
+    let all = g.model.data(t);
+    let mut out = vec![0.0f32; tokens.len() * cols];
+    for (row, &token) in out.chunks_exact_mut(cols).zip(tokens) {
+        let at = token as usize * row_bytes;
+        quant::dequantize_row(t.ggml_type, &all[at..at + row_bytes], row);
+    }
+    out
+}
+
+/// `HostInputs` on the device.
+struct DeviceInputs {
+    pointers: CudaSlice<u64>,
+    numbers: CudaSlice<i32>,
+    embedded: Vec<(TensorId, CudaSlice<f32>)>,
+    rows: u64,
+    sequences: u64,
+}
+
+impl DeviceInputs {
+    fn upload(s: &Arc<CudaStream>, host: &HostInputs) -> Result<Self, ComputeError> {
+        let embedded = host
+            .embedded
+            .iter()
+            .map(|(t, rows)| Ok((*t, s.clone_htod(rows).map_err(driver)?)))
+            .collect::<Result<_, ComputeError>>()?;
+        Ok(Self {
+            pointers: s.clone_htod(&host.pointers).map_err(driver)?,
+            numbers: s.clone_htod(&host.numbers).map_err(driver)?,
+            embedded,
+            rows: host.rows as u64,
+            sequences: host.sequences as u64,
+        })
+    }
+
+    /// A replay's inputs into the buffers its graph reads (of the same shape).
+    fn write(&mut self, s: &Arc<CudaStream>, host: &HostInputs) -> Result<(), ComputeError> {
+        let stream = s.cu_stream();
+        // SAFETY: each buffer was made from inputs of this shape, so it holds
+        // exactly as many elements; the copies are ordered before the replay.
+        unsafe {
+            result::memcpy_htod_async(ptr(&self.pointers, s), &host.pointers, stream).map_err(driver)?;
+            result::memcpy_htod_async(ptr(&self.numbers, s), &host.numbers, stream).map_err(driver)?;
+            for ((_, device), (_, rows)) in self.embedded.iter().zip(&host.embedded) {
+                result::memcpy_htod_async(ptr(device, s), rows, stream).map_err(driver)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn view(&self, g: &CompiledGraph) -> Inputs {
+        let s = self.pointers.stream();
+        let (p, q) = (ptr(&self.pointers, s), ptr(&self.numbers, s));
+        Inputs {
+            kv: KvRows {
+                keys: p,
+                values: p + 8 * self.rows,
+                positions: q,
+                layers: g.kv_layers as i32,
+            },
+            last_positions: q + 4 * self.rows,
+            last_rows: q + 4 * (self.rows + self.sequences),
+            embedded: self.embedded.iter().map(|(t, b)| (*t, ptr(b, s))).collect(),
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The CUDA kernels against the CPU's reference dequantization and the CPU
+//! backend. They need a GPU: without one they print why and pass as skipped,
+//! unless `REALM_REQUIRE_CUDA=1` (set where a GPU is expected) fails them.
+
+use std::sync::Arc;
+
+use half::{bf16, f16};
+
+use super::CudaBackend;
+use super::resident::ptr;
+use crate::compute::cpu::{CpuBackend, kquants, quant};
+use crate::compute::gguf::GgmlType;
+use crate::compute::gguf::writer::GgufWriter;
+use crate::compute::graph::CompiledGraph;
+use crate::compute::{Backend, Budget, KvCache, Sequence, WeightsRegistry};
+use crate::runtime::wit::compute::{AttentionOp, MatmulOp, Op, RmsNormOp, RopeOp, RopeStyle};
+
+fn backend() -> Option<CudaBackend> {
+    match CudaBackend::new() {
+        Ok(b) => Some(b),
+        Err(e) if std::env::var_os("REALM_REQUIRE_CUDA").is_some() => panic!("REALM_REQUIRE_CUDA is set, but: {e:#}"),
+        Err(e) => {
+            eprintln!("skipped (no CUDA): {e:#}");
+            None
+        }
+    }
+}
+
+fn values(seed: u64, n: usize) -> Vec<f32> {
+    quant::tests::noise(seed, n)
+        .iter()
+        .map(|&b| b as f32 / 64.0 - 2.0)
+        .collect()
+}
+
+/// `n` rows of `k` random weights of type `ty`.
+fn weights(ty: GgmlType, k: usize, n: usize, seed: u64) -> Vec<u8> {
+    let v = || values(seed, n * k).into_iter().map(|x| x / 8.0);
+    match ty {
+        GgmlType::F32 => v().flat_map(f32::to_le_bytes).collect(),
+        GgmlType::F16 => v().flat_map(|x| f16::from_f32(x).to_le_bytes()).collect(),
+        GgmlType::Bf16 => v().flat_map(|x| bf16::from_f32(x).to_le_bytes()).collect(),
+        _ if kquants::is_k_quant(ty) => kquants::tests::random_k_row(ty, n * k / kquants::QK_K, seed),
+        _ => quant::tests::random_row(ty, n * k / quant::QK, seed),
+    }
+}
+
+const ALL_TYPES: [GgmlType; 13] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Bf16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
+fn gpu_matmul(b: &CudaBackend, ty: GgmlType, w: &[u8], x: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let s = &b.stream;
+    let rows = x.len() / k;
+    let (wd, xd) = (s.clone_htod(w).expect("upload"), s.clone_htod(x).expect("upload"));
+    // Poisoned, so that a value the kernel does not write shows.
+    let yd = s.clone_htod(&vec![f32::NAN; rows * n]).expect("upload");
+    let row_bytes = ty.row_bytes(k).expect("whole blocks");
+    b.kernels
+        .matmul(s, ty, ptr(&wd, s), ptr(&xd, s), ptr(&yd, s), (rows, k, n), row_bytes)
+        .expect("launch");
+    s.clone_dtoh(&yd).expect("download")
+}
+
+#[test]
+fn matmul_of_every_type_equals_the_reference_dequantization() {
+    let Some(b) = backend() else { return };
+    let (k, n) = (768, 37);
+    for (seed, ty) in ALL_TYPES.into_iter().enumerate() {
+        let w = weights(ty, k, n, seed as u64 + 1);
+        let row_bytes = ty.row_bytes(k).expect("whole blocks");
+        let x = values(seed as u64 + 50, 13 * k);
+        let y = gpu_matmul(&b, ty, &w, &x, k, n);
+        let mut wrow = vec![0.0f32; k];
+        for j in 0..n {
+            quant::dequantize_row(ty, &w[j * row_bytes..(j + 1) * row_bytes], &mut wrow);
+            for (r, xr) in x.chunks_exact(k).enumerate() {
+                let exact: f64 = wrow.iter().zip(xr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let magnitude: f64 = wrow.iter().zip(xr).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                let got = y[r * n + j] as f64;
+                assert!(
+                    (got - exact).abs() <= 1e-5 * magnitude + 1e-6,
+                    "{ty} row {r} column {j}: {got} vs {exact}"
+                );
+            }
+        }
+        // Each row alone gives the bits it gets among 13.
+        for (r, xr) in x.chunks_exact(k).enumerate().step_by(4) {
+            let alone = gpu_matmul(&b, ty, &w, xr, k, n);
+            let same = alone
+                .iter()
+                .zip(&y[r * n..(r + 1) * n])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{ty}: row {r} alone differs from row {r} of 13");
+        }
+    }
+}
+
+const VOCAB: u64 = 50;
+const DIM: u64 = 128;
+const HEAD_DIM: u32 = 64;
+
+/// A one-layer model (two query heads over one KV head, a sliding window of
+/// 4, a SwiGLU feed-forward) with f32 weights, and its graph.
+fn tiny_program() -> (tempfile::NamedTempFile, Arc<CompiledGraph>) {
+    let mut w = GgufWriter::new();
+    let kv = HEAD_DIM as u64;
+    let ffn = 256;
+    let small = |seed: u64, n: u64| values(seed, n as usize).iter().map(|v| v / 16.0).collect::<Vec<_>>();
+    for (i, (name, cols, rows)) in [
+        ("token_embd", DIM, VOCAB),
+        ("wq", DIM, DIM),
+        ("wk", DIM, kv),
+        ("wv", DIM, kv),
+        ("wo", DIM, DIM),
+        ("gate", DIM, ffn),
+        ("up", DIM, ffn),
+        ("down", ffn, DIM),
+        ("output", DIM, VOCAB),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        w.tensor_f32(name, &[cols, rows], &small(i as u64 + 1, cols * rows));
+    }
+    w.tensor_f32(
+        "norm",
+        &[DIM],
+        &values(77, DIM as usize)
+            .iter()
+            .map(|v| 1.0 + v / 8.0)
+            .collect::<Vec<_>>(),
+    );
+    w.tensor_f32("bias", &[kv], &small(78, kv));
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    w.write(&mut file).expect("write");
+    let model = WeightsRegistry::default().open(file.path()).expect("open");
+    let norm = |input, weight: Option<&str>| {
+        Op::RmsNorm(RmsNormOp {
+            input,
+            weight: weight.map(str::to_string),
+            eps: 1e-5,
+            group: 0,
+        })
+    };
+    let matmul = |input, weight: &str| {
+        Op::Matmul(MatmulOp {
+            input,
+            weight: weight.into(),
+        })
+    };
+    let rope = |input, style| {
+        Op::Rope(RopeOp {
+            input,
+            head_dim: HEAD_DIM,
+            rotary_dims: HEAD_DIM,
+            base: 10000.0,
+            freq_scale: 1.0,
+            style,
+        })
+    };
+    let ops = vec![
+        Op::Embed("token_embd".into()),
+        norm(0, Some("norm")),
+        matmul(1, "wq"),
+        matmul(1, "wk"),
+        matmul(1, "wv"),
+        Op::AddTensor((4, "bias".into())),
+        rope(2, RopeStyle::Neox),
+        rope(3, RopeStyle::Normal),
+        Op::Attention(AttentionOp {
+            q: 6,
+            k: 7,
+            v: 5,
+            layer: 0,
+            n_head: 2,
+            n_kv_head: 1,
+            head_dim: HEAD_DIM,
+            scale: 0.125,
+            window: 4,
+        }),
+        matmul(8, "wo"),
+        Op::Add((0, 9)),
+        norm(10, None),
+        matmul(11, "gate"),
+        matmul(11, "up"),
+        Op::Swiglu((12, 13)),
+        matmul(14, "down"),
+        Op::Scale((15, 0.5)),
+        Op::Add((10, 16)),
+        Op::LastRow(17),
+        norm(18, Some("norm")),
+        matmul(19, "output"),
+    ];
+    let graph = CompiledGraph::compile(model, &ops).expect("compiles");
+    (file, Arc::new(graph))
+}
+
+fn cache() -> KvCache {
+    let charge = Budget::unlimited("test").charge(64).expect("unlimited");
+    KvCache::new(1, HEAD_DIM, 64, charge)
+}
+
+/// Two sequences' steps: A's prompt of 9 and 3 decode steps, B's prompt of 5
+/// and 2 decode steps; each step's output rows.
+fn steps_alone(backend: &dyn Backend, g: &CompiledGraph) -> Vec<Vec<f32>> {
+    let (a, b) = (vec![3u32, 14, 15, 9, 2, 6, 5, 35, 8], vec![7u32, 1, 49, 0, 12]);
+    let mut out = Vec::new();
+    for (prompt, decode) in [(a, vec![11u32, 22, 33]), (b, vec![44, 4])] {
+        let mut kv = cache();
+        let mut start = 0;
+        for step in std::iter::once(prompt).chain(decode.into_iter().map(|t| vec![t])) {
+            let mut batch = [Sequence {
+                cache: &mut kv,
+                tokens: &step,
+                start,
+            }];
+            out.extend(backend.run_batch(g, &mut batch).expect("step"));
+            start += step.len() as u32;
+        }
+    }
+    out
+}
+
+#[test]
+fn a_graph_on_the_gpu_matches_the_cpu_backend_and_its_rows_alone() {
+    let Some(gpu) = backend() else { return };
+    let (_file, g) = tiny_program();
+    let cpu = CpuBackend::new(2).expect("cpu");
+    let expected = steps_alone(&cpu, &g);
+    let alone = steps_alone(&gpu, &g);
+    for (step, (e, a)) in expected.iter().zip(&alone).enumerate() {
+        let diff = e.iter().zip(a).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-3, "step {step}: max |cpu - gpu| {diff}");
+    }
+    // A's and B's prompts in one batch, then their decode steps together.
+    let (mut ka, mut kb) = (cache(), cache());
+    let (pa, pb) = ([3u32, 14, 15, 9, 2, 6, 5, 35, 8], [7u32, 1, 49, 0, 12]);
+    let mut batch = [
+        Sequence {
+            cache: &mut ka,
+            tokens: &pa,
+            start: 0,
+        },
+        Sequence {
+            cache: &mut kb,
+            tokens: &pb,
+            start: 0,
+        },
+    ];
+    let prompts = gpu.run_batch(&g, &mut batch).expect("batch");
+    let mut batch = [
+        Sequence {
+            cache: &mut ka,
+            tokens: &[11],
+            start: 9,
+        },
+        Sequence {
+            cache: &mut kb,
+            tokens: &[44],
+            start: 5,
+        },
+    ];
+    let decodes = gpu.run_batch(&g, &mut batch).expect("batch");
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&prompts[0]), bits(&alone[0]), "A's prompt batched");
+    assert_eq!(bits(&prompts[1]), bits(&alone[4]), "B's prompt batched");
+    assert_eq!(bits(&decodes[0]), bits(&alone[1]), "A's first decode batched");
+    assert_eq!(bits(&decodes[1]), bits(&alone[5]), "B's first decode batched");
+}
+
+/// What the CPU backend's quantized activations stand for, value by value.
+fn cpu_rounded(ty: GgmlType, x: &[f32]) -> Vec<f32> {
+    use crate::compute::cpu::activations::{Activations, quantize};
+    match quantize(ty, x) {
+        Activations::F32(v) => v,
+        Activations::F16(v) => v.iter().map(|h| h.to_f32()).collect(),
+        Activations::Bf16(v) => v.iter().map(|h| h.to_f32()).collect(),
+        Activations::Q8(blocks) => blocks.iter().flat_map(|b| b.qs.map(|q| q as f32 * b.d)).collect(),
+        Activations::Q8K(blocks) => blocks.iter().flat_map(|b| b.qs.map(|q| q as f32 * b.d)).collect(),
+    }
+}
+
+#[test]
+fn activations_are_rounded_as_the_cpu_quantizes_them() {
+    let Some(b) = backend() else { return };
+    let s = &b.stream;
+    let mut x = values(9, 4 * 512);
+    // Ties of magnitude with both signs: the first one gives q8_K its sign.
+    x[300] = 3.0;
+    x[301] = -3.0;
+    x[40] = 0.0;
+    for ty in [
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+        GgmlType::F16,
+        GgmlType::Bf16,
+    ] {
+        let xd = s.clone_htod(&x).expect("upload");
+        let yd = s.clone_htod(&vec![f32::NAN; x.len()]).expect("upload");
+        b.kernels
+            .round_activations(s, ty, ptr(&xd, s), ptr(&yd, s), x.len())
+            .expect("a rounding type")
+            .expect("launch");
+        let got = s.clone_dtoh(&yd).expect("download");
+        let expected = cpu_rounded(ty, &x);
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            // 0 and -0 (a zero quant times a negative scale) are the same.
+            assert!(g.to_bits() == e.to_bits() || g == e, "{ty} value {i}: {g} vs {e}");
+        }
+    }
+}

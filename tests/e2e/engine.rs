@@ -90,6 +90,11 @@ fn constructor_errors_are_typed_and_leave_the_instance_usable() {
 /// sin/cos, GELU's tanh), which 8-bit activation rounding can amplify.
 const LOGIT_TOLERANCE: f32 = 1.0;
 
+/// The same on the CUDA backend, which multiplies f32 activations with the
+/// dequantized weights where llama.cpp's CPU build rounds activations to 8
+/// bits: measured on an H100, SmolLM2: see docs/PERFORMANCE.md.
+const CUDA_LOGIT_TOLERANCE: f32 = 1.0;
+
 /// Models whose first-step top 5 must be in llama.cpp's exact order: all
 /// three (measured deviation 0).
 const STRICT_TOP5: &[&str] = &[
@@ -108,6 +113,8 @@ fn first_step_logits_agree_with_llama_cpp() {
 fn first_step_logits_agree(model: &str) {
     let golden = support::golden(model, "greedy.json");
     let instance = instance();
+    let on_cpu = support::device() == realm_host::compute::Device::Cpu;
+    let tolerance = if on_cpu { LOGIT_TOLERANCE } else { CUDA_LOGIT_TOLERANCE };
     let mut worst = 0.0f32;
     let cases: Vec<_> = golden
         .as_array()
@@ -134,8 +141,8 @@ fn first_step_logits_agree(model: &str) {
             .fold(0.0, f32::max);
         worst = worst.max(diff);
         assert!(
-            diff <= LOGIT_TOLERANCE,
-            "{prompt}: max |logit difference| {diff} > {LOGIT_TOLERANCE}"
+            diff <= tolerance,
+            "{prompt}: max |logit difference| {diff} > {tolerance}"
         );
         let ours = realm_host::compute::top_k(&got, 10);
         let theirs = realm_host::compute::top_k(&expected, 5);
@@ -146,7 +153,7 @@ fn first_step_logits_agree(model: &str) {
                 "{prompt}: llama.cpp's top-5 token {id} is not in our top-10"
             );
         }
-        if STRICT_TOP5.contains(&model) {
+        if on_cpu && STRICT_TOP5.contains(&model) {
             let ours: Vec<u32> = ours.iter().take(5).map(|(id, _)| *id).collect();
             let theirs: Vec<u32> = theirs.iter().map(|(id, _)| *id).collect();
             assert_eq!(ours, theirs, "{model} {prompt}: llama.cpp's top-5 order");
@@ -225,12 +232,17 @@ fn greedy_continuations_equal_llama_cpp() {
 fn greedy_continuations_agree(model: &str) {
     let golden = support::golden(model, "greedy.json");
     let instance = instance();
+    // The CUDA backend is not bit-equal to llama.cpp's CPU build: its
+    // continuations are compared up to the first step closer than
+    // FORCED_MARGIN, and every clearer step by teacher_forced_steps_pick_llama_cpps_token.
+    let on_cpu = support::device() == realm_host::compute::Device::Cpu;
+    let near_tie = if on_cpu { NEAR_TIE } else { FORCED_MARGIN };
     let mut compared = Vec::new();
     for case in golden.as_array().expect("array") {
         let prompt = case["prompt"].as_str().expect("prompt");
         let expected: Vec<u32> = serde_json::from_value(case["ids"].clone()).expect("ids");
         let margins: Vec<f64> = serde_json::from_value(case["margins"].clone()).expect("margins");
-        let comparable = margins.iter().position(|&m| m < NEAR_TIE).unwrap_or(expected.len());
+        let comparable = margins.iter().position(|&m| m < near_tie).unwrap_or(expected.len());
         let got = generate(&instance, model, greedy(prompt, expected.len() as u32)).expect("generation");
         let agree = got.iter().zip(&expected).take_while(|(a, b)| a == b).count();
         eprintln!(
@@ -244,9 +256,44 @@ fn greedy_continuations_agree(model: &str) {
         compared.push(agree);
     }
     assert!(
-        compared.iter().filter(|&&n| n >= 8).count() >= 3,
+        !on_cpu || compared.iter().filter(|&&n| n >= 8).count() >= 3,
         "{model}: too few prompts agree for 8 tokens or more: {compared:?}"
     );
+}
+
+/// Steps of llama.cpp's continuations where its top two logits are at least
+/// this far apart: every backend must pick llama.cpp's token there. Set from
+/// the CUDA backend's measured deviation (first-step logits within 0.77 of
+/// llama.cpp's on SmolLM2; the top two move less than the worst logit).
+const FORCED_MARGIN: f64 = 0.5;
+
+/// Each step of llama.cpp's greedy continuations, fed llama.cpp's own tokens
+/// so far (teacher forcing): one near-tie does not end the comparison, and
+/// every clear step of every prompt is checked.
+#[test]
+fn teacher_forced_steps_pick_llama_cpps_token() {
+    let golden = support::golden(DEFAULT_MODEL, "greedy.json");
+    let instance = instance();
+    let (mut checked, mut skipped) = (0, 0);
+    for case in golden.as_array().expect("array") {
+        let prompt = case["prompt"].as_str().expect("prompt");
+        let prompt_ids: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).expect("ids");
+        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).expect("ids");
+        let margins: Vec<f64> = serde_json::from_value(case["margins"].clone()).expect("margins");
+        for (i, (&id, &margin)) in ids.iter().zip(&margins).enumerate() {
+            if margin < FORCED_MARGIN {
+                skipped += 1;
+                continue;
+            }
+            let tokens = [&prompt_ids[..], &ids[..i]].concat();
+            let logits = block_on(instance.evaluate(DEFAULT_MODEL, tokens)).expect("evaluate");
+            let top = realm_host::compute::top_k(&logits, 1)[0].0;
+            assert_eq!(top, id, "{prompt:?} step {i}: llama.cpp's margin there is {margin}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 100, "only {checked} clear steps");
+    eprintln!("{checked} teacher-forced steps pick llama.cpp's token ({skipped} closer than {FORCED_MARGIN} skipped)");
 }
 
 #[test]

@@ -11,6 +11,23 @@ use realm_host::runtime::{InstanceHandle, InstanceSettings, Runtime, SharedCompu
 
 pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
 
+/// The backend the in-process and served engines run on: `REALM_TEST_DEVICE`,
+/// `cpu` (the default) or `cuda` (on a GPU machine).
+pub fn device() -> Device {
+    match std::env::var("REALM_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda,
+        Ok("cpu") | Err(_) => Device::Cpu,
+        Ok(other) => panic!("REALM_TEST_DEVICE={other}: expected cpu or cuda"),
+    }
+}
+
+fn device_arg() -> &'static str {
+    match device() {
+        Device::Cuda => "cuda",
+        _ => "cpu",
+    }
+}
+
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -100,7 +117,7 @@ pub fn shared_compute() -> Arc<SharedCompute> {
     static SHARED: OnceLock<Arc<SharedCompute>> = OnceLock::new();
     SHARED
         .get_or_init(|| {
-            let backend = compute::start_backend(Device::Cpu, 2).expect("cpu backend");
+            let backend = compute::start_backend(device(), 2).expect("the test device's backend");
             Arc::new(SharedCompute {
                 scheduler: Scheduler::new(backend, BatchPolicy::default()),
                 registry: WeightsRegistry::default(),
@@ -211,7 +228,15 @@ impl Server {
     /// A server on `models`, its stderr (the log) sent to `log`.
     pub fn start_in(component: &std::path::Path, models: &std::path::Path, extra: &[&str], log: Stdio) -> Self {
         let mut child = realm_host()
-            .args(["serve", "--listen", "127.0.0.1:0", "--threads", "2", "--device", "cpu"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--threads",
+                "2",
+                "--device",
+                device_arg(),
+            ])
             .arg("--component")
             .arg(component)
             .arg("--models-dir")

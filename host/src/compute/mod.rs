@@ -55,11 +55,12 @@ pub enum StepOutput {
 }
 
 /// One sequence's part of a forward step: `tokens` at positions `start..`,
-/// appending to `cache`.
+/// appending to `cache`, and what it returns for its last position.
 pub struct Sequence<'a> {
     pub cache: &'a mut KvCache,
     pub tokens: &'a [u32],
     pub start: u32,
+    pub output: OutputKind,
 }
 
 /// Where each sequence's rows lie in a batch's per-token values, and each
@@ -112,8 +113,8 @@ pub trait Backend: Send + Sync {
     /// Runs `graph` once over every sequence of `batch` (each passed `check`):
     /// row-wise ops (matmuls, norms, activations) over all their rows at once;
     /// RoPE positions, the KV append and attention per sequence. Returns each
-    /// sequence's output row, in batch order.
-    fn run_batch(&self, graph: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>>, ComputeError>;
+    /// sequence's output row as it asked (`Sequence::output`), in batch order.
+    fn run_batch(&self, graph: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<StepOutput>, ComputeError>;
 }
 
 /// Rejects tokens outside the vocabulary, positions beyond the cache and a
@@ -168,6 +169,17 @@ pub fn start_backend(device: Device, threads: usize) -> anyhow::Result<Arc<dyn B
                 Ok(Arc::new(cpu::CpuBackend::new(threads)?))
             }
         },
+    }
+}
+
+#[cfg(test)]
+impl StepOutput {
+    /// The logits of a step that asked for them.
+    pub fn logits(self) -> Vec<f32> {
+        match self {
+            StepOutput::Logits(l) => l,
+            StepOutput::TopK(_) => panic!("the step returned top-k, not logits"),
+        }
     }
 }
 

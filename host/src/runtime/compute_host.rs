@@ -146,22 +146,20 @@ impl compute::HostGraph for StoreState {
         output: StepOutputKind,
     ) -> Reply<StepOutput> {
         let entered = Instant::now();
+        let output = match output {
+            StepOutputKind::Logits => OutputKind::Logits,
+            StepOutputKind::TopK(k) => OutputKind::TopK(k as usize),
+        };
         let step = StepRequest {
             graph: self.table.get(&graph)?.0.clone(),
             cache: self.table.get(&cache)?.0.clone(),
             tokens,
             start,
-        };
-        let kind = match output {
-            StepOutputKind::Logits => OutputKind::Logits,
-            StepOutputKind::TopK(k) => OutputKind::TopK(k as usize),
+            output,
         };
         let kernel_start = Instant::now();
         let (scheduler, seat) = (self.compute.shared.scheduler.clone(), self.seat.clone());
-        let result = scheduler
-            .run(&seat, step)
-            .await
-            .map(|row| host::shape_output(row, kind));
+        let result = scheduler.run(&seat, step).await;
         let kernel_end = Instant::now();
         let output = match result {
             Ok(host::StepOutput::Logits(logits)) => Ok(StepOutput::Logits(logits)),

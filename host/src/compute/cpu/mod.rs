@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::gguf::GgmlType;
 use super::graph::{Attention, CompiledGraph, Node, TensorId};
-use super::{Backend, ComputeError, Rows, Sequence};
+use super::{Backend, ComputeError, Rows, Sequence, StepOutput};
 use activations::Activations;
 use kernels::Rope;
 
@@ -49,8 +49,16 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn run_batch(&self, graph: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>>, ComputeError> {
-        self.pool.install(|| execute(graph, batch))
+    fn run_batch(&self, graph: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<StepOutput>, ComputeError> {
+        let kinds: Vec<_> = batch.iter().map(|s| s.output).collect();
+        self.pool.install(|| {
+            let rows = execute(graph, batch)?;
+            Ok(rows
+                .into_par_iter()
+                .zip(kinds)
+                .map(|(row, kind)| super::shape_output(row, kind))
+                .collect())
+        })
     }
 }
 

@@ -13,7 +13,11 @@ use super::resident::{BufferPool, DeviceWeights, ptr};
 use super::{driver, profile};
 use crate::compute::gguf::GgmlType;
 use crate::compute::graph::{CompiledGraph, Node, RopeStyle, TensorId};
-use crate::compute::{ComputeError, Rows};
+use crate::compute::{ComputeError, OutputKind, Rows, StepOutput, shape_output};
+
+/// The largest k whose top-k is taken on the device; beyond it (and for
+/// logits) the whole rows are copied to the host.
+const MAX_K: usize = 256;
 
 /// Where a step's values live.
 pub enum Buffers<'p> {
@@ -124,24 +128,77 @@ impl<'a, 'p> Exec<'a, 'p> {
         Ok(out)
     }
 
-    /// The output rows on the host; the value's buffer goes back to the pool.
-    pub fn download(&mut self, out: Value) -> Result<Vec<Vec<f32>>, ComputeError> {
+    /// Each sequence's output as it asked: the top-k on the device and only
+    /// those k values copied when every sequence asks for at most MAX_K,
+    /// else all logits. The value's buffer goes back to the pool.
+    pub fn finish(&mut self, out: Value, kinds: &[OutputKind]) -> Result<Vec<StepOutput>, ComputeError> {
         let mode = *profile::MODE;
         if mode != profile::Mode::Off {
             profile::record("submit", self.started);
         }
         let started = Instant::now();
-        let mut host = vec![0.0f32; out.rows * out.cols];
-        // SAFETY: `out.at` holds rows * cols f32s, written by work on this stream.
-        unsafe { result::memcpy_dtoh_async(&mut host, out.at, self.stream.cu_stream()) }.map_err(driver)?;
-        self.stream.synchronize().map_err(driver)?;
+        let ks: Option<Vec<i32>> = kinds
+            .iter()
+            .map(|kind| match kind {
+                OutputKind::TopK(k) if *k <= MAX_K => Some((*k).min(out.cols) as i32),
+                _ => None,
+            })
+            .collect();
+        let outputs = match ks {
+            Some(ks) => self.top_k(&out, &ks)?,
+            None => {
+                let host = self.copy_out(out.at, out.rows * out.cols)?;
+                host.chunks_exact(out.cols)
+                    .zip(kinds)
+                    .map(|(row, &kind)| shape_output(row.to_vec(), kind))
+                    .collect()
+            }
+        };
         if mode != profile::Mode::Off {
             profile::record("wait+output", started);
             profile::step_done();
         }
-        let cols = out.cols;
         self.give(out);
-        Ok(host.chunks_exact(cols).map(<[f32]>::to_vec).collect())
+        Ok(outputs)
+    }
+
+    fn top_k(&mut self, out: &Value, ks: &[i32]) -> Result<Vec<StepOutput>, ComputeError> {
+        let s = self.stream;
+        let max_k = ks.iter().copied().max().unwrap_or(0).max(1) as usize;
+        let k = s.clone_htod(ks).map_err(driver)?;
+        let values = self.alloc(out.rows, max_k)?;
+        // SAFETY: top_k writes the first k[row] of each row's max_k slots, all that is read.
+        let ids = unsafe { s.alloc::<i32>(out.rows * max_k) }.map_err(driver)?;
+        let ids_at = ptr(&ids, s);
+        self.kernels
+            .top_k(s, out.at, (out.rows, out.cols), ptr(&k, s), max_k, values.at, ids_at)?;
+        let host_values = self.copy_out(values.at, out.rows * max_k)?;
+        let mut host_ids = vec![0i32; out.rows * max_k];
+        // SAFETY: ids holds rows * max_k i32s, written by the launch above.
+        unsafe { result::memcpy_dtoh_async(&mut host_ids, ids_at, s.cu_stream()) }.map_err(driver)?;
+        s.synchronize().map_err(driver)?;
+        self.give(values);
+        Ok(ks
+            .iter()
+            .enumerate()
+            .map(|(row, &k)| {
+                let at = row * max_k;
+                StepOutput::TopK(
+                    (at..at + k as usize)
+                        .map(|i| (host_ids[i] as u32, host_values[i]))
+                        .collect(),
+                )
+            })
+            .collect())
+    }
+
+    /// `len` f32s at `at`, on the host once the stream has written them.
+    fn copy_out(&self, at: Ptr, len: usize) -> Result<Vec<f32>, ComputeError> {
+        let mut host = vec![0.0f32; len];
+        // SAFETY: `at` holds len f32s, written by work on this stream.
+        unsafe { result::memcpy_dtoh_async(&mut host, at, self.stream.cu_stream()) }.map_err(driver)?;
+        self.stream.synchronize().map_err(driver)?;
+        Ok(host)
     }
 
     fn alloc(&mut self, rows: usize, cols: usize) -> Result<Value, ComputeError> {

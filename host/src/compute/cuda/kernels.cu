@@ -532,3 +532,60 @@ extern "C" __global__ void attention(const float* q, float* out, const u64* keys
         o[d] = sum;
     }
 }
+
+// ---- The k largest values of each row (value descending, the lower index
+// first among equals), one block per row, k[row] of them (at most max_k):
+// pass r finds the largest value after pass r - 1's pick in that order, so
+// each row's answer depends on nothing but the row.
+__device__ __forceinline__ bool ranks_before(float v, int i, float bv, int bi) {
+    return bi < 0 || (i >= 0 && (v > bv || (v == bv && i < bi)));
+}
+
+extern "C" __global__ void top_k(const float* x, int cols, const int* k, int max_k, float* values, int* ids) {
+    __shared__ float warp_v[32];
+    __shared__ int warp_i[32];
+    const float* row = x + (size_t)blockIdx.x * cols;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    float pv = __int_as_float(0x7f800000);  // +inf: everything comes after it
+    int pi = -1;
+    for (int r = 0; r < k[blockIdx.x]; r++) {
+        float bv = 0.0f;
+        int bi = -1;
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            float v = row[c];
+            bool after = v < pv || (v == pv && c > pi);
+            if (after && ranks_before(v, c, bv, bi)) {
+                bv = v;
+                bi = c;
+            }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ranks_before(ov, oi, bv, bi)) {
+                bv = ov;
+                bi = oi;
+            }
+        }
+        if (lane == 0) {
+            warp_v[warp] = bv;
+            warp_i[warp] = bi;
+        }
+        __syncthreads();
+        bv = warp_v[0];
+        bi = warp_i[0];
+        for (int w = 1; w < warps; w++)
+            if (ranks_before(warp_v[w], warp_i[w], bv, bi)) {
+                bv = warp_v[w];
+                bi = warp_i[w];
+            }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            values[(size_t)blockIdx.x * max_k + r] = bv;
+            ids[(size_t)blockIdx.x * max_k + r] = bi;
+        }
+        pv = bv;
+        pi = bi;
+    }
+}

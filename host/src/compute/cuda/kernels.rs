@@ -59,6 +59,7 @@ pub struct Kernels {
     gather_rows: CudaFunction,
     kv_append: CudaFunction,
     attention: CudaFunction,
+    top_k: CudaFunction,
 }
 
 /// Arguments of `attention` and `kv_append` besides the tensors: where each
@@ -102,6 +103,7 @@ impl Kernels {
             gather_rows: f("gather_rows")?,
             kv_append: f("kv_append")?,
             attention: f("attention")?,
+            top_k: f("top_k")?,
             _module: module,
         })
     }
@@ -335,6 +337,30 @@ impl Kernels {
         // SAFETY: q and out hold rows * n_head * head_dim f32s; every row's
         // stores hold positions 0..=its position of this layer.
         unsafe { b.launch(cfg) }.map(drop).map_err(driver)
+    }
+}
+
+impl Kernels {
+    /// The `k[row]` largest values of each of `rows` rows of `cols` (value
+    /// descending, lower index first among equals) into `values` and `ids`,
+    /// `max_k` slots per row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn top_k(
+        &self,
+        s: &Arc<CudaStream>,
+        x: Ptr,
+        (rows, cols): (usize, usize),
+        k: Ptr,
+        max_k: usize,
+        values: Ptr,
+        ids: Ptr,
+    ) -> Result<(), ComputeError> {
+        let (cols, max_k) = (cols as i32, max_k as i32);
+        let mut b = s.launch_builder(&self.top_k);
+        b.arg(&x).arg(&cols).arg(&k).arg(&max_k).arg(&values).arg(&ids);
+        // SAFETY: x holds rows * cols f32s, k rows i32s of at most max_k,
+        // values and ids rows * max_k slots.
+        unsafe { b.launch(blocks(rows as u32, 1024)) }.map(drop).map_err(driver)
     }
 }
 

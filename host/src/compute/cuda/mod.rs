@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use cudarc::driver::{CudaContext, CudaStream, DriverError};
 
 use super::graph::CompiledGraph;
-use super::{Backend, ComputeError, Sequence};
+use super::{Backend, ComputeError, Sequence, StepOutput};
 use kernels::Kernels;
 use resident::{BufferPool, DeviceWeights};
 use step::Plans;
@@ -74,7 +74,7 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
-    fn run_batch(&self, graph: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>>, ComputeError> {
+    fn run_batch(&self, graph: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<StepOutput>, ComputeError> {
         let mut state = self
             .state
             .lock()

@@ -17,7 +17,7 @@ use super::resident::{BufferPool, DeviceWeights, kv_stores, ptr};
 use crate::compute::cpu::quant;
 use crate::compute::graph::{CompiledGraph, Node, TensorId};
 use crate::compute::weights::ModelFile;
-use crate::compute::{ComputeError, Rows, Sequence};
+use crate::compute::{ComputeError, OutputKind, Rows, Sequence, StepOutput};
 
 /// `REALM_CUDA_GRAPHS=0` launches every op of every step (for comparison).
 static GRAPHS: LazyLock<bool> = LazyLock::new(|| std::env::var("REALM_CUDA_GRAPHS").as_deref() != Ok("0"));
@@ -52,8 +52,9 @@ struct Captured(CudaGraph);
 // SAFETY: see above; CUDA graph executables may be used from any thread.
 unsafe impl Send for Captured {}
 
-pub fn run(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>>, ComputeError> {
+pub fn run(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<StepOutput>, ComputeError> {
     let rows = Rows::of(batch);
+    let kinds: Vec<OutputKind> = batch.iter().map(|s| s.output).collect();
     let host = HostInputs::of(d.stream, g, batch, &rows)?;
     // Ops profiling synchronizes after each op, which a capture cannot hold.
     let capture = *GRAPHS && *super::profile::MODE != super::profile::Mode::Ops;
@@ -62,7 +63,7 @@ pub fn run(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Resu
         let inputs = DeviceInputs::upload(d.stream, &host)?;
         let mut exec = Exec::new(d.stream, d.kernels, d.weights, Buffers::Pool(d.pool));
         let out = exec.nodes(g, &inputs.view(g), &rows)?;
-        return exec.download(out);
+        return exec.finish(out, &kinds);
     }
     let key = (g.fingerprint, Arc::as_ptr(&g.model) as usize, batch.len());
     if let Some(plan) = d.plans.0.get_mut(&key)
@@ -72,14 +73,14 @@ pub fn run(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Resu
         plan.graph.0.launch().map_err(driver)?;
         let (at, rows, cols) = plan.output;
         let mut exec = Exec::new(d.stream, d.kernels, d.weights, Buffers::Pool(d.pool));
-        return exec.download(Value::borrowed(at, rows, cols));
+        return exec.finish(Value::borrowed(at, rows, cols), &kinds);
     }
     // First a run that records its buffers, then the same ops captured over them.
     let inputs = DeviceInputs::upload(d.stream, &host)?;
     let mut kept = Vec::new();
     let mut exec = Exec::new(d.stream, d.kernels, d.weights, Buffers::Record(&mut kept));
     let out = exec.nodes(g, &inputs.view(g), &rows)?;
-    let result = exec.download(out)?;
+    let result = exec.finish(out, &kinds)?;
     d.stream
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(driver)?;

@@ -12,7 +12,7 @@ use crate::compute::cpu::{CpuBackend, kquants, quant};
 use crate::compute::gguf::GgmlType;
 use crate::compute::gguf::writer::GgufWriter;
 use crate::compute::graph::CompiledGraph;
-use crate::compute::{Backend, Budget, KvCache, Sequence, WeightsRegistry};
+use crate::compute::{Backend, Budget, KvCache, OutputKind, Sequence, StepOutput, WeightsRegistry};
 use crate::runtime::wit::compute::{AttentionOp, MatmulOp, Op, RmsNormOp, RopeOp, RopeStyle};
 
 fn backend() -> Option<CudaBackend> {
@@ -226,8 +226,15 @@ fn steps_alone(backend: &dyn Backend, g: &CompiledGraph) -> Vec<Vec<f32>> {
                 cache: &mut kv,
                 tokens: &step,
                 start,
+                output: OutputKind::Logits,
             }];
-            out.extend(backend.run_batch(g, &mut batch).expect("step"));
+            out.extend(
+                backend
+                    .run_batch(g, &mut batch)
+                    .expect("step")
+                    .into_iter()
+                    .map(StepOutput::logits),
+            );
             start += step.len() as u32;
         }
     }
@@ -253,27 +260,41 @@ fn a_graph_on_the_gpu_matches_the_cpu_backend_and_its_rows_alone() {
             cache: &mut ka,
             tokens: &pa,
             start: 0,
+            output: OutputKind::Logits,
         },
         Sequence {
             cache: &mut kb,
             tokens: &pb,
             start: 0,
+            output: OutputKind::Logits,
         },
     ];
-    let prompts = gpu.run_batch(&g, &mut batch).expect("batch");
+    let prompts: Vec<_> = gpu
+        .run_batch(&g, &mut batch)
+        .expect("batch")
+        .into_iter()
+        .map(StepOutput::logits)
+        .collect();
     let mut batch = [
         Sequence {
             cache: &mut ka,
             tokens: &[11],
             start: 9,
+            output: OutputKind::Logits,
         },
         Sequence {
             cache: &mut kb,
             tokens: &[44],
             start: 5,
+            output: OutputKind::Logits,
         },
     ];
-    let decodes = gpu.run_batch(&g, &mut batch).expect("batch");
+    let decodes: Vec<_> = gpu
+        .run_batch(&g, &mut batch)
+        .expect("batch")
+        .into_iter()
+        .map(StepOutput::logits)
+        .collect();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&prompts[0]), bits(&alone[0]), "A's prompt batched");
     assert_eq!(bits(&prompts[1]), bits(&alone[4]), "B's prompt batched");
@@ -322,5 +343,44 @@ fn activations_are_rounded_as_the_cpu_quantizes_them() {
             // 0 and -0 (a zero quant times a negative scale) are the same.
             assert!(g.to_bits() == e.to_bits() || g == e, "{ty} value {i}: {g} vs {e}");
         }
+    }
+}
+
+#[test]
+fn top_k_on_the_device_ranks_as_the_host_does() {
+    let Some(b) = backend() else { return };
+    let s = &b.stream;
+    let (rows, cols) = (3, 1000);
+    // Eight levels only: ties everywhere, broken by the lower id.
+    let x: Vec<f32> = quant::tests::noise(21, rows * cols)
+        .iter()
+        .map(|&v| (v % 8) as f32 - 3.5)
+        .collect();
+    let ks = [1i32, 7, 40];
+    let max_k = 40;
+    let (xd, kd) = (s.clone_htod(&x).expect("upload"), s.clone_htod(&ks).expect("upload"));
+    let vd = s.clone_htod(&vec![f32::NAN; rows * max_k]).expect("upload");
+    let id = s.clone_htod(&vec![-7i32; rows * max_k]).expect("upload");
+    b.kernels
+        .top_k(
+            s,
+            ptr(&xd, s),
+            (rows, cols),
+            ptr(&kd, s),
+            max_k,
+            ptr(&vd, s),
+            ptr(&id, s),
+        )
+        .expect("launch");
+    let (values, ids) = (
+        s.clone_dtoh(&vd).expect("download"),
+        s.clone_dtoh(&id).expect("download"),
+    );
+    for (r, &k) in ks.iter().enumerate() {
+        let expected = crate::compute::top_k(&x[r * cols..(r + 1) * cols], k as usize);
+        let got: Vec<(u32, f32)> = (0..k as usize)
+            .map(|i| (ids[r * max_k + i] as u32, values[r * max_k + i]))
+            .collect();
+        assert_eq!(got, expected, "row {r}, k {k}");
     }
 }

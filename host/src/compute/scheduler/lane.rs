@@ -9,12 +9,12 @@ use tokio::sync::oneshot;
 
 use super::fair::{Candidate, Shares};
 use super::{BatchPolicy, Counters, Scheduler, Seat, StepRequest, lock};
-use crate::compute::{Backend, ComputeError, Sequence};
+use crate::compute::{Backend, ComputeError, Sequence, StepOutput};
 
 /// How long a lane's thread lingers without steps before it ends.
 const IDLE: Duration = Duration::from_secs(10);
 
-type Reply = Result<Vec<f32>, ComputeError>;
+type Reply = Result<StepOutput, ComputeError>;
 
 struct Waiting {
     seat: Arc<Seat>,
@@ -210,6 +210,7 @@ impl Lane {
                     cache,
                     tokens: &w.step.tokens[w.done..w.done + n],
                     start: w.step.start + w.done as u32,
+                    output: w.step.output,
                 })
                 .collect();
             catch_unwind(AssertUnwindSafe(|| self.backend.run_batch(&graph, &mut sequences)))

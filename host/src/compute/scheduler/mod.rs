@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{Backend, CompiledGraph, ComputeError, KvCache};
+use super::{Backend, CompiledGraph, ComputeError, KvCache, OutputKind, StepOutput};
 use lane::Lane;
 
 /// How steps are batched.
@@ -69,6 +69,7 @@ pub struct StepRequest {
     pub cache: SharedKv,
     pub tokens: Vec<u32>,
     pub start: u32,
+    pub output: OutputKind,
 }
 
 /// A submitter: a tenant instance's thread, which has at most one step in
@@ -132,9 +133,9 @@ impl Scheduler {
     }
 
     /// Runs `step` (checked here, so that a bad step fails alone), batched with
-    /// the steps of other seats on the same program; returns its output row.
-    /// The caller awaits its batch without holding a thread.
-    pub async fn run(self: &Arc<Self>, seat: &Arc<Seat>, step: StepRequest) -> Result<Vec<f32>, ComputeError> {
+    /// the steps of other seats on the same program; returns its output as it
+    /// asked. The caller awaits its batch without holding a thread.
+    pub async fn run(self: &Arc<Self>, seat: &Arc<Seat>, step: StepRequest) -> Result<StepOutput, ComputeError> {
         super::check(&step.graph, &lock(&step.cache), &step.tokens, step.start)?;
         let key = step.graph.fingerprint;
         seat.lane.store(key, Ordering::Relaxed);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::*;
 use crate::compute::cpu::{CpuBackend, quant};
 use crate::compute::gguf::writer::GgufWriter;
-use crate::compute::{Budget, WeightsRegistry};
+use crate::compute::{Budget, OutputKind, WeightsRegistry};
 use crate::runtime::wit::compute::{AttentionOp, MatmulOp, Op, RmsNormOp, RopeOp, RopeStyle};
 
 const VOCAB: u64 = 40;
@@ -121,9 +121,10 @@ fn run_sequence(scheduler: &Arc<Scheduler>, seat: &Arc<Seat>, graph: &Arc<Compil
                 cache: cache.clone(),
                 tokens,
                 start,
+                output: OutputKind::Logits,
             };
             start += n;
-            block_on(scheduler.run(seat, step)).expect("the step runs")
+            block_on(scheduler.run(seat, step)).expect("the step runs").logits()
         })
         .collect()
 }
@@ -190,6 +191,7 @@ fn a_bad_step_fails_alone() {
         cache: cache(),
         tokens: vec![VOCAB as u32],
         start: 0,
+        output: OutputKind::Logits,
     };
     match block_on(scheduler.run(&seat, step)) {
         Err(ComputeError::InvalidStep(m)) => assert!(m.contains("outside the vocabulary"), "{m}"),
@@ -200,9 +202,10 @@ fn a_bad_step_fails_alone() {
         cache: cache(),
         tokens: vec![1, 2],
         start: 0,
+        output: OutputKind::Logits,
     };
     assert_eq!(
-        block_on(scheduler.run(&seat, good)).expect("runs").len(),
+        block_on(scheduler.run(&seat, good)).expect("runs").logits().len(),
         VOCAB as usize
     );
 }

@@ -100,3 +100,34 @@ fn tokenize_prints_llama_cpp_ids_as_json() {
         vec![19556, 905]
     );
 }
+
+/// Every golden prompt of every model present, through `realm-host run`:
+/// llama.cpp's 32-token greedy text, whole (the CPU backend is bit-equal to
+/// llama.cpp; CUDA's steps are checked by the engine's teacher-forced test).
+#[test]
+fn run_gives_llama_cpps_greedy_text_on_every_model() {
+    if support::device() != realm_host::compute::Device::Cpu {
+        return eprintln!("whole texts are compared on the CPU backend");
+    }
+    for model in support::golden_models() {
+        for case in support::golden(model, "greedy.json").as_array().expect("array") {
+            let prompt = case["prompt"].as_str().expect("prompt");
+            let out = run(&[
+                "--model",
+                model,
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "32",
+                "--ignore-eos",
+                prompt,
+            ]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                case["text"].as_str().expect("text"),
+                "{model} {prompt:?}"
+            );
+        }
+    }
+}

@@ -237,3 +237,29 @@ fn bad_requests_get_openai_shaped_errors() {
     assert_eq!(status, 404);
     error_message(&body);
 }
+
+/// Every golden prompt of every model present, through `/v1/completions`:
+/// llama.cpp's 32-token greedy text, whole (on the CPU backend, which is
+/// bit-equal to llama.cpp).
+#[test]
+fn completions_give_llama_cpps_greedy_text_on_every_model() {
+    if support::device() != realm_host::compute::Device::Cpu {
+        return eprintln!("whole texts are compared on the CPU backend");
+    }
+    let server = Server::start(&support::component(), &[]);
+    for model in support::golden_models() {
+        for case in support::golden(model, "greedy.json").as_array().expect("array") {
+            let prompt = case["prompt"].as_str().expect("prompt");
+            let request = json!({
+                "model": model, "prompt": prompt, "max_tokens": 32, "temperature": 0, "ignore_eos": true
+            });
+            let (status, body) = server.post("/v1/completions", request);
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(
+                body["choices"][0]["text"].as_str(),
+                case["text"].as_str(),
+                "{model} {prompt:?}"
+            );
+        }
+    }
+}

@@ -242,13 +242,15 @@ fn head_attention_impl(
     // kq: mul_mat converts q to f16.
     let q16: Vec<f32> = query.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
     // soft_max: scale (the mask adds +0 to visible positions), max.
-    let mut p: Vec<f32> = (first..=position)
-        .map(|t| dot(kq, &cache.keys[at(t)..][..hd], &q16) * a.scale)
-        .collect();
-    let max = p
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, |m, x| if m > x { m } else { x });
+    // Plain loops, not iterator closures: a closure is compiled without this
+    // function's target features, and its `mul_add`s become calls to libm.
+    let mut p = Vec::with_capacity(position + 1 - first);
+    let mut max = f32::NEG_INFINITY;
+    for t in first..=position {
+        let x = dot(kq, &cache.keys[at(t)..][..hd], &q16) * a.scale;
+        max = if max > x { max } else { x };
+        p.push(x);
+    }
     // exp over 16-aligned chunks of cache cells; masked lanes are exp(-inf) = 0.
     let mut sum = 0.0f64;
     let mut t = first;

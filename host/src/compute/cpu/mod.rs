@@ -3,6 +3,73 @@
 
 pub mod activations;
 pub mod attention;
+/// `inputs` times every weight row into `out_t` (`[n, rows]`, transposed)
+/// with the panel kernels of the 32-value types (`simd::panel`), where this
+/// CPU has them and there are at least four rows; false otherwise (nothing
+/// written). Every result is bit for bit `dot_rows`'s, whatever the rows'
+/// company (these types keep one order for any row count).
+fn panels(ty: GgmlType, w: &[u8], row_bytes: usize, inputs: &[Activations], out_t: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use simd::panel::{GROUP_ROWS, PANEL_ROWS};
+        let rows = inputs.len();
+        let Some((pack, kernel)) = simd::panel::kernels(ty).filter(|_| rows >= GROUP_ROWS) else {
+            return false;
+        };
+        let blocks: Vec<&[activations::BlockQ8]> = inputs
+            .iter()
+            .filter_map(|a| match a {
+                Activations::Q8(b) => Some(&b[..]),
+                _ => None,
+            })
+            .collect();
+        if blocks.len() != rows {
+            return false;
+        }
+        let groups: Vec<_> = blocks
+            .par_chunks(GROUP_ROWS)
+            .map(|group| simd::panel::interleave(ty, group))
+            .collect();
+        out_t
+            .par_chunks_mut(COLUMNS_PER_TASK * rows)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                let first = task * COLUMNS_PER_TASK;
+                let columns = chunk.len() / rows;
+                let whole = columns / PANEL_ROWS * PANEL_ROWS;
+                let mut panel = Vec::new();
+                let mut out = [[0.0f32; PANEL_ROWS]; GROUP_ROWS];
+                for p in (0..whole).step_by(PANEL_ROWS) {
+                    let at = (first + p) * row_bytes;
+                    // SAFETY: `kernels` checked the CPU features; the panel's
+                    // eight rows lie within `w`, and every group has the
+                    // row's blocks.
+                    unsafe { pack(&w[at..at + PANEL_ROWS * row_bytes], row_bytes, &mut panel) };
+                    for (g, ys) in groups.iter().enumerate() {
+                        // SAFETY: as above.
+                        unsafe { kernel(&panel, ys, &mut out) };
+                        for (j, o) in out.iter().enumerate().take(rows - g * GROUP_ROWS) {
+                            for (c, &v) in o.iter().enumerate() {
+                                chunk[(p + c) * rows + g * GROUP_ROWS + j] = v;
+                            }
+                        }
+                    }
+                }
+                for c in whole..columns {
+                    let j = first + c;
+                    let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
+                    activations::dot_rows(ty, w_row, inputs, &mut chunk[c * rows..(c + 1) * rows]);
+                }
+            });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ty, w, row_bytes, inputs, out_t);
+        false
+    }
+}
+
 #[cfg(test)]
 mod bench;
 pub mod kdot;
@@ -382,28 +449,36 @@ pub fn matmul_rows(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32]) -> Vec
 pub fn matmul_spans(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32], spans: &[(usize, usize)]) -> Vec<f32> {
     let row_bytes = ty.row_bytes(k).unwrap_or(0);
     let rows = x.len() / k;
-    let inputs: Vec<Activations> = x.chunks_exact(k).map(|row| activations::quantize(ty, row)).collect();
+    let inputs: Vec<Activations> = if rows == 1 {
+        vec![activations::quantize(ty, x)]
+    } else {
+        x.par_chunks_exact(k)
+            .map(|row| activations::quantize(ty, row))
+            .collect()
+    };
     if rows == 1
         && let Some(out) = matvec(ty, w, row_bytes, n, &inputs[0])
     {
         return out;
     }
-    let whole = [(0, rows)];
-    let groups = if kquants::is_k_quant(ty) { spans } else { &whole[..] };
     let mut out_t = vec![0.0f32; n * rows];
-    out_t
-        .par_chunks_mut(COLUMNS_PER_TASK * rows)
-        .enumerate()
-        .for_each(|(task, chunk)| {
-            for (c, out_col) in chunk.chunks_exact_mut(rows).enumerate() {
-                let j = task * COLUMNS_PER_TASK + c;
-                let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
-                for &(first, len) in groups {
-                    let span = first..first + len;
-                    activations::dot_rows(ty, w_row, &inputs[span.clone()], &mut out_col[span]);
+    if !panels(ty, w, row_bytes, &inputs, &mut out_t) {
+        let whole = [(0, rows)];
+        let groups = if kquants::is_k_quant(ty) { spans } else { &whole[..] };
+        out_t
+            .par_chunks_mut(COLUMNS_PER_TASK * rows)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                for (c, out_col) in chunk.chunks_exact_mut(rows).enumerate() {
+                    let j = task * COLUMNS_PER_TASK + c;
+                    let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
+                    for &(first, len) in groups {
+                        let span = first..first + len;
+                        activations::dot_rows(ty, w_row, &inputs[span.clone()], &mut out_col[span]);
+                    }
                 }
-            }
-        });
+            });
+    }
     if rows == 1 {
         return out_t;
     }

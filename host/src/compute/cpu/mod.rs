@@ -70,6 +70,101 @@ fn panels(ty: GgmlType, w: &[u8], row_bytes: usize, inputs: &[Activations], out_
     }
 }
 
+/// `panels` for the K-quants with panel kernels (`ksimd::panel`: Q4_K, Q6_K),
+/// span by span: each sequence's rows in the order llama.cpp gives them alone.
+/// Q4_K's whole groups of four rows take the gemm kernel and the rest
+/// `dot_rows` (the gemv order); Q6_K's spans of eight rows and more take the
+/// tiled kernel (the last group padded with its last row), shorter ones
+/// `dot_rows`. False where this CPU or type has no such kernels.
+fn k_panels(
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    inputs: &[Activations],
+    spans: &[(usize, usize)],
+    out_t: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use ksimd::panel::{GROUP_ROWS, PANEL_ROWS};
+        let rows = inputs.len();
+        let Some((pack, kernel)) = ksimd::panel::kernels(ty) else {
+            return false;
+        };
+        let blocks: Vec<&[kquants::BlockQ8K]> = inputs
+            .iter()
+            .filter_map(|a| match a {
+                Activations::Q8K(b) => Some(&b[..]),
+                _ => None,
+            })
+            .collect();
+        if blocks.len() != rows {
+            return false;
+        }
+        // Groups of four rows (first row, rows written), and the rows left
+        // to `dot_rows`, span by span.
+        let mut groups = Vec::new();
+        let mut rest = Vec::new();
+        for &(first, len) in spans {
+            let covered = match ty {
+                GgmlType::Q4K => len / GROUP_ROWS * GROUP_ROWS,
+                _ if kdot::is_tiled(ty, len) => len,
+                _ => 0,
+            };
+            for g in (0..covered).step_by(GROUP_ROWS) {
+                groups.push((first + g, GROUP_ROWS.min(covered - g)));
+            }
+            if covered < len {
+                rest.push((first + covered, len - covered));
+            }
+        }
+        if groups.is_empty() {
+            return false;
+        }
+        out_t
+            .par_chunks_mut(COLUMNS_PER_TASK * rows)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                let first = task * COLUMNS_PER_TASK;
+                let columns = chunk.len() / rows;
+                let whole = columns / PANEL_ROWS * PANEL_ROWS;
+                let mut panel = Vec::new();
+                let mut out = [[0.0f32; PANEL_ROWS]; GROUP_ROWS];
+                for p in (0..whole).step_by(PANEL_ROWS) {
+                    let at = (first + p) * row_bytes;
+                    pack(&w[at..at + PANEL_ROWS * row_bytes], row_bytes, &mut panel);
+                    for &(r0, n) in &groups {
+                        let ys = std::array::from_fn(|j| blocks[r0 + j.min(n - 1)]);
+                        // SAFETY: `kernels` checked the CPU features; every
+                        // row has the panel's blocks.
+                        unsafe { kernel(&panel, ys, &mut out) };
+                        for (j, o) in out.iter().enumerate().take(n) {
+                            for (c, &v) in o.iter().enumerate() {
+                                chunk[(p + c) * rows + r0 + j] = v;
+                            }
+                        }
+                    }
+                }
+                for c in 0..columns {
+                    let j = first + c;
+                    let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
+                    let out_col = &mut chunk[c * rows..(c + 1) * rows];
+                    let todo: &[(usize, usize)] = if c < whole { &rest } else { spans };
+                    for &(r0, n) in todo {
+                        let span = r0..r0 + n;
+                        activations::dot_rows(ty, w_row, &inputs[span.clone()], &mut out_col[span]);
+                    }
+                }
+            });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ty, w, row_bytes, inputs, spans, out_t);
+        false
+    }
+}
+
 #[cfg(test)]
 mod bench;
 pub mod kdot;
@@ -462,7 +557,7 @@ pub fn matmul_spans(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32], spans
         return out;
     }
     let mut out_t = vec![0.0f32; n * rows];
-    if !panels(ty, w, row_bytes, &inputs, &mut out_t) {
+    if !panels(ty, w, row_bytes, &inputs, &mut out_t) && !k_panels(ty, w, row_bytes, &inputs, spans, &mut out_t) {
         let whole = [(0, rows)];
         let groups = if kquants::is_k_quant(ty) { spans } else { &whole[..] };
         out_t

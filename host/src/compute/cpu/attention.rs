@@ -295,12 +295,29 @@ fn head_attention_impl<const SIMD: bool>(
             *o = v.mul_add(w, *o);
         }
     }
-    for (d, o) in out.iter_mut().enumerate() {
-        let lane = |j: usize| -> [f32; LANES] { std::array::from_fn(|l| acc[(j * LANES + l) * hd + d]) };
-        *o = match kqv {
-            Order::Tiny => reduce16(&lane(0)),
-            Order::VecDot => combine4(&[lane(0), lane(1), lane(2), lane(3)]),
-        };
+    // Each output's lanes reduced (`reduce16`, after `combine4` for VecDot)
+    // with the same adds, done for all `hd` outputs at once, row by row.
+    if kqv == Order::VecDot {
+        let (a01, a23) = acc.split_at_mut(2 * LANES * hd);
+        let (a0, a1) = a01.split_at_mut(LANES * hd);
+        let (a2, a3) = a23.split_at(LANES * hd);
+        for (((x0, x1), x2), x3) in a0.iter_mut().zip(a1.iter()).zip(a2).zip(a3) {
+            *x0 = (*x0 + *x2) + (*x1 + *x3);
+        }
+    }
+    let (lo, hi) = acc[..LANES * hd].split_at_mut(8 * hd);
+    for (a, b) in lo.iter_mut().zip(hi.iter()) {
+        *a += *b;
+    }
+    let (lo, hi) = acc[..8 * hd].split_at_mut(4 * hd);
+    for (a, b) in lo.iter_mut().zip(hi.iter()) {
+        *a += *b;
+    }
+    let (s01, s23) = acc[..4 * hd].split_at(2 * hd);
+    let (s0, s1) = s01.split_at(hd);
+    let (s2, s3) = s23.split_at(hd);
+    for ((((o, x0), x1), x2), x3) in out.iter_mut().zip(s0).zip(s1).zip(s2).zip(s3) {
+        *o = (x0 + x2) + (x1 + x3);
     }
 }
 

@@ -282,7 +282,10 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
             } => {
                 let mut m = copy(get(&values, *input)?);
                 let w = weight.map(|w| vector(g, w));
-                kernels::rms_norm(&mut m.data, *group, *eps, w.as_deref());
+                let cols = m.cols;
+                per_row(&mut m.data, cols, |_, row| {
+                    kernels::rms_norm(row, *group, *eps, w.as_deref())
+                });
                 m
             }
             Node::Matmul { input, weight } => {
@@ -292,9 +295,10 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
             Node::AddTensor { input, tensor } => {
                 let mut m = copy(get(&values, *input)?);
                 let t = vector(g, *tensor);
-                m.data
-                    .chunks_exact_mut(m.cols)
-                    .for_each(|row| row.iter_mut().zip(&t).for_each(|(x, b)| *x += b));
+                let cols = m.cols;
+                per_row(&mut m.data, cols, |_, row| {
+                    row.iter_mut().zip(&t).for_each(|(x, b)| *x += b)
+                });
                 m
             }
             Node::Add(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |x, y| x + y),
@@ -307,14 +311,10 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
                     cols,
                     data: vec![0.0; up.data.len()],
                 };
-                for ((o, g), u) in out
-                    .data
-                    .chunks_exact_mut(cols)
-                    .zip(gate.data.chunks_exact(cols))
-                    .zip(up.data.chunks_exact(cols))
-                {
-                    vmath::swiglu_row(g, u, o);
-                }
+                per_row(&mut out.data, cols, |r, o| {
+                    let at = r * cols..(r + 1) * cols;
+                    vmath::swiglu_row(&gate.data[at.clone()], &up.data[at], o)
+                });
                 out
             }
             Node::Geglu(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |g, u| kernels::gelu_gate(g) * u),
@@ -341,10 +341,7 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
                 let mut m = copy(get(&values, *input)?);
                 let cols = m.cols;
                 let positions = rows.positions_of(g.single_row[*input]);
-                m.data
-                    .chunks_exact_mut(cols)
-                    .zip(positions)
-                    .for_each(|(row, position)| rope.apply(row, position));
+                per_row(&mut m.data, cols, |r, row| rope.apply(row, positions[r]));
                 m
             }
             Node::Attention(a) => {
@@ -444,11 +441,29 @@ fn copy(m: &Matrix) -> Matrix {
 }
 
 fn zip(a: &Matrix, b: &Matrix, f: impl Fn(f32, f32) -> f32 + Sync) -> Matrix {
-    let data = a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect();
+    let mut data = vec![0.0; a.data.len()];
+    per_row(&mut data, a.cols, |r, out| {
+        let at = r * a.cols..(r + 1) * a.cols;
+        for ((o, &x), &y) in out.iter_mut().zip(&a.data[at.clone()]).zip(&b.data[at]) {
+            *o = f(x, y);
+        }
+    });
     Matrix {
         rows: a.rows,
         cols: a.cols,
         data,
+    }
+}
+
+/// `f(r, row)` for every row `r` of `data` (rows of `cols`): in parallel
+/// for several rows (a prompt), in place for one (decode, where a parallel
+/// loop would cost more than the row). Rows are independent, so the results
+/// are the same either way.
+fn per_row(data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if data.len() > cols {
+        data.par_chunks_mut(cols).enumerate().for_each(|(r, row)| f(r, row));
+    } else {
+        data.chunks_mut(cols).enumerate().for_each(|(r, row)| f(r, row));
     }
 }
 
@@ -579,17 +594,19 @@ pub fn matmul_spans(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32], spans
     }
     // Transposed in 16 x 16 tiles: a plain loop strides one side by a whole
     // row (n floats), touching a new cache line (and often page) per value.
+    // Tiles of rows in parallel.
     const TILE: usize = 16;
     let mut data = vec![0.0; n * rows];
-    for j0 in (0..n).step_by(TILE) {
-        for r0 in (0..rows).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for j in j0..(j0 + TILE).min(n) {
-                    data[r * n + j] = out_t[j * rows + r];
+    data.par_chunks_mut(TILE * n).enumerate().for_each(|(tile, chunk)| {
+        let r0 = tile * TILE;
+        for j0 in (0..n).step_by(TILE) {
+            for (i, row) in chunk.chunks_exact_mut(n).enumerate() {
+                for (j, v) in row.iter_mut().enumerate().take((j0 + TILE).min(n)).skip(j0) {
+                    *v = out_t[j * rows + r0 + i];
                 }
             }
         }
-    }
+    });
     data
 }
 

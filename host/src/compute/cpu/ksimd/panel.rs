@@ -92,9 +92,13 @@ fn pack<const Q4K: bool>(w: &[u8], row_bytes: usize, out: &mut Vec<Panel>) {
                 lanes[r] = (lo as u16 as i32) | (hi << 16);
             }
             let offset = if Q4K { 0 } else { 32 };
-            for (v, &q) in block.q.iter().enumerate() {
-                let (g, s, i) = (v / 32, v % 32 / 4, v % 4);
-                panel.q[g][s][4 * r + i] = (q as i32 + offset) as u8;
+            let mut unsigned = [0u8; QK_K];
+            for (u, &q) in unsigned.iter_mut().zip(&block.q) {
+                *u = q.wrapping_add(offset) as u8;
+            }
+            // Four values at a time: values 32g + 4s.. go to lane r of q[g][s].
+            for (v, four) in unsigned.chunks_exact(4).enumerate() {
+                panel.q[v / 8][v % 8][4 * r..4 * r + 4].copy_from_slice(four);
             }
         }
         out.push(panel);

@@ -26,15 +26,39 @@ pub struct Rope {
 }
 
 impl Rope {
-    /// Rotates every head of `row`, a row at `position`.
+    /// Rotates every head of `row`, a row at `position`. The angles depend
+    /// on the position only, so their sines and cosines are computed once
+    /// for all heads.
     pub fn apply(&self, row: &mut [f32], position: u32) {
         let theta_scale = self.base.powf(-2.0 / self.rotary_dims as f32);
         let half = self.rotary_dims / 2;
+        let mut theta = position as f32;
+        let mut angles = Vec::with_capacity(half);
+        for _ in 0..half {
+            angles.push((theta * self.freq_scale).sin_cos());
+            theta *= theta_scale;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::has_avx2() {
+            // SAFETY: AVX2 and FMA are present (checked above).
+            return unsafe { self.rotate_fma(row, &angles) };
+        }
+        self.rotate(row, &angles);
+    }
+
+    /// `rotate` built with FMA, so `mul_add` is an instruction rather than
+    /// a call (the same results: a fused multiply-add is exact either way).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rotate_fma(&self, row: &mut [f32], angles: &[(f32, f32)]) {
+        self.rotate(row, angles)
+    }
+
+    #[inline(always)]
+    fn rotate(&self, row: &mut [f32], angles: &[(f32, f32)]) {
+        let half = self.rotary_dims / 2;
         for head in row.chunks_exact_mut(self.head_dim) {
-            let mut theta = position as f32;
-            for i in 0..half {
-                let angle = theta * self.freq_scale;
-                let (sin, cos) = angle.sin_cos();
+            for (i, &(sin, cos)) in angles.iter().enumerate() {
                 let (a, b) = match self.style {
                     RopeStyle::Normal => (2 * i, 2 * i + 1),
                     RopeStyle::Neox => (i, i + half),
@@ -44,7 +68,6 @@ impl Rope {
                 // see its disassembly): each result fuses its x0 product.
                 head[a] = x0.mul_add(cos, -(x1 * sin));
                 head[b] = x0.mul_add(sin, x1 * cos);
-                theta *= theta_scale;
             }
         }
     }
@@ -134,6 +157,45 @@ mod tests {
         for group in x.chunks(4) {
             let ms: f32 = group.iter().map(|v| v * v).sum::<f32>() / 4.0;
             assert!((ms - 1.0).abs() < 1e-5, "{ms}");
+        }
+    }
+
+    /// The rotation as written per head (angles recomputed for each head):
+    /// `apply` must give the same bits.
+    #[test]
+    fn rope_shares_angles_across_heads_bit_for_bit() {
+        for style in [RopeStyle::Normal, RopeStyle::Neox] {
+            let rope = Rope {
+                head_dim: 64,
+                rotary_dims: 64,
+                base: 1_000_000.0,
+                freq_scale: 1.0,
+                style,
+            };
+            for position in [0u32, 1, 7, 300, 4095] {
+                let row: Vec<f32> = (0..64 * 5).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+                let mut got = row.clone();
+                rope.apply(&mut got, position);
+                let mut expected = row;
+                let theta_scale = rope.base.powf(-2.0 / rope.rotary_dims as f32);
+                let half = rope.rotary_dims / 2;
+                for head in expected.chunks_exact_mut(rope.head_dim) {
+                    let mut theta = position as f32;
+                    for i in 0..half {
+                        let (sin, cos) = (theta * rope.freq_scale).sin_cos();
+                        let (a, b) = match style {
+                            RopeStyle::Normal => (2 * i, 2 * i + 1),
+                            RopeStyle::Neox => (i, i + half),
+                        };
+                        let (x0, x1) = (head[a], head[b]);
+                        head[a] = x0.mul_add(cos, -(x1 * sin));
+                        head[b] = x0.mul_add(sin, x1 * cos);
+                        theta *= theta_scale;
+                    }
+                }
+                let same = got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{style:?} position {position}");
+            }
         }
     }
 

@@ -317,7 +317,20 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
                 });
                 out
             }
-            Node::Geglu(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |g, u| kernels::gelu_gate(g) * u),
+            Node::Geglu(a, b) => {
+                let (gate, up) = (get(&values, *a)?, get(&values, *b)?);
+                let cols = up.cols;
+                let mut out = Matrix {
+                    rows: up.rows,
+                    cols,
+                    data: vec![0.0; up.data.len()],
+                };
+                per_row(&mut out.data, cols, |r, o| {
+                    let at = r * cols..(r + 1) * cols;
+                    kernels::geglu_row(&gate.data[at.clone()], &up.data[at], o)
+                });
+                out
+            }
             Node::Scale(a, factor) => {
                 let mut m = copy(get(&values, *a)?);
                 m.data.iter_mut().for_each(|x| *x *= factor);

@@ -201,7 +201,7 @@ pub fn head_attention(
         // SAFETY: AVX2, FMA and F16C are present (checked above).
         return unsafe { head_attention_fma(a, kq, kqv, cache, query, position, head, out) };
     }
-    head_attention_impl(a, kq, kqv, cache, query, position, head, out)
+    head_attention_impl::<false>(a, kq, kqv, cache, query, position, head, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -217,12 +217,14 @@ unsafe fn head_attention_fma(
     head: usize,
     out: &mut [f32],
 ) {
-    head_attention_impl(a, kq, kqv, cache, query, position, head, out)
+    head_attention_impl::<true>(a, kq, kqv, cache, query, position, head, out)
 }
 
+/// One query row and head; with `SIMD` (AVX2 and FMA present) the scores of
+/// `Order::Tiny` four keys at a time in vectors (the same results).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn head_attention_impl(
+fn head_attention_impl<const SIMD: bool>(
     a: &Attention,
     kq: Order,
     kqv: Order,
@@ -242,45 +244,159 @@ fn head_attention_impl(
     // kq: mul_mat converts q to f16.
     let q16: Vec<f32> = query.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
     // soft_max: scale (the mask adds +0 to visible positions), max.
-    let mut p: Vec<f32> = (first..=position)
-        .map(|t| dot(kq, &cache.keys[at(t)..][..hd], &q16) * a.scale)
-        .collect();
-    let max = p
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, |m, x| if m > x { m } else { x });
+    // Plain loops, not iterator closures: a closure is compiled without this
+    // function's target features, and its `mul_add`s become calls to libm.
+    let mut p = vec![0.0f32; position + 1 - first];
+    let mut t = first;
+    #[cfg(target_arch = "x86_64")]
+    if SIMD && kq == Order::Tiny {
+        while t + 4 <= position + 1 {
+            let keys = [t, t + 1, t + 2, t + 3].map(|u| &cache.keys[at(u)..][..hd]);
+            // SAFETY: SIMD is set only by `head_attention_fma`, which runs
+            // where AVX2 and FMA are present.
+            let dots = unsafe { x86::tiny_dots4(keys, &q16) };
+            for (i, d) in dots.into_iter().enumerate() {
+                p[t + i - first] = d * a.scale;
+            }
+            t += 4;
+        }
+    }
+    while t <= position {
+        p[t - first] = dot(kq, &cache.keys[at(t)..][..hd], &q16) * a.scale;
+        t += 1;
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &x in &p {
+        max = if max > x { max } else { x };
+    }
     // exp over 16-aligned chunks of cache cells; masked lanes are exp(-inf) = 0.
+    // The exponentials are element by element: 16 at a time with ggml's
+    // AVX-512 code where the CPU has it (the same bits as `expf`).
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if SIMD && super::simd::has_avx512() {
+        for chunk in p.chunks_exact_mut(LANES) {
+            let mut xs = [0.0f32; LANES];
+            for (x, &v) in xs.iter_mut().zip(chunk.iter()) {
+                *x = v - max;
+            }
+            // SAFETY: AVX-512F is present (checked above).
+            chunk.copy_from_slice(&unsafe { super::vmath::avx512::expf16(&xs) });
+            done += LANES;
+        }
+    }
+    for x in &mut p[done..] {
+        *x = expf(*x - max);
+    }
     let mut sum = 0.0f64;
     let mut t = first;
     while t <= position {
         let chunk_end = ((t / LANES + 1) * LANES).min(position + 1);
         let mut lanes = [0.0f32; LANES];
         for u in t..chunk_end {
-            let e = expf(p[u - first] - max);
-            p[u - first] = e;
-            lanes[u % LANES] = e;
+            lanes[u % LANES] = p[u - first];
         }
         sum += reduce16(&lanes) as f64;
         t = chunk_end;
     }
     let inv = (1.0 / sum) as f32;
-    // kqv: mul_mat converts the weights to f16; lanes run over cache cells.
+    // kqv: mul_mat converts the weights to f16 (eight at a time with F16C
+    // where present: the same rounding); lanes run over cache cells.
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if SIMD {
+        // SAFETY: SIMD is set only where AVX2, FMA and F16C are present.
+        done = unsafe { x86::f16_weights(&mut p, inv) };
+    }
+    for e in &mut p[done..] {
+        *e = f16::from_f32(*e * inv).to_f32();
+    }
     let arr = kqv.accumulators();
     let mut acc = vec![0.0f32; arr * LANES * hd];
-    for (t, &e) in (first..=position).zip(&p) {
-        let w = f16::from_f32(e * inv).to_f32();
+    for (t, &w) in (first..=position).zip(&p) {
         let slot = ((t / LANES) % arr) * LANES + t % LANES;
         let acc = &mut acc[slot * hd..][..hd];
         for (o, &v) in acc.iter_mut().zip(&cache.values[at(t)..][..hd]) {
             *o = v.mul_add(w, *o);
         }
     }
-    for (d, o) in out.iter_mut().enumerate() {
-        let lane = |j: usize| -> [f32; LANES] { std::array::from_fn(|l| acc[(j * LANES + l) * hd + d]) };
-        *o = match kqv {
-            Order::Tiny => reduce16(&lane(0)),
-            Order::VecDot => combine4(&[lane(0), lane(1), lane(2), lane(3)]),
-        };
+    // Each output's lanes reduced (`reduce16`, after `combine4` for VecDot)
+    // with the same adds, done for all `hd` outputs at once, row by row.
+    if kqv == Order::VecDot {
+        let (a01, a23) = acc.split_at_mut(2 * LANES * hd);
+        let (a0, a1) = a01.split_at_mut(LANES * hd);
+        let (a2, a3) = a23.split_at(LANES * hd);
+        for (((x0, x1), x2), x3) in a0.iter_mut().zip(a1.iter()).zip(a2).zip(a3) {
+            *x0 = (*x0 + *x2) + (*x1 + *x3);
+        }
+    }
+    let (lo, hi) = acc[..LANES * hd].split_at_mut(8 * hd);
+    for (a, b) in lo.iter_mut().zip(hi.iter()) {
+        *a += *b;
+    }
+    let (lo, hi) = acc[..8 * hd].split_at_mut(4 * hd);
+    for (a, b) in lo.iter_mut().zip(hi.iter()) {
+        *a += *b;
+    }
+    let (s01, s23) = acc[..4 * hd].split_at(2 * hd);
+    let (s0, s1) = s01.split_at(hd);
+    let (s2, s3) = s23.split_at(hd);
+    for ((((o, x0), x1), x2), x3) in out.iter_mut().zip(s0).zip(s1).zip(s2).zip(s3) {
+        *o = (x0 + x2) + (x1 + x3);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// `f16(e · inv)` as f32 for the whole groups of eight values of `p`, in
+    /// place; returns how many values it did.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub fn f16_weights(p: &mut [f32], inv: f32) -> usize {
+        let mut done = 0;
+        for chunk in p.chunks_exact_mut(8) {
+            // SAFETY: `chunk` is eight f32s.
+            unsafe {
+                let v = _mm256_mul_ps(_mm256_loadu_ps(chunk.as_ptr()), _mm256_set1_ps(inv));
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                _mm256_storeu_ps(chunk.as_mut_ptr(), _mm256_cvtph_ps(h));
+            }
+            done += 8;
+        }
+        done
+    }
+
+    /// `dot(Order::Tiny, key, q)` for four keys: the 16 lanes as two vectors
+    /// per key, four keys' fused chains interleaved; then `reduce16`, which
+    /// is `hsum_float_8` of the two halves' sum.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub fn tiny_dots4(keys: [&[f32]; 4], q: &[f32]) -> [f32; 4] {
+        let n = q.len() / super::LANES * super::LANES;
+        assert!(keys.iter().all(|k| k.len() >= n));
+        let (mut lo, mut hi) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+        for c in (0..n).step_by(super::LANES) {
+            // SAFETY: `c + 16 <= n`, within `q` and every key (asserted).
+            unsafe {
+                let (q0, q1) = (
+                    _mm256_loadu_ps(q.as_ptr().add(c)),
+                    _mm256_loadu_ps(q.as_ptr().add(c + 8)),
+                );
+                for i in 0..4 {
+                    let k = keys[i].as_ptr().add(c);
+                    lo[i] = _mm256_fmadd_ps(_mm256_loadu_ps(k), q0, lo[i]);
+                    hi[i] = _mm256_fmadd_ps(_mm256_loadu_ps(k.add(8)), q1, hi[i]);
+                }
+            }
+        }
+        std::array::from_fn(|i| {
+            let s8 = _mm256_add_ps(hi[i], lo[i]);
+            let s4 = _mm_add_ps(_mm256_extractf128_ps::<1>(s8), _mm256_castps256_ps128(s8));
+            let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+            _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
+        })
     }
 }
 
@@ -324,6 +440,23 @@ mod tests {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: AVX-512F is present (checked above).
             assert_eq!(reduce16(&xs).to_bits(), unsafe { avx512::reduce_add(&xs) }.to_bits());
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn tiny_dots4_equal_the_portable_dot() {
+        if !crate::compute::cpu::simd::has_avx2() {
+            return;
+        }
+        for (seed, hd) in [(1u64, 64usize), (2, 256), (3, 128), (4, 16)] {
+            let q = pseudo_random(seed, hd);
+            let keys: Vec<Vec<f32>> = (0..4).map(|i| pseudo_random(seed * 10 + i, hd)).collect();
+            // SAFETY: AVX2 and FMA are present (checked above).
+            let got = unsafe { super::x86::tiny_dots4([&keys[0], &keys[1], &keys[2], &keys[3]], &q) };
+            for (i, g) in got.iter().enumerate() {
+                assert_eq!(g.to_bits(), dot(Order::Tiny, &keys[i], &q).to_bits(), "hd {hd} key {i}");
+            }
         }
     }
 
@@ -451,6 +584,7 @@ mod tests {
         for (a, rows, start) in [
             (layer(4, 2, 64, 0), 7, 0),
             (layer(4, 2, 64, 0), 1, 40),
+            (layer(4, 2, 64, 0), 21, 30),
             (layer(2, 1, 32, 5), 9, 3),
             (layer(2, 1, 32, 5), 1, 20),
             (layer(3, 3, 24, 0), 6, 11),
@@ -485,7 +619,7 @@ mod tests {
                 for head in 0..a.n_head {
                     let mut o = vec![0.0; hd];
                     let query = &q[(row * a.n_head + head) * hd..][..hd];
-                    head_attention_impl(&a, kq, kqv, &cache, query, start + row, head, &mut o);
+                    head_attention_impl::<false>(&a, kq, kqv, &cache, query, start + row, head, &mut o);
                     assert_eq!(o, out[(row * a.n_head + head) * hd..][..hd]);
                 }
             }

@@ -26,15 +26,39 @@ pub struct Rope {
 }
 
 impl Rope {
-    /// Rotates every head of `row`, a row at `position`.
+    /// Rotates every head of `row`, a row at `position`. The angles depend
+    /// on the position only, so their sines and cosines are computed once
+    /// for all heads.
     pub fn apply(&self, row: &mut [f32], position: u32) {
         let theta_scale = self.base.powf(-2.0 / self.rotary_dims as f32);
         let half = self.rotary_dims / 2;
+        let mut theta = position as f32;
+        let mut angles = Vec::with_capacity(half);
+        for _ in 0..half {
+            angles.push((theta * self.freq_scale).sin_cos());
+            theta *= theta_scale;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::has_avx2() {
+            // SAFETY: AVX2 and FMA are present (checked above).
+            return unsafe { self.rotate_fma(row, &angles) };
+        }
+        self.rotate(row, &angles);
+    }
+
+    /// `rotate` built with FMA, so `mul_add` is an instruction rather than
+    /// a call (the same results: a fused multiply-add is exact either way).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rotate_fma(&self, row: &mut [f32], angles: &[(f32, f32)]) {
+        self.rotate(row, angles)
+    }
+
+    #[inline(always)]
+    fn rotate(&self, row: &mut [f32], angles: &[(f32, f32)]) {
+        let half = self.rotary_dims / 2;
         for head in row.chunks_exact_mut(self.head_dim) {
-            let mut theta = position as f32;
-            for i in 0..half {
-                let angle = theta * self.freq_scale;
-                let (sin, cos) = angle.sin_cos();
+            for (i, &(sin, cos)) in angles.iter().enumerate() {
                 let (a, b) = match self.style {
                     RopeStyle::Normal => (2 * i, 2 * i + 1),
                     RopeStyle::Neox => (i, i + half),
@@ -44,7 +68,6 @@ impl Rope {
                 // see its disassembly): each result fuses its x0 product.
                 head[a] = x0.mul_add(cos, -(x1 * sin));
                 head[b] = x0.mul_add(sin, x1 * cos);
-                theta *= theta_scale;
             }
         }
     }
@@ -70,6 +93,48 @@ pub fn gelu_gate(x: f32) -> f32 {
     } else {
         gelu_table()[f16::from_f32(x).to_bits() as usize].to_f32()
     }
+}
+
+/// `gelu_gate(g[i]) · u[i]` over a row: eight at a time with F16C where the
+/// CPU has it (the same f16 rounding and table), else one by one.
+pub fn geglu_row(g: &[f32], u: &[f32], out: &mut [f32]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        // SAFETY: AVX2, FMA and F16C are present (checked above).
+        done = unsafe { geglu_f16c(g, u, out) };
+    }
+    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u).skip(done) {
+        *o = gelu_gate(g) * u;
+    }
+}
+
+/// `geglu_row` for the whole groups of eight; returns how many it did.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn geglu_f16c(g: &[f32], u: &[f32], out: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let table = gelu_table();
+    let n = g.len().min(u.len()).min(out.len()) / 8 * 8;
+    for i in (0..n).step_by(8) {
+        // SAFETY: `i + 8 <= n`, within all three slices.
+        unsafe {
+            let x = _mm256_loadu_ps(g.as_ptr().add(i));
+            let mut bits = [0u16; 8];
+            _mm_storeu_si128(
+                bits.as_mut_ptr().cast(),
+                _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x),
+            );
+            let looked: [u16; 8] = std::array::from_fn(|l| table[bits[l] as usize].to_bits());
+            let gelu = _mm256_cvtph_ps(_mm_loadu_si128(looked.as_ptr().cast()));
+            let low = _mm256_cmp_ps::<_CMP_LE_OQ>(x, _mm256_set1_ps(-10.0));
+            let high = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(10.0));
+            let gate = _mm256_blendv_ps(_mm256_andnot_ps(low, gelu), x, high);
+            let y = _mm256_mul_ps(gate, _mm256_loadu_ps(u.as_ptr().add(i)));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), y);
+        }
+    }
+    n
 }
 
 fn gelu_table() -> &'static [f16] {
@@ -120,6 +185,23 @@ mod tests {
     }
 
     #[test]
+    fn geglu_rows_equal_gelu_gate_times_up() {
+        let n = 1000 + 5;
+        let g: Vec<f32> = (0..n).map(|i| (i as f32 - 500.0) * 0.0251).collect();
+        let mut g = g;
+        g[3] = -10.0;
+        g[4] = 10.0;
+        g[5] = 9.999;
+        g[6] = -0.0;
+        let u: Vec<f32> = (0..n).map(|i| 1.5 - i as f32 * 0.003).collect();
+        let mut out = vec![0.0; n];
+        geglu_row(&g, &u, &mut out);
+        for i in 0..n {
+            assert_eq!(out[i].to_bits(), (gelu_gate(g[i]) * u[i]).to_bits(), "{}", g[i]);
+        }
+    }
+
+    #[test]
     fn gelu_table_fuses_as_ggml() {
         // The one f16 input whose table entry the fused multiply-add changes:
         // ggml's table holds 0xa9d3 there (unfused, it would be 0xa9d2).
@@ -134,6 +216,45 @@ mod tests {
         for group in x.chunks(4) {
             let ms: f32 = group.iter().map(|v| v * v).sum::<f32>() / 4.0;
             assert!((ms - 1.0).abs() < 1e-5, "{ms}");
+        }
+    }
+
+    /// The rotation as written per head (angles recomputed for each head):
+    /// `apply` must give the same bits.
+    #[test]
+    fn rope_shares_angles_across_heads_bit_for_bit() {
+        for style in [RopeStyle::Normal, RopeStyle::Neox] {
+            let rope = Rope {
+                head_dim: 64,
+                rotary_dims: 64,
+                base: 1_000_000.0,
+                freq_scale: 1.0,
+                style,
+            };
+            for position in [0u32, 1, 7, 300, 4095] {
+                let row: Vec<f32> = (0..64 * 5).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+                let mut got = row.clone();
+                rope.apply(&mut got, position);
+                let mut expected = row;
+                let theta_scale = rope.base.powf(-2.0 / rope.rotary_dims as f32);
+                let half = rope.rotary_dims / 2;
+                for head in expected.chunks_exact_mut(rope.head_dim) {
+                    let mut theta = position as f32;
+                    for i in 0..half {
+                        let (sin, cos) = (theta * rope.freq_scale).sin_cos();
+                        let (a, b) = match style {
+                            RopeStyle::Normal => (2 * i, 2 * i + 1),
+                            RopeStyle::Neox => (i, i + half),
+                        };
+                        let (x0, x1) = (head[a], head[b]);
+                        head[a] = x0.mul_add(cos, -(x1 * sin));
+                        head[b] = x0.mul_add(sin, x1 * cos);
+                        theta *= theta_scale;
+                    }
+                }
+                let same = got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{style:?} position {position}");
+            }
         }
     }
 

@@ -277,14 +277,62 @@ pub fn quantize_q8k(x: &[f32]) -> Vec<BlockQ8K> {
     x.chunks_exact(QK_K).map(quantize_block_q8k).collect()
 }
 
-/// The same code compiled for AVX2, so rounding is an instruction
-/// (`vroundss`), not a call to libm's `rintf`. The results are identical.
+/// `quantize_block_q8k` in AVX2 vectors: the largest magnitude by a vector
+/// maximum, the first value that has it, then the same products by
+/// `iscale`, rounded half to even (`vroundps`) and capped at 127, and the
+/// group sums of the quants. The same blocks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_q8k_avx2(x: &[f32]) -> Vec<BlockQ8K> {
+    use std::arch::x86_64::*;
     let mut out = Vec::with_capacity(x.len() / QK_K);
+    let sign = _mm256_set1_ps(-0.0);
     for block in x.chunks_exact(QK_K) {
-        out.push(quantize_block_q8k(block));
+        let mut m = _mm256_setzero_ps();
+        for c in block.chunks_exact(8) {
+            // SAFETY: `c` is eight f32s.
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, unsafe { _mm256_loadu_ps(c.as_ptr()) }));
+        }
+        let m = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let mut q8 = BlockQ8K {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; GROUPS],
+        };
+        if amax == 0.0 {
+            out.push(q8);
+            continue;
+        }
+        let mut max = amax;
+        for &v in block {
+            if v.abs() == amax {
+                max = v;
+                break;
+            }
+        }
+        let iscale = -127.0 / max;
+        let mul = _mm256_set1_ps(iscale);
+        let cap = _mm256_set1_epi32(127);
+        for (g, (c, qs)) in block.chunks_exact(16).zip(q8.qs.chunks_exact_mut(16)).enumerate() {
+            let mut q = [_mm256_setzero_si256(); 2];
+            for (h, q) in q.iter_mut().enumerate() {
+                // SAFETY: `c` is 16 f32s.
+                let v = unsafe { _mm256_loadu_ps(c.as_ptr().add(8 * h)) };
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(mul, v));
+                *q = _mm256_min_epi32(_mm256_cvtps_epi32(r), cap);
+            }
+            q8.bsums[g] = super::simd::x86::hsum(_mm256_add_epi32(q[0], q[1])) as i16;
+            // i32 -> i16 -> i8: the halves interleave; 16 values in order.
+            let w = _mm256_packs_epi32(q[0], q[1]);
+            let w = _mm256_permute4x64_epi64::<0b11_01_10_00>(w);
+            let b = _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
+            // SAFETY: `qs` is 16 bytes.
+            unsafe { _mm_storeu_si128(qs.as_mut_ptr().cast(), b) };
+        }
+        q8.d = 1.0 / iscale;
+        out.push(q8);
     }
     out
 }
@@ -330,6 +378,30 @@ pub mod tests {
         GgmlType::Q5K,
         GgmlType::Q6K,
     ];
+
+    #[test]
+    fn q8k_vectors_equal_the_portable_quantizer() {
+        for seed in 0..40u64 {
+            let mut x: Vec<f32> = noise(seed + 300, 4 * QK_K)
+                .iter()
+                .map(|&b| (b as f32 - 128.0) / (1.0 + seed as f32))
+                .collect();
+            x[..QK_K].fill(0.0);
+            // Two values of the largest magnitude, opposite signs: the first counts.
+            x[QK_K + 5] = -300.0;
+            x[QK_K + 9] = 300.0;
+            x[2 * QK_K + 7] = 200.0 + seed as f32;
+            let got = quantize_q8k(&x);
+            for (g, block) in got.iter().zip(x.chunks_exact(QK_K)) {
+                let e = quantize_block_q8k(block);
+                assert_eq!(
+                    (g.d.to_bits(), g.qs, g.bsums),
+                    (e.d.to_bits(), e.qs, e.bsums),
+                    "seed {seed}"
+                );
+            }
+        }
+    }
 
     fn put_f16(block: &mut [u8], at: usize, v: f32) {
         block[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());

@@ -9,6 +9,9 @@
 use super::kquants::BlockQ8K;
 use crate::compute::gguf::GgmlType;
 
+#[cfg(target_arch = "x86_64")]
+pub mod panel;
+
 /// `row . x` for a K-quant row, or None where this CPU or type has no kernel.
 pub fn row_dot(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> Option<f32> {
     #[cfg(target_arch = "x86_64")]

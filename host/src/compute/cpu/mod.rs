@@ -3,6 +3,168 @@
 
 pub mod activations;
 pub mod attention;
+/// `inputs` times every weight row into `out_t` (`[n, rows]`, transposed)
+/// with the panel kernels of the 32-value types (`simd::panel`), where this
+/// CPU has them and there are at least four rows; false otherwise (nothing
+/// written). Every result is bit for bit `dot_rows`'s, whatever the rows'
+/// company (these types keep one order for any row count).
+fn panels(ty: GgmlType, w: &[u8], row_bytes: usize, inputs: &[Activations], out_t: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use simd::panel::{GROUP_ROWS, PANEL_ROWS};
+        let rows = inputs.len();
+        let Some((pack, kernel)) = simd::panel::kernels(ty).filter(|_| rows >= GROUP_ROWS) else {
+            return false;
+        };
+        let blocks: Vec<&[activations::BlockQ8]> = inputs
+            .iter()
+            .filter_map(|a| match a {
+                Activations::Q8(b) => Some(&b[..]),
+                _ => None,
+            })
+            .collect();
+        if blocks.len() != rows {
+            return false;
+        }
+        let groups: Vec<_> = blocks
+            .par_chunks(GROUP_ROWS)
+            .map(|group| simd::panel::interleave(ty, group))
+            .collect();
+        out_t
+            .par_chunks_mut(COLUMNS_PER_TASK * rows)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                let first = task * COLUMNS_PER_TASK;
+                let columns = chunk.len() / rows;
+                let whole = columns / PANEL_ROWS * PANEL_ROWS;
+                let mut panel = Vec::new();
+                let mut out = [[0.0f32; PANEL_ROWS]; GROUP_ROWS];
+                for p in (0..whole).step_by(PANEL_ROWS) {
+                    let at = (first + p) * row_bytes;
+                    // SAFETY: `kernels` checked the CPU features; the panel's
+                    // eight rows lie within `w`, and every group has the
+                    // row's blocks.
+                    unsafe { pack(&w[at..at + PANEL_ROWS * row_bytes], row_bytes, &mut panel) };
+                    for (g, ys) in groups.iter().enumerate() {
+                        // SAFETY: as above.
+                        unsafe { kernel(&panel, ys, &mut out) };
+                        for (j, o) in out.iter().enumerate().take(rows - g * GROUP_ROWS) {
+                            for (c, &v) in o.iter().enumerate() {
+                                chunk[(p + c) * rows + g * GROUP_ROWS + j] = v;
+                            }
+                        }
+                    }
+                }
+                for c in whole..columns {
+                    let j = first + c;
+                    let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
+                    activations::dot_rows(ty, w_row, inputs, &mut chunk[c * rows..(c + 1) * rows]);
+                }
+            });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ty, w, row_bytes, inputs, out_t);
+        false
+    }
+}
+
+/// `panels` for the K-quants with panel kernels (`ksimd::panel`: Q4_K, Q6_K),
+/// span by span: each sequence's rows in the order llama.cpp gives them alone.
+/// Q4_K's whole groups of four rows take the gemm kernel and the rest
+/// `dot_rows` (the gemv order); Q6_K's spans of eight rows and more take the
+/// tiled kernel (the last group padded with its last row), shorter ones
+/// `dot_rows`. False where this CPU or type has no such kernels.
+fn k_panels(
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    inputs: &[Activations],
+    spans: &[(usize, usize)],
+    out_t: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use ksimd::panel::{GROUP_ROWS, PANEL_ROWS};
+        let rows = inputs.len();
+        let Some((pack, kernel)) = ksimd::panel::kernels(ty) else {
+            return false;
+        };
+        let blocks: Vec<&[kquants::BlockQ8K]> = inputs
+            .iter()
+            .filter_map(|a| match a {
+                Activations::Q8K(b) => Some(&b[..]),
+                _ => None,
+            })
+            .collect();
+        if blocks.len() != rows {
+            return false;
+        }
+        // Groups of four rows (first row, rows written), and the rows left
+        // to `dot_rows`, span by span.
+        let mut groups = Vec::new();
+        let mut rest = Vec::new();
+        for &(first, len) in spans {
+            let covered = match ty {
+                GgmlType::Q4K => len / GROUP_ROWS * GROUP_ROWS,
+                _ if kdot::is_tiled(ty, len) => len,
+                _ => 0,
+            };
+            for g in (0..covered).step_by(GROUP_ROWS) {
+                groups.push((first + g, GROUP_ROWS.min(covered - g)));
+            }
+            if covered < len {
+                rest.push((first + covered, len - covered));
+            }
+        }
+        if groups.is_empty() {
+            return false;
+        }
+        out_t
+            .par_chunks_mut(COLUMNS_PER_TASK * rows)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                let first = task * COLUMNS_PER_TASK;
+                let columns = chunk.len() / rows;
+                let whole = columns / PANEL_ROWS * PANEL_ROWS;
+                let mut panel = Vec::new();
+                let mut out = [[0.0f32; PANEL_ROWS]; GROUP_ROWS];
+                for p in (0..whole).step_by(PANEL_ROWS) {
+                    let at = (first + p) * row_bytes;
+                    pack(&w[at..at + PANEL_ROWS * row_bytes], row_bytes, &mut panel);
+                    for &(r0, n) in &groups {
+                        let ys = std::array::from_fn(|j| blocks[r0 + j.min(n - 1)]);
+                        // SAFETY: `kernels` checked the CPU features; every
+                        // row has the panel's blocks.
+                        unsafe { kernel(&panel, ys, &mut out) };
+                        for (j, o) in out.iter().enumerate().take(n) {
+                            for (c, &v) in o.iter().enumerate() {
+                                chunk[(p + c) * rows + r0 + j] = v;
+                            }
+                        }
+                    }
+                }
+                for c in 0..columns {
+                    let j = first + c;
+                    let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
+                    let out_col = &mut chunk[c * rows..(c + 1) * rows];
+                    let todo: &[(usize, usize)] = if c < whole { &rest } else { spans };
+                    for &(r0, n) in todo {
+                        let span = r0..r0 + n;
+                        activations::dot_rows(ty, w_row, &inputs[span.clone()], &mut out_col[span]);
+                    }
+                }
+            });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ty, w, row_bytes, inputs, spans, out_t);
+        false
+    }
+}
+
 #[cfg(test)]
 mod bench;
 pub mod kdot;
@@ -84,7 +246,10 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
             } => {
                 let mut m = copy(get(&values, *input)?);
                 let w = weight.map(|w| vector(g, w));
-                kernels::rms_norm(&mut m.data, *group, *eps, w.as_deref());
+                let cols = m.cols;
+                per_row(&mut m.data, cols, |_, row| {
+                    kernels::rms_norm(row, *group, *eps, w.as_deref())
+                });
                 m
             }
             Node::Matmul { input, weight } => {
@@ -94,9 +259,10 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
             Node::AddTensor { input, tensor } => {
                 let mut m = copy(get(&values, *input)?);
                 let t = vector(g, *tensor);
-                m.data
-                    .chunks_exact_mut(m.cols)
-                    .for_each(|row| row.iter_mut().zip(&t).for_each(|(x, b)| *x += b));
+                let cols = m.cols;
+                per_row(&mut m.data, cols, |_, row| {
+                    row.iter_mut().zip(&t).for_each(|(x, b)| *x += b)
+                });
                 m
             }
             Node::Add(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |x, y| x + y),
@@ -109,17 +275,26 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
                     cols,
                     data: vec![0.0; up.data.len()],
                 };
-                for ((o, g), u) in out
-                    .data
-                    .chunks_exact_mut(cols)
-                    .zip(gate.data.chunks_exact(cols))
-                    .zip(up.data.chunks_exact(cols))
-                {
-                    vmath::swiglu_row(g, u, o);
-                }
+                per_row(&mut out.data, cols, |r, o| {
+                    let at = r * cols..(r + 1) * cols;
+                    vmath::swiglu_row(&gate.data[at.clone()], &up.data[at], o)
+                });
                 out
             }
-            Node::Geglu(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |g, u| kernels::gelu_gate(g) * u),
+            Node::Geglu(a, b) => {
+                let (gate, up) = (get(&values, *a)?, get(&values, *b)?);
+                let cols = up.cols;
+                let mut out = Matrix {
+                    rows: up.rows,
+                    cols,
+                    data: vec![0.0; up.data.len()],
+                };
+                per_row(&mut out.data, cols, |r, o| {
+                    let at = r * cols..(r + 1) * cols;
+                    kernels::geglu_row(&gate.data[at.clone()], &up.data[at], o)
+                });
+                out
+            }
             Node::Scale(a, factor) => {
                 let mut m = copy(get(&values, *a)?);
                 m.data.iter_mut().for_each(|x| *x *= factor);
@@ -143,10 +318,7 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
                 let mut m = copy(get(&values, *input)?);
                 let cols = m.cols;
                 let positions = rows.positions_of(g.single_row[*input]);
-                m.data
-                    .chunks_exact_mut(cols)
-                    .zip(positions)
-                    .for_each(|(row, position)| rope.apply(row, position));
+                per_row(&mut m.data, cols, |r, row| rope.apply(row, positions[r]));
                 m
             }
             Node::Attention(a) => {
@@ -246,11 +418,29 @@ fn copy(m: &Matrix) -> Matrix {
 }
 
 fn zip(a: &Matrix, b: &Matrix, f: impl Fn(f32, f32) -> f32 + Sync) -> Matrix {
-    let data = a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect();
+    let mut data = vec![0.0; a.data.len()];
+    per_row(&mut data, a.cols, |r, out| {
+        let at = r * a.cols..(r + 1) * a.cols;
+        for ((o, &x), &y) in out.iter_mut().zip(&a.data[at.clone()]).zip(&b.data[at]) {
+            *o = f(x, y);
+        }
+    });
     Matrix {
         rows: a.rows,
         cols: a.cols,
         data,
+    }
+}
+
+/// `f(r, row)` for every row `r` of `data` (rows of `cols`): in parallel
+/// for several rows (a prompt), in place for one (decode, where a parallel
+/// loop would cost more than the row). Rows are independent, so the results
+/// are the same either way.
+fn per_row(data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if data.len() > cols {
+        data.par_chunks_mut(cols).enumerate().for_each(|(r, row)| f(r, row));
+    } else {
+        data.chunks_mut(cols).enumerate().for_each(|(r, row)| f(r, row));
     }
 }
 
@@ -346,44 +536,54 @@ pub fn matmul_rows(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32]) -> Vec
 pub fn matmul_spans(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32], spans: &[(usize, usize)]) -> Vec<f32> {
     let row_bytes = ty.row_bytes(k).unwrap_or(0);
     let rows = x.len() / k;
-    let inputs: Vec<Activations> = x.chunks_exact(k).map(|row| activations::quantize(ty, row)).collect();
+    let inputs: Vec<Activations> = if rows == 1 {
+        vec![activations::quantize(ty, x)]
+    } else {
+        x.par_chunks_exact(k)
+            .map(|row| activations::quantize(ty, row))
+            .collect()
+    };
     if rows == 1
         && let Some(out) = matvec(ty, w, row_bytes, n, &inputs[0])
     {
         return out;
     }
-    let whole = [(0, rows)];
-    let groups = if kquants::is_k_quant(ty) { spans } else { &whole[..] };
     let mut out_t = vec![0.0f32; n * rows];
-    out_t
-        .par_chunks_mut(COLUMNS_PER_TASK * rows)
-        .enumerate()
-        .for_each(|(task, chunk)| {
-            for (c, out_col) in chunk.chunks_exact_mut(rows).enumerate() {
-                let j = task * COLUMNS_PER_TASK + c;
-                let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
-                for &(first, len) in groups {
-                    let span = first..first + len;
-                    activations::dot_rows(ty, w_row, &inputs[span.clone()], &mut out_col[span]);
+    if !panels(ty, w, row_bytes, &inputs, &mut out_t) && !k_panels(ty, w, row_bytes, &inputs, spans, &mut out_t) {
+        let whole = [(0, rows)];
+        let groups = if kquants::is_k_quant(ty) { spans } else { &whole[..] };
+        out_t
+            .par_chunks_mut(COLUMNS_PER_TASK * rows)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                for (c, out_col) in chunk.chunks_exact_mut(rows).enumerate() {
+                    let j = task * COLUMNS_PER_TASK + c;
+                    let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
+                    for &(first, len) in groups {
+                        let span = first..first + len;
+                        activations::dot_rows(ty, w_row, &inputs[span.clone()], &mut out_col[span]);
+                    }
                 }
-            }
-        });
+            });
+    }
     if rows == 1 {
         return out_t;
     }
     // Transposed in 16 x 16 tiles: a plain loop strides one side by a whole
     // row (n floats), touching a new cache line (and often page) per value.
+    // Tiles of rows in parallel.
     const TILE: usize = 16;
     let mut data = vec![0.0; n * rows];
-    for j0 in (0..n).step_by(TILE) {
-        for r0 in (0..rows).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for j in j0..(j0 + TILE).min(n) {
-                    data[r * n + j] = out_t[j * rows + r];
+    data.par_chunks_mut(TILE * n).enumerate().for_each(|(tile, chunk)| {
+        let r0 = tile * TILE;
+        for j0 in (0..n).step_by(TILE) {
+            for (i, row) in chunk.chunks_exact_mut(n).enumerate() {
+                for (j, v) in row.iter_mut().enumerate().take((j0 + TILE).min(n)).skip(j0) {
+                    *v = out_t[j * rows + r0 + i];
                 }
             }
         }
-    }
+    });
     data
 }
 

@@ -6,6 +6,9 @@
 use super::activations::BlockQ8;
 use crate::compute::gguf::GgmlType;
 
+#[cfg(target_arch = "x86_64")]
+pub mod panel;
+
 /// Whether the AVX2 kernels can run: AVX2, FMA and F16C (all x86-64-v3 CPUs).
 /// Checked once; later calls read a cached flag.
 #[cfg(target_arch = "x86_64")]
@@ -148,7 +151,7 @@ pub(super) mod x86 {
     /// The 32 unsigned nibbles of a block: low halves first, then high halves.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn unpack_nibbles(bytes: &[u8]) -> __m256i {
+    pub(super) fn unpack_nibbles(bytes: &[u8]) -> __m256i {
         // SAFETY: callers pass the 16 packed bytes of one block.
         let packed = unsafe { _mm_loadu_si128(bytes[..16].as_ptr().cast()) };
         let mask = _mm_set1_epi8(0x0F);
@@ -218,7 +221,7 @@ pub(super) mod x86 {
     /// where the block's `qh` bit is set.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn unpack_q5(qh: &[u8], qs: &[u8]) -> __m256i {
+    pub(super) fn unpack_q5(qh: &[u8], qs: &[u8]) -> __m256i {
         let high = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
         _mm256_or_si256(unpack_nibbles(qs), high)
     }
@@ -232,15 +235,15 @@ pub(super) mod x86 {
     }
 
     /// Tags of the weight types the generic kernels below are stamped out for.
-    const Q4_0: u8 = 0;
-    const Q4_1: u8 = 1;
-    const Q5_0: u8 = 5;
-    const Q5_1: u8 = 6;
-    const Q8_0: u8 = 8;
+    pub(super) const Q4_0: u8 = 0;
+    pub(super) const Q4_1: u8 = 1;
+    pub(super) const Q5_0: u8 = 5;
+    pub(super) const Q5_1: u8 = 6;
+    pub(super) const Q8_0: u8 = 8;
 
     /// A block's size in bytes, and whether it has a min (Q4_1, Q5_1: unsigned
     /// quants, and `m * y.s` added per block).
-    const fn layout(ty: u8) -> (usize, bool) {
+    pub(super) const fn layout(ty: u8) -> (usize, bool) {
         match ty {
             Q4_0 => (18, false),
             Q4_1 => (20, true),

@@ -65,6 +65,49 @@ fn swiglu_row_impl(x: &[f32], g: &[f32], out: &mut [f32]) {
     }
 }
 
+/// ggml_v_expf with AVX-512 intrinsics, as ggml writes it: 16 lanes of
+/// `expf` (the same bits, tested).
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub fn expf16(xs: &[f32; 16]) -> [f32; 16] {
+        let s = _mm512_set1_ps;
+        // SAFETY: 16 floats are read and written.
+        let x = unsafe { _mm512_loadu_ps(xs.as_ptr()) };
+        let r = s(f32::from_bits(0x4b40_0000));
+        let z = _mm512_fmadd_ps(x, s(f32::from_bits(0x3fb8_aa3b)), r);
+        let n = _mm512_sub_ps(z, r);
+        let b = _mm512_fnmadd_ps(
+            n,
+            s(f32::from_bits(0x35bf_be8e)),
+            _mm512_fnmadd_ps(n, s(f32::from_bits(0x3f31_7200)), x),
+        );
+        let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), s(192.0));
+        let u = _mm512_mul_ps(b, b);
+        let j = _mm512_fmadd_ps(
+            _mm512_fmadd_ps(
+                _mm512_fmadd_ps(s(f32::from_bits(0x3c07_2010)), b, s(f32::from_bits(0x3d2b_9f17))),
+                u,
+                _mm512_fmadd_ps(s(f32::from_bits(0x3e2a_af33)), b, s(f32::from_bits(0x3eff_fedb))),
+            ),
+            u,
+            _mm512_fmadd_ps(s(f32::from_bits(0x3f7f_fff6)), b, s(1.0)),
+        );
+        let res = _mm512_scalef_ps(j, n);
+        let zero = _mm512_setzero_ps();
+        let alt = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, zero), s(f32::INFINITY), zero);
+        let v = _mm512_mask_blend_ps(d, res, alt);
+        let mut out = [0.0f32; 16];
+        // SAFETY: 16 floats are written.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), v) };
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,7 +148,7 @@ mod tests {
             while x < 90.0 {
                 let xs: [f32; 16] = std::array::from_fn(|i| x + i as f32 * 0.0137);
                 // SAFETY: AVX-512F is present (checked above).
-                let got = unsafe { avx512::expf16(&xs) };
+                let got = unsafe { super::avx512::expf16(&xs) };
                 for (g, &x) in got.iter().zip(&xs) {
                     assert_eq!(g.to_bits(), expf(x).to_bits(), "{x}");
                 }
@@ -129,45 +172,5 @@ mod tests {
             (0..64).any(|i| expf(-x[i]) != (-x[i]).exp()),
             "the inputs do not tell the two exponentials apart"
         );
-    }
-
-    /// ggml_v_expf transcribed with AVX-512 intrinsics, as a reference.
-    #[cfg(target_arch = "x86_64")]
-    mod avx512 {
-        use std::arch::x86_64::*;
-
-        #[target_feature(enable = "avx512f")]
-        pub fn expf16(xs: &[f32; 16]) -> [f32; 16] {
-            let s = _mm512_set1_ps;
-            // SAFETY: 16 floats are read and written.
-            let x = unsafe { _mm512_loadu_ps(xs.as_ptr()) };
-            let r = s(f32::from_bits(0x4b40_0000));
-            let z = _mm512_fmadd_ps(x, s(f32::from_bits(0x3fb8_aa3b)), r);
-            let n = _mm512_sub_ps(z, r);
-            let b = _mm512_fnmadd_ps(
-                n,
-                s(f32::from_bits(0x35bf_be8e)),
-                _mm512_fnmadd_ps(n, s(f32::from_bits(0x3f31_7200)), x),
-            );
-            let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), s(192.0));
-            let u = _mm512_mul_ps(b, b);
-            let j = _mm512_fmadd_ps(
-                _mm512_fmadd_ps(
-                    _mm512_fmadd_ps(s(f32::from_bits(0x3c07_2010)), b, s(f32::from_bits(0x3d2b_9f17))),
-                    u,
-                    _mm512_fmadd_ps(s(f32::from_bits(0x3e2a_af33)), b, s(f32::from_bits(0x3eff_fedb))),
-                ),
-                u,
-                _mm512_fmadd_ps(s(f32::from_bits(0x3f7f_fff6)), b, s(1.0)),
-            );
-            let res = _mm512_scalef_ps(j, n);
-            let zero = _mm512_setzero_ps();
-            let alt = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, zero), s(f32::INFINITY), zero);
-            let v = _mm512_mask_blend_ps(d, res, alt);
-            let mut out = [0.0f32; 16];
-            // SAFETY: 16 floats are written.
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), v) };
-            out
-        }
     }
 }

@@ -1,0 +1,249 @@
+//! Prefill kernels of Q4_K and Q6_K over panels of eight weight rows, one row
+//! per i32 lane (as `simd::panel` for the 32-value types), on CPUs with
+//! AVX-512 VNNI. They keep the float order of the kernels llama.cpp runs for
+//! a prompt (see `kdot`):
+//!
+//! - Q4_K, rows in whole groups of four: `gemm_q4_K_8x8_q8_K`'s order
+//!   (`kdot::dot_q4k` with `GEMM_GROUPS`): per 64 values the exact integer
+//!   sum of the scaled products and of the mins times the group sums, each
+//!   fused into its f32 chain, `acc - acc_min` at the end.
+//! - Q6_K from eight rows: the tiled kernel's order
+//!   (`kdot::dot_tiled_portable`): per super-block the exact integer total,
+//!   `r = s1 · d`, `acc = r · y.d + acc` (fused).
+//!
+//! One `vpdpbusd` forms four products of all eight rows against four
+//! activation values (broadcast); a group's sums are scaled by the rows'
+//! group scales with `vpmulld`. The integer sums are exact, so only the f32
+//! steps matter, and they are the portable loops' with eight rows in lanes.
+
+use std::arch::x86_64::*;
+
+use super::super::kquants::{self, BlockQ8K, GROUPS, QK_K};
+use crate::compute::gguf::GgmlType;
+
+/// Weight rows per panel.
+pub const PANEL_ROWS: usize = 8;
+/// Activation rows per kernel call.
+pub const GROUP_ROWS: usize = 4;
+
+/// One super-block of eight rows. `q[g][s]` holds in bytes `4r..4r + 4` row
+/// `r`'s unsigned quants `32g + 4s..32g + 4s + 4` (Q4_K: the nibbles; Q6_K:
+/// the stored value + 32); `scales[g]` the rows' scales of group `g` of 16;
+/// Q4_K: `mins[p]` the mins of groups `4p` and `4p + 2` (of 16) as an i16
+/// pair, and `dmin`.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub struct Panel {
+    q: [[[u8; 32]; 8]; 8],
+    scales: [[i32; 8]; GROUPS],
+    mins: [[i32; 8]; 4],
+    d: [f32; 8],
+    dmin: [f32; 8],
+}
+
+/// Repacks the `PANEL_ROWS` rows that start at `w`, `row_bytes` apart, into
+/// `out` (cleared first), one `Panel` per super-block.
+pub type PackFn = fn(w: &[u8], row_bytes: usize, out: &mut Vec<Panel>);
+
+/// A panel's eight rows times four activation rows: weight row `r` times
+/// activation row `j` into `out[j][r]`.
+pub type PanelKernel = unsafe fn(panel: &[Panel], ys: [&[BlockQ8K]; 4], out: &mut [[f32; 8]; 4]);
+
+/// The packing and the kernel for `ty` (Q4_K in gemm order, Q6_K in tiled
+/// order), where this CPU has AVX-512 VNNI. The kernel is safe to call once
+/// returned (the features were checked here); it checks its slices' lengths.
+pub fn kernels(ty: GgmlType) -> Option<(PackFn, PanelKernel)> {
+    if !super::super::simd::has_avx512() {
+        return None;
+    }
+    match ty {
+        GgmlType::Q4K => Some((pack::<true> as PackFn, kernel_q4k as PanelKernel)),
+        GgmlType::Q6K => Some((pack::<false> as PackFn, kernel_q6k_tiled as PanelKernel)),
+        _ => None,
+    }
+}
+
+/// Packs Q4_K (`Q4K`) or Q6_K rows.
+fn pack<const Q4K: bool>(w: &[u8], row_bytes: usize, out: &mut Vec<Panel>) {
+    let (ty, bytes) = if Q4K {
+        (GgmlType::Q4K, kquants::Q4K_BYTES)
+    } else {
+        (GgmlType::Q6K, kquants::Q6K_BYTES)
+    };
+    let blocks = row_bytes / bytes;
+    out.clear();
+    for b in 0..blocks {
+        let mut panel = Panel {
+            q: [[[0; 32]; 8]; 8],
+            scales: [[0; 8]; GROUPS],
+            mins: [[0; 8]; 4],
+            d: [0.0; 8],
+            dmin: [0.0; 8],
+        };
+        for r in 0..PANEL_ROWS {
+            let block = kquants::decode(ty, &w[r * row_bytes + b * bytes..][..bytes]);
+            panel.d[r] = block.d;
+            panel.dmin[r] = block.dmin;
+            for (lanes, &s) in panel.scales.iter_mut().zip(&block.scales) {
+                lanes[r] = s;
+            }
+            for (p, lanes) in panel.mins.iter_mut().enumerate() {
+                let (lo, hi) = (block.mins[4 * p], block.mins[4 * p + 2]);
+                lanes[r] = (lo as u16 as i32) | (hi << 16);
+            }
+            let offset = if Q4K { 0 } else { 32 };
+            let mut unsigned = [0u8; QK_K];
+            for (u, &q) in unsigned.iter_mut().zip(&block.q) {
+                *u = q.wrapping_add(offset) as u8;
+            }
+            // Four values at a time: values 32g + 4s.. go to lane r of q[g][s].
+            for (v, four) in unsigned.chunks_exact(4).enumerate() {
+                panel.q[v / 8][v % 8][4 * r..4 * r + 4].copy_from_slice(four);
+            }
+        }
+        out.push(panel);
+    }
+}
+
+/// Four activation values at `at` of `y` as an i32 in every lane.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn splat4(y: &BlockQ8K, at: usize) -> __m256i {
+    let q = &y.qs[at..at + 4];
+    _mm256_set1_epi32(i32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]))
+}
+
+/// # Safety
+/// The CPU must have the features this function is compiled for.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn kernel_q4k(panel: &[Panel], ys: [&[BlockQ8K]; 4], out: &mut [[f32; 8]; 4]) {
+    assert!(ys.iter().all(|y| y.len() >= panel.len()));
+    let zero = _mm256_setzero_si256();
+    let mut acc = [_mm256_setzero_ps(); GROUP_ROWS];
+    let mut acc_min = [_mm256_setzero_ps(); GROUP_ROWS];
+    for (b, p) in panel.iter().enumerate() {
+        let y = [&ys[0][b], &ys[1][b], &ys[2][b], &ys[3][b]];
+        // SAFETY: `d` and `dmin` are eight aligned f32s.
+        let (d, dmin) = unsafe { (_mm256_load_ps(p.d.as_ptr()), _mm256_load_ps(p.dmin.as_ptr())) };
+        let scale: [__m256; 4] = std::array::from_fn(|j| _mm256_mul_ps(d, _mm256_set1_ps(y[j].d)));
+        let scale_min: [__m256; 4] = std::array::from_fn(|j| _mm256_mul_ps(dmin, _mm256_set1_ps(y[j].d)));
+        for part in 0..4 {
+            let mut sums = [zero; GROUP_ROWS];
+            for g in [2 * part, 2 * part + 1] {
+                let mut dots = [zero; GROUP_ROWS];
+                for s in 0..8 {
+                    // SAFETY: `q[g][s]` is 32 aligned bytes.
+                    let x = unsafe { _mm256_load_si256(p.q[g][s].as_ptr().cast()) };
+                    for j in 0..GROUP_ROWS {
+                        dots[j] = _mm256_dpbusd_epi32(dots[j], x, splat4(y[j], 32 * g + 4 * s));
+                    }
+                }
+                // SAFETY: `scales[2g]` is eight aligned i32s (the scale of
+                // both groups of 16 in group `g` of 32).
+                let sc = unsafe { _mm256_load_si256(p.scales[2 * g].as_ptr().cast()) };
+                for j in 0..GROUP_ROWS {
+                    sums[j] = _mm256_add_epi32(sums[j], _mm256_mullo_epi32(dots[j], sc));
+                }
+            }
+            // SAFETY: `mins[part]` is eight aligned i32s.
+            let mins = unsafe { _mm256_load_si256(p.mins[part].as_ptr().cast()) };
+            for j in 0..GROUP_ROWS {
+                let bs = &y[j].bsums[4 * part..4 * part + 4];
+                let pair = ((bs[0] + bs[1]) as u16 as i32) | (((bs[2] + bs[3]) as i32) << 16);
+                let min_sums = _mm256_madd_epi16(mins, _mm256_set1_epi32(pair));
+                acc[j] = _mm256_fmadd_ps(scale[j], _mm256_cvtepi32_ps(sums[j]), acc[j]);
+                acc_min[j] = _mm256_fmadd_ps(scale_min[j], _mm256_cvtepi32_ps(min_sums), acc_min[j]);
+            }
+        }
+    }
+    for (j, out) in out.iter_mut().enumerate() {
+        // SAFETY: `out` is eight f32s.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_sub_ps(acc[j], acc_min[j])) };
+    }
+}
+
+/// # Safety
+/// The CPU must have the features this function is compiled for.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn kernel_q6k_tiled(panel: &[Panel], ys: [&[BlockQ8K]; 4], out: &mut [[f32; 8]; 4]) {
+    assert!(ys.iter().all(|y| y.len() >= panel.len()));
+    let mut acc = [_mm256_setzero_ps(); GROUP_ROWS];
+    for (b, p) in panel.iter().enumerate() {
+        let y = [&ys[0][b], &ys[1][b], &ys[2][b], &ys[3][b]];
+        let mut s1 = [_mm256_setzero_si256(); GROUP_ROWS];
+        for g in 0..GROUPS {
+            // The stored +32 adds 32 times the group's sum: start there, negated.
+            let mut dots: [__m256i; 4] = std::array::from_fn(|j| _mm256_set1_epi32(-32 * y[j].bsums[g] as i32));
+            for s in 0..4 {
+                let (g32, s32) = (g / 2, 4 * (g % 2) + s);
+                // SAFETY: `q[g32][s32]` is 32 aligned bytes.
+                let x = unsafe { _mm256_load_si256(p.q[g32][s32].as_ptr().cast()) };
+                for j in 0..GROUP_ROWS {
+                    dots[j] = _mm256_dpbusd_epi32(dots[j], x, splat4(y[j], 16 * g + 4 * s));
+                }
+            }
+            // SAFETY: `scales[g]` is eight aligned i32s.
+            let sc = unsafe { _mm256_load_si256(p.scales[g].as_ptr().cast()) };
+            for j in 0..GROUP_ROWS {
+                s1[j] = _mm256_add_epi32(s1[j], _mm256_mullo_epi32(dots[j], sc));
+            }
+        }
+        // SAFETY: `d` is eight aligned f32s.
+        let d = unsafe { _mm256_load_ps(p.d.as_ptr()) };
+        for j in 0..GROUP_ROWS {
+            let r = _mm256_mul_ps(_mm256_cvtepi32_ps(s1[j]), d);
+            acc[j] = _mm256_fmadd_ps(r, _mm256_set1_ps(y[j].d), acc[j]);
+        }
+    }
+    for (j, out) in out.iter_mut().enumerate() {
+        // SAFETY: `out` is eight f32s.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc[j]) };
+    }
+}
+
+/// Both types' quants fit the panel's layout: 256 values, 8 groups of 32.
+const _: () = assert!(QK_K == 8 * 32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::cpu::kdot;
+    use crate::compute::cpu::quant::tests::noise;
+
+    #[test]
+    fn panels_equal_the_portable_orders_bit_for_bit() {
+        for ty in [GgmlType::Q4K, GgmlType::Q6K] {
+            let Some((pack, kernel)) = kernels(ty) else { return };
+            let blocks = 3;
+            let row_bytes = blocks * kquants::block_bytes(ty);
+            for seed in 0..8u64 {
+                let w = kquants::tests::random_k_row(ty, 8 * blocks, seed);
+                let ys: Vec<Vec<BlockQ8K>> = (0..4)
+                    .map(|j| {
+                        let x: Vec<f32> = noise(seed * 4 + j + 70, blocks * QK_K)
+                            .iter()
+                            .map(|&b| b as f32 / 64.0 - 2.0)
+                            .collect();
+                        kquants::quantize_q8k(&x)
+                    })
+                    .collect();
+                let mut panels = Vec::new();
+                let mut out = [[f32::NAN; 8]; 4];
+                pack(&w, row_bytes, &mut panels);
+                // SAFETY: `kernels` checked the features.
+                unsafe { kernel(&panels, [&ys[0], &ys[1], &ys[2], &ys[3]], &mut out) };
+                for (j, y) in ys.iter().enumerate() {
+                    for r in 0..8 {
+                        let row = &w[r * row_bytes..(r + 1) * row_bytes];
+                        let expected = if ty == GgmlType::Q4K {
+                            kdot::dot_q4k(row, y, kdot::GEMM_GROUPS)
+                        } else {
+                            kdot::dot_tiled_portable(ty, row, y)
+                        };
+                        assert_eq!(out[j][r].to_bits(), expected.to_bits(), "{ty} seed {seed} ({j}, {r})");
+                    }
+                }
+            }
+        }
+    }
+}

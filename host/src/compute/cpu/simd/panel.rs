@@ -1,0 +1,267 @@
+//! Prefill kernels of the 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0) over panels of eight weight rows, on CPUs with AVX-512 VNNI.
+//!
+//! ggml's order (see `activations::dot_blocks`) keeps, per weight row and
+//! activation row, eight f32 lanes: lane `l` of a block is the exact integer
+//! sum of the products of values `4l..4l + 4`, fused with `d · y.d` into its
+//! accumulator; the lanes are summed once at the end (`hsum_float_8`). The
+//! row kernels (`simd::rows_dot4`) keep one row's eight lanes in one vector
+//! and pay a `vpdpbusd`, a conversion and an FMA per block and pair of rows.
+//! Here a `Panel` holds eight weight rows' quants per block with one weight
+//! row per i32 lane (as ggml's repacked `q4_0_8x8` kernels do): lane position
+//! `l` of all eight rows is one vector, and one `vpdpbusd` against four
+//! activation values (broadcast) forms it for the eight rows at once. The
+//! eight lane positions become eight accumulators whose lanes are rows, so
+//! the same fused steps run per row and `hsum_float_8` is seven vertical adds
+//! for eight results: bit for bit what `dot_blocks` gives (tested below).
+//!
+//! The quants go in unsigned (the type's offset of 8, 16 or 128 added, as
+//! the bytes `vpdpbusd` takes), and the offset comes back in as the
+//! accumulator's start value, `-offset · Σ y`, precomputed per activation
+//! block (`BlockQ8x4`). Every lane sum is the same exact integer as ggml's.
+
+use std::arch::x86_64::*;
+
+use super::x86::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, f16_pair, layout, unpack_nibbles, unpack_q5};
+use crate::compute::cpu::activations::BlockQ8;
+use crate::compute::gguf::GgmlType;
+
+/// Weight rows per panel.
+pub const PANEL_ROWS: usize = 8;
+/// Activation rows per kernel call.
+pub const GROUP_ROWS: usize = 4;
+
+/// One block of a panel: `q[l]` holds in bytes `4r..4r + 4` weight row `r`'s
+/// unsigned quants `4l..4l + 4`; `d` and `m` the rows' scales and mins (0
+/// for types without a min).
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub struct Panel {
+    q: [[u8; 32]; 8],
+    d: [f32; 8],
+    m: [f32; 8],
+}
+
+/// One block of four activation rows: `q[j][l]` row `j`'s values
+/// `4l..4l + 4` (four i8s as one i32), `start[j][l]` minus the weight type's
+/// offset times their sum, and the rows' `d` and `s`.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub struct BlockQ8x4 {
+    q: [[i32; 8]; 4],
+    start: [[i32; 8]; 4],
+    d: [f32; 4],
+    s: [f32; 4],
+}
+
+/// Repacks the `PANEL_ROWS` rows that start at `w`, `row_bytes` apart, into
+/// `out` (cleared first), one `Panel` per block.
+pub type PackFn = unsafe fn(w: &[u8], row_bytes: usize, out: &mut Vec<Panel>);
+
+/// A panel's eight rows times four activation rows: weight row `r` times
+/// activation row `j` into `out[j][r]`.
+pub type PanelKernel = unsafe fn(panel: &[Panel], ys: &[BlockQ8x4], out: &mut [[f32; 8]; 4]);
+
+/// The packing and the kernel for `ty`, where this CPU has AVX-512 VNNI. Both
+/// are safe to call once returned (the features were checked here); they
+/// check their slices' lengths.
+pub fn kernels(ty: GgmlType) -> Option<(PackFn, PanelKernel)> {
+    if !super::has_avx512() {
+        return None;
+    }
+    fn of<const T: u8>() -> (PackFn, PanelKernel) {
+        (pack::<T>, kernel::<T>)
+    }
+    match ty {
+        GgmlType::Q4_0 => Some(of::<Q4_0>()),
+        GgmlType::Q4_1 => Some(of::<Q4_1>()),
+        GgmlType::Q5_0 => Some(of::<Q5_0>()),
+        GgmlType::Q5_1 => Some(of::<Q5_1>()),
+        GgmlType::Q8_0 => Some(of::<Q8_0>()),
+        _ => None,
+    }
+}
+
+/// What the unsigned quants of `ty` exceed its values by.
+fn offset(ty: GgmlType) -> i32 {
+    match ty {
+        GgmlType::Q4_0 => 8,
+        GgmlType::Q5_0 => 16,
+        GgmlType::Q8_0 => 128,
+        _ => 0,
+    }
+}
+
+/// Groups of four activation rows (the last one padded by repeating its
+/// last row), each interleaved block by block for the kernels of `ty`.
+pub fn interleave(ty: GgmlType, rows: &[&[BlockQ8]]) -> Vec<BlockQ8x4> {
+    let offset = offset(ty);
+    let blocks = rows.first().map_or(0, |r| r.len());
+    let mut out = Vec::with_capacity(blocks);
+    #[allow(clippy::needless_range_loop)] // `b` indexes four rows
+    for b in 0..blocks {
+        let mut quad = BlockQ8x4 {
+            q: [[0; 8]; 4],
+            start: [[0; 8]; 4],
+            d: [0.0; 4],
+            s: [0.0; 4],
+        };
+        for j in 0..GROUP_ROWS {
+            let y = &rows[j.min(rows.len() - 1)][b];
+            for (l, four) in y.qs.chunks_exact(4).enumerate() {
+                quad.q[j][l] = i32::from_le_bytes([four[0] as u8, four[1] as u8, four[2] as u8, four[3] as u8]);
+                quad.start[j][l] = -offset * four.iter().map(|&v| v as i32).sum::<i32>();
+            }
+            quad.d[j] = y.d;
+            quad.s[j] = y.s;
+        }
+        out.push(quad);
+    }
+    out
+}
+
+/// A block's 32 quants as unsigned bytes, in value order.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn unsigned<const T: u8>(w: &[u8]) -> __m256i {
+    match T {
+        Q4_0 => unpack_nibbles(&w[2..18]),
+        Q4_1 => unpack_nibbles(&w[4..20]),
+        Q5_0 => unpack_q5(&w[2..6], &w[6..22]),
+        Q5_1 => unpack_q5(&w[4..8], &w[8..24]),
+        _ => {
+            let q = &w[2..34];
+            // SAFETY: `q` is 32 bytes.
+            let signed = unsafe { _mm256_loadu_si256(q.as_ptr().cast()) };
+            _mm256_xor_si256(signed, _mm256_set1_epi8(0x80u8 as i8))
+        }
+    }
+}
+
+/// A `PackFn`.
+///
+/// # Safety
+/// The CPU must have the features this function is compiled for.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn pack<const T: u8>(w: &[u8], row_bytes: usize, out: &mut Vec<Panel>) {
+    let (bytes, has_min) = layout(T);
+    let blocks = row_bytes / bytes;
+    out.clear();
+    for b in 0..blocks {
+        let mut panel = Panel {
+            q: [[0; 32]; 8],
+            d: [0.0; 8],
+            m: [0.0; 8],
+        };
+        for r in 0..PANEL_ROWS {
+            let block = &w[r * row_bytes + b * bytes..][..bytes];
+            let mut q = [0u8; 32];
+            // SAFETY: `q` is 32 bytes.
+            unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), unsigned::<T>(block)) };
+            let (d, m) = f16_pair(block, 0);
+            panel.d[r] = d;
+            if has_min {
+                panel.m[r] = m;
+            }
+            for (l, four) in q.chunks_exact(4).enumerate() {
+                panel.q[l][4 * r..4 * r + 4].copy_from_slice(four);
+            }
+        }
+        out.push(panel);
+    }
+}
+
+/// A `PanelKernel`. The eight lane positions go in two halves of four, so
+/// that four activation rows' accumulators stay in registers.
+///
+/// # Safety
+/// The CPU must have the features this function is compiled for.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn kernel<const T: u8>(panel: &[Panel], ys: &[BlockQ8x4], out: &mut [[f32; 8]; 4]) {
+    assert!(ys.len() >= panel.len());
+    let has_min = layout(T).1;
+    let mut low = [[_mm256_setzero_ps(); 4]; GROUP_ROWS];
+    let mut mins = [_mm256_setzero_ps(); GROUP_ROWS];
+    for half in 0..2 {
+        let mut acc = [[_mm256_setzero_ps(); 4]; GROUP_ROWS];
+        for (p, y) in panel.iter().zip(ys) {
+            // SAFETY: `d`, `m` are eight aligned f32s, `q[l]` 32 aligned bytes.
+            let (d, m) = unsafe { (_mm256_load_ps(p.d.as_ptr()), _mm256_load_ps(p.m.as_ptr())) };
+            // SAFETY: as above.
+            let x: [__m256i; 4] =
+                std::array::from_fn(|l| unsafe { _mm256_load_si256(p.q[4 * half + l].as_ptr().cast()) });
+            for j in 0..GROUP_ROWS {
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(y.d[j]));
+                for l in 0..4 {
+                    let lane = 4 * half + l;
+                    let start = _mm256_set1_epi32(y.start[j][lane]);
+                    let sums = _mm256_dpbusd_epi32(start, x[l], _mm256_set1_epi32(y.q[j][lane]));
+                    acc[j][l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[j][l]);
+                }
+                if has_min && half == 0 {
+                    mins[j] = _mm256_add_ps(mins[j], _mm256_mul_ps(m, _mm256_set1_ps(y.s[j])));
+                }
+            }
+        }
+        if half == 0 {
+            low = acc;
+            continue;
+        }
+        for (j, out) in out.iter_mut().enumerate() {
+            // `hsum_float_8` with the lanes as vectors: x[4 + i] + x[i], then
+            // (s0 + s2) + (s1 + s3); then the mins.
+            let s: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(acc[j][i], low[j][i]));
+            let sum = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
+            let sum = if has_min { _mm256_add_ps(sum, mins[j]) } else { sum };
+            // SAFETY: `out` is eight f32s.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::cpu::activations::{Activations, dot_blocks, quantize};
+    use crate::compute::cpu::quant::tests::{BLOCK_TYPES, noise, random_row};
+
+    #[test]
+    fn panels_equal_the_portable_loop_bit_for_bit() {
+        for ty in BLOCK_TYPES {
+            let Some((pack, kernel)) = kernels(ty) else { return };
+            let blocks = 13;
+            let row_bytes = blocks * ty.block_bytes();
+            for seed in 0..8 {
+                let w: Vec<u8> = (0..8).flat_map(|r| random_row(ty, blocks, seed * 8 + r)).collect();
+                // Three rows: the group is padded with the last.
+                let ys: Vec<Vec<BlockQ8>> = (0..3)
+                    .map(|j| {
+                        let x: Vec<f32> = noise(seed * 4 + j + 50, blocks * 32)
+                            .iter()
+                            .map(|&b| b as f32 / 64.0 - 2.0)
+                            .collect();
+                        let Activations::Q8(y) = quantize(ty, &x) else {
+                            panic!("q8")
+                        };
+                        y
+                    })
+                    .collect();
+                let group: Vec<&[BlockQ8]> = ys.iter().map(|y| &y[..]).collect();
+                let mut panels = Vec::new();
+                let mut out = [[f32::NAN; 8]; 4];
+                // SAFETY: `kernels` checked the features.
+                unsafe {
+                    pack(&w, row_bytes, &mut panels);
+                    kernel(&panels, &interleave(ty, &group), &mut out);
+                }
+                for j in 0..4 {
+                    for r in 0..8 {
+                        let y = &ys[j.min(2)];
+                        let expected = dot_blocks(ty, &w[r * row_bytes..(r + 1) * row_bytes], y);
+                        assert_eq!(out[j][r].to_bits(), expected.to_bits(), "{ty} seed {seed} ({j}, {r})");
+                    }
+                }
+            }
+        }
+    }
+}

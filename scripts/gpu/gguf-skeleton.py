@@ -71,11 +71,16 @@ def parse(f):
     return data_start, tensors
 
 
-def head(model, out):
-    with open(model, "rb") as f:
-        data_start, _ = parse(f)
+def read_header(path):
+    """The bytes before the tensor data, and the tensor table."""
+    with open(path, "rb") as f:
+        data_start, tensors = parse(f)
         f.seek(0)
-        header = f.read(data_start)
+        return f.read(data_start), tensors
+
+
+def head(model, out):
+    header, _ = read_header(model)
     with open(out, "wb") as o:
         o.write(header)
 
@@ -84,10 +89,7 @@ def fill(head_path, out):
     import numpy as np
 
     rng = np.random.default_rng(7)
-    with open(head_path, "rb") as f:
-        data_start, tensors = parse(f)
-        f.seek(0)
-        header = f.read(data_start)
+    header, tensors = read_header(head_path)
     with open(out, "wb") as o:
         o.write(header)
         at = 0

@@ -102,6 +102,28 @@ impl CompiledGraph {
         &self.model.gguf.tensors[id.0]
     }
 
+    /// A 1-D tensor (a norm weight, a bias) as f32.
+    pub fn vector(&self, id: TensorId) -> Vec<f32> {
+        let t = self.tensor(id);
+        let mut out = vec![0.0; t.row_len()];
+        quant::dequantize_row(t.ggml_type, self.model.data(t), &mut out);
+        out
+    }
+
+    /// The rows of embedding table `table` for `tokens`, as f32.
+    pub fn token_rows(&self, table: TensorId, tokens: &[u32]) -> Vec<f32> {
+        let t = self.tensor(table);
+        let cols = t.row_len();
+        let row_bytes = t.ggml_type.row_bytes(cols).unwrap_or(0);
+        let all = self.model.data(t);
+        let mut out = vec![0.0; tokens.len() * cols];
+        for (row, &token) in out.chunks_exact_mut(cols).zip(tokens) {
+            let at = token as usize * row_bytes;
+            quant::dequantize_row(t.ggml_type, &all[at..at + row_bytes], row);
+        }
+        out
+    }
+
     /// Whether steps of `self` and `other` can run as one batch: the same ops
     /// on the same mapped file.
     pub fn same_program(&self, other: &CompiledGraph) -> bool {

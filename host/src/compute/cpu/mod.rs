@@ -237,7 +237,11 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
     let mut values: Vec<Option<Matrix>> = Vec::with_capacity(g.nodes.len());
     for (i, node) in g.nodes.iter().enumerate() {
         let value = match node {
-            Node::Embed { table } => embed(g, *table, &tokens),
+            Node::Embed { table } => Matrix {
+                rows: tokens.len(),
+                cols: g.tensor(*table).row_len(),
+                data: g.token_rows(*table, &tokens),
+            },
             Node::RmsNorm {
                 input,
                 weight,
@@ -245,7 +249,7 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
                 group,
             } => {
                 let mut m = copy(get(&values, *input)?);
-                let w = weight.map(|w| vector(g, w));
+                let w = weight.map(|w| g.vector(w));
                 let cols = m.cols;
                 per_row(&mut m.data, cols, |_, row| {
                     kernels::rms_norm(row, *group, *eps, w.as_deref())
@@ -258,7 +262,7 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
             }
             Node::AddTensor { input, tensor } => {
                 let mut m = copy(get(&values, *input)?);
-                let t = vector(g, *tensor);
+                let t = g.vector(*tensor);
                 let cols = m.cols;
                 per_row(&mut m.data, cols, |_, row| {
                     row.iter_mut().zip(&t).for_each(|(x, b)| *x += b)
@@ -267,34 +271,8 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
             }
             Node::Add(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |x, y| x + y),
             Node::Mul(a, b) => zip(get(&values, *a)?, get(&values, *b)?, |x, y| x * y),
-            Node::Swiglu(a, b) => {
-                let (gate, up) = (get(&values, *a)?, get(&values, *b)?);
-                let cols = up.cols;
-                let mut out = Matrix {
-                    rows: up.rows,
-                    cols,
-                    data: vec![0.0; up.data.len()],
-                };
-                per_row(&mut out.data, cols, |r, o| {
-                    let at = r * cols..(r + 1) * cols;
-                    vmath::swiglu_row(&gate.data[at.clone()], &up.data[at], o)
-                });
-                out
-            }
-            Node::Geglu(a, b) => {
-                let (gate, up) = (get(&values, *a)?, get(&values, *b)?);
-                let cols = up.cols;
-                let mut out = Matrix {
-                    rows: up.rows,
-                    cols,
-                    data: vec![0.0; up.data.len()],
-                };
-                per_row(&mut out.data, cols, |r, o| {
-                    let at = r * cols..(r + 1) * cols;
-                    kernels::geglu_row(&gate.data[at.clone()], &up.data[at], o)
-                });
-                out
-            }
+            Node::Swiglu(a, b) => glu(get(&values, *a)?, get(&values, *b)?, vmath::swiglu_row),
+            Node::Geglu(a, b) => glu(get(&values, *a)?, get(&values, *b)?, kernels::geglu_row),
             Node::Scale(a, factor) => {
                 let mut m = copy(get(&values, *a)?);
                 m.data.iter_mut().for_each(|x| *x *= factor);
@@ -436,6 +414,21 @@ fn zip(a: &Matrix, b: &Matrix, f: impl Fn(f32, f32) -> f32 + Sync) -> Matrix {
 /// for several rows (a prompt), in place for one (decode, where a parallel
 /// loop would cost more than the row). Rows are independent, so the results
 /// are the same either way.
+/// A gated unit: `row(gate, up, out)` over each row, rows in parallel.
+fn glu(gate: &Matrix, up: &Matrix, row: fn(&[f32], &[f32], &mut [f32])) -> Matrix {
+    let cols = up.cols;
+    let mut out = Matrix {
+        rows: up.rows,
+        cols,
+        data: vec![0.0; up.data.len()],
+    };
+    per_row(&mut out.data, cols, |r, o| {
+        let at = r * cols..(r + 1) * cols;
+        row(&gate.data[at.clone()], &up.data[at], o)
+    });
+    out
+}
+
 fn per_row(data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     if data.len() > cols {
         data.par_chunks_mut(cols).enumerate().for_each(|(r, row)| f(r, row));
@@ -446,31 +439,6 @@ fn per_row(data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) 
 
 fn write_f16(dst: &mut [f16], src: &[f32]) {
     dst.iter_mut().zip(src).for_each(|(d, &s)| *d = f16::from_f32(s));
-}
-
-/// A 1-D tensor as f32.
-fn vector(g: &CompiledGraph, id: TensorId) -> Vec<f32> {
-    let t = g.tensor(id);
-    let mut out = vec![0.0; t.row_len()];
-    quant::dequantize_row(t.ggml_type, g.model.data(t), &mut out);
-    out
-}
-
-fn embed(g: &CompiledGraph, table: TensorId, tokens: &[u32]) -> Matrix {
-    let t = g.tensor(table);
-    let cols = t.row_len();
-    let row_bytes = t.ggml_type.row_bytes(cols).unwrap_or(0);
-    let data_all = g.model.data(t);
-    let mut data = vec![0.0; tokens.len() * cols];
-    for (out, &token) in data.chunks_exact_mut(cols).zip(tokens) {
-        let at = token as usize * row_bytes;
-        quant::dequantize_row(t.ggml_type, &data_all[at..at + row_bytes], out);
-    }
-    Matrix {
-        rows: tokens.len(),
-        cols,
-        data,
-    }
 }
 
 /// `x . W^T` for a [n, k] weight in its stored type; `spans` are the

@@ -9,7 +9,6 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
 use super::driver;
 use super::kernels::Ptr;
-use crate::compute::cpu::quant;
 use crate::compute::graph::{CompiledGraph, TensorId};
 use crate::compute::weights::ModelFile;
 use crate::compute::{ComputeError, KvCache};
@@ -73,12 +72,7 @@ impl DeviceWeights {
         let copies = self.copies(&g.model);
         let copy = match copies.vectors.entry(id.0) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let t = g.tensor(id);
-                let mut values = vec![0.0f32; t.row_len()];
-                quant::dequantize_row(t.ggml_type, g.model.data(t), &mut values);
-                e.insert(s.clone_htod(&values).map_err(driver)?)
-            }
+            Entry::Vacant(e) => e.insert(s.clone_htod(&g.vector(id)).map_err(driver)?),
         };
         Ok(ptr(copy, s))
     }

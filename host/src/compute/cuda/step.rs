@@ -14,7 +14,6 @@ use super::driver;
 use super::exec::{Buffers, Exec, Inputs, Value};
 use super::kernels::{Kernels, KvRows};
 use super::resident::{BufferPool, DeviceWeights, kv_stores, ptr};
-use crate::compute::cpu::quant;
 use crate::compute::graph::{CompiledGraph, Node, TensorId};
 use crate::compute::weights::ModelFile;
 use crate::compute::{ComputeError, OutputKind, Rows, Sequence, StepOutput};
@@ -157,7 +156,7 @@ impl HostInputs {
             if let Node::Embed { table } = node
                 && !embedded.iter().any(|(t, _)| t == table)
             {
-                embedded.push((*table, embed(g, *table, &tokens)));
+                embedded.push((*table, g.token_rows(*table, &tokens)));
             }
         }
         Ok(Self {
@@ -168,19 +167,6 @@ impl HostInputs {
             embedded,
         })
     }
-}
-
-fn embed(g: &CompiledGraph, table: TensorId, tokens: &[u32]) -> Vec<f32> {
-    let t = g.tensor(table);
-    let cols = t.row_len();
-    let row_bytes = t.ggml_type.row_bytes(cols).unwrap_or(0);
-    let all = g.model.data(t);
-    let mut out = vec![0.0f32; tokens.len() * cols];
-    for (row, &token) in out.chunks_exact_mut(cols).zip(tokens) {
-        let at = token as usize * row_bytes;
-        quant::dequantize_row(t.ggml_type, &all[at..at + row_bytes], row);
-    }
-    out
 }
 
 /// `HostInputs` on the device.

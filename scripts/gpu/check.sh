@@ -73,13 +73,13 @@ for m in target/models-synth/*.gguf; do
   [ -n "${SKIP_BENCH:-}" ] || step "bench cuda $name" "$HOST" bench --component "$REALM_COMPONENT" --device cuda --model "$ROOT/$m" \
     -p 128,512 -n 128 -r 3 --first-token 128 --instantiations 0 --constructions 0 --memory 0 --tenants 1,4,16,64
 done
-if [ "$part" != real ]; then
-  m=target/models-synth/SmolLM2-135M-Instruct.Q4_1.gguf
-  for mode in step ops; do
-    step "profile $mode" env REALM_CUDA_PROFILE=$mode "$HOST" bench --component "$REALM_COMPONENT" --device cuda \
-      --model "$ROOT/$m" -p 0 -n 200 -r 1 --first-token 0 --instantiations 0 --constructions 0 --memory 0 --tenants 16
-  done
-fi
+# Each op's device time over 200 decode steps of 16 and of 64 tenants.
+for m in ${PROFILE_MODELS:-SmolLM2-135M-Instruct.Q4_1 qwen2.5-coder-0.5b-instruct-q4_k_m}; do
+  [ "$part" = real ] && break
+  step "profile ops $m" env REALM_CUDA_PROFILE=ops "$HOST" bench --component "$REALM_COMPONENT" --device cuda \
+    --model "$ROOT/target/models-synth/$m.gguf" -p 0 -n 0 -r 1 --first-token 0 --instantiations 0 --constructions 0 \
+    --memory 0 --tenants 16,64 --tenant-prompt 8 --tenant-gen 210
+done
 grep -E "^(===|\|)|tokens/s|error|panicked|FAIL|test result|max \||tokens equal|diverged" "$LOG" | tail -150
-grep -A14 "cuda profile" "$LOG" | head -60
+grep -A40 "cuda profile" "$LOG" | grep -v "INFO" | head -200
 printf '%s\n' "${summary[@]}"

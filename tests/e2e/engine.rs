@@ -339,11 +339,11 @@ fn stop_strings_penalties_and_logit_bias_change_the_output() {
         block_on(instance.detokenize(DEFAULT_MODEL, ids)).expect("detokenize")
     };
     let prompt = "The capital of France is";
-    // Greedy: " Paris.\n\nThe United States has a population of approximately 311 ..."
+    // Greedy: " Paris.\n\nThe", then a near-tie (on the CPU, " United States has ...").
     let mut events = instance.complete(
         DEFAULT_MODEL,
         CompletionRequest {
-            stop: vec!["United".into()],
+            stop: vec!["The".into()],
             ..greedy(prompt, 32)
         },
     );
@@ -354,7 +354,7 @@ fn stop_strings_penalties_and_logit_bias_change_the_output() {
         finish = chunk.finish;
     }
     assert_eq!(
-        streamed, " Paris.\n\nThe ",
+        streamed, " Paris.\n\n",
         "the stop string and everything after it are not emitted"
     );
     assert!(matches!(finish, Some(realm_host::runtime::wit::FinishReason::Stop)));
@@ -371,19 +371,25 @@ fn stop_strings_penalties_and_logit_bias_change_the_output() {
     });
     assert!(!answer.starts_with(" Paris"), "{answer:?}");
 
-    // The greedy continuation repeats a sentence; a strong frequency penalty breaks the loop.
-    let plain = text(greedy(prompt, 32));
+    // The greedy continuation repeats itself (on the CPU, a whole sentence); a
+    // strong frequency penalty repeats fewer tokens.
+    let repeats = |ids: &[u32]| ids.len() - ids.iter().collect::<std::collections::HashSet<_>>().len();
+    let plain = generate(&instance, DEFAULT_MODEL, greedy(prompt, 32)).expect("generation");
     let penalised = Sampling {
         temperature: 0.0,
         frequency_penalty: 2.0,
         ..Sampling::default()
     };
-    let varied = text(CompletionRequest {
-        sampling: penalised,
-        ..greedy(prompt, 32)
-    });
-    assert_eq!(plain.matches("population").count(), 2, "{plain:?}");
-    assert!(varied.matches("population").count() < 2, "{varied:?}");
+    let varied = generate(
+        &instance,
+        DEFAULT_MODEL,
+        CompletionRequest {
+            sampling: penalised,
+            ..greedy(prompt, 32)
+        },
+    )
+    .expect("generation");
+    assert!(repeats(&varied) < repeats(&plain), "{plain:?} then {varied:?}");
 }
 
 fn message(role: &str, content: &str) -> Message {

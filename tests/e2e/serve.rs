@@ -25,10 +25,9 @@ fn health_and_a_greedy_completion() {
     let (status, body) = server.post("/v1/completions", request);
     assert_eq!(status, 200, "{body}");
     let text = body["choices"][0]["text"].as_str().expect("text");
-    assert!(
-        text.starts_with(" Paris.\n\nThe United States has a population of approximately"),
-        "{text:?}"
-    );
+    // The tokens before the first near-tie; the whole text is compared with
+    // llama.cpp's on the CPU backend (completions_give_llama_cpps_greedy_text_on_every_model).
+    assert!(text.starts_with(" Paris.\n\nThe"), "{text:?}");
     assert_eq!(body["choices"][0]["finish_reason"], "length");
     assert_eq!(body["usage"]["prompt_tokens"], 5);
     assert_eq!(body["usage"]["completion_tokens"], 16);
@@ -170,8 +169,8 @@ fn completion_fields_are_honoured_over_http() {
             body["choices"][0]["finish_reason"].clone(),
         )
     };
-    let (text, finish) = with(json!({"stop": ["United"]}));
-    assert_eq!((text.as_str(), finish.as_str()), (" Paris.\n\nThe ", Some("stop")));
+    let (text, finish) = with(json!({"stop": ["The"]}));
+    assert_eq!((text.as_str(), finish.as_str()), (" Paris.\n\n", Some("stop")));
     let (text, _) = with(json!({"logit_bias": {"7042": -100}}));
     assert!(!text.starts_with(" Paris"), "{text:?}");
     let (plain, _) = with(json!({}));

@@ -406,7 +406,10 @@ pub fn concurrent(bench: &Bench, n: usize, prompt_tokens: u32, steps: u32) -> an
         traces.push(trace);
     }
     let after = scheduler.totals();
-    let mean_batch = (after.sequences - before.sequences) as f64 / (after.batches - before.batches).max(1) as f64;
+    let batches = (after.batches - before.batches).max(1) as f64;
+    let mean_batch = (after.sequences - before.sequences) as f64 / batches;
+    let step_ms = ms(after.running - before.running) / batches;
+    let gather_ms = ms(after.gathering - before.gathering) / batches;
     drop(holder);
     let finished = traces.iter().map(|t| t.finished).max().unwrap_or(started);
     let tokens: usize = traces.iter().map(|t| t.gaps.len()).sum();
@@ -420,5 +423,7 @@ pub fn concurrent(bench: &Bench, n: usize, prompt_tokens: u32, steps: u32) -> an
         itl_ms: Stats::of(&gaps),
         first_token_ms: Stats::of(&firsts),
         mean_batch,
+        step_ms,
+        gather_ms,
     })
 }

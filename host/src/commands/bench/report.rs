@@ -133,6 +133,10 @@ pub struct TenantsRow {
     pub first_token_ms: Stats,
     /// Sequences per batched step during the decode phase, on average.
     pub mean_batch: f64,
+    /// A batched step's time in the backend, and the time its lane spent
+    /// gathering it (waiting for the guests' next steps), ms on average.
+    pub step_ms: f64,
+    pub gather_ms: f64,
 }
 
 #[derive(Serialize)]
@@ -327,13 +331,13 @@ impl Report {
         if !self.tenants.is_empty() {
             let _ = writeln!(
                 out,
-                "| tenants | prompt | decode | aggregate decode tokens/s | per tenant tokens/s | ITL p50 ms | ITL p99 ms | first token p50 ms | mean batch |"
+                "| tenants | prompt | decode | aggregate decode tokens/s | per tenant tokens/s | ITL p50 ms | ITL p99 ms | first token p50 ms | mean batch | step ms | gather ms |"
             );
-            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             for row in &self.tenants {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} | {:.1} |",
+                    "| {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} | {:.1} | {:.2} | {:.2} |",
                     row.tenants,
                     row.prompt_tokens,
                     row.decode_steps,
@@ -342,7 +346,9 @@ impl Report {
                     row.itl_ms.median,
                     row.itl_ms.p99,
                     row.first_token_ms.median,
-                    row.mean_batch
+                    row.mean_batch,
+                    row.step_ms,
+                    row.gather_ms
                 );
             }
             out.push('\n');

@@ -6,14 +6,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cudarc::driver::{CudaSlice, CudaStream, result};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, result, sys};
 
-use super::kernels::{AttentionArgs, Binary, Kernels, KvRows, Ptr, RopeArgs};
+use super::kernels::{Activations, AttentionArgs, Binary, Kernels, KvRows, Ptr, RopeArgs};
 use super::resident::{BufferPool, DeviceWeights, ptr};
 use super::{driver, profile};
 use crate::compute::gguf::GgmlType;
 use crate::compute::graph::{CompiledGraph, Node, RopeStyle, TensorId};
 use crate::compute::{ComputeError, OutputKind, Rows, StepOutput, shape_output};
+
+/// How long a profiled step holds the device while its ops are queued (about
+/// 30 ms): longer than queueing them takes.
+const HOLD_CYCLES: i64 = 50_000_000;
 
 /// The largest k whose top-k is taken on the device; beyond it (and for
 /// logits) the whole rows are copied to the host.
@@ -65,10 +69,12 @@ pub struct Exec<'a, 'p> {
     pub kernels: &'a Kernels,
     pub weights: &'a mut DeviceWeights,
     pub buffers: Buffers<'p>,
-    /// Values rounded for a weight type (by value and type), made once for
-    /// the matmuls that share an input and freed with it.
-    rounded: HashMap<(usize, GgmlType), Value>,
+    /// Values prepared as matmul activations (by value and form), made once
+    /// for the matmuls that share an input and freed with it.
+    prepared: HashMap<(usize, Activations), Value>,
     started: Instant,
+    /// Under `REALM_CUDA_PROFILE=ops`, the events around each op.
+    op_events: Vec<(String, CudaEvent, CudaEvent)>,
 }
 
 impl<'a, 'p> Exec<'a, 'p> {
@@ -83,8 +89,9 @@ impl<'a, 'p> Exec<'a, 'p> {
             kernels,
             weights,
             buffers,
-            rounded: HashMap::new(),
+            prepared: HashMap::new(),
             started: Instant::now(),
+            op_events: Vec::new(),
         }
     }
 
@@ -92,27 +99,44 @@ impl<'a, 'p> Exec<'a, 'p> {
     pub fn nodes(&mut self, g: &CompiledGraph, inputs: &Inputs, rows: &Rows) -> Result<Value, ComputeError> {
         let ops = *profile::MODE == profile::Mode::Ops;
         let mut values: Vec<Option<Value>> = Vec::with_capacity(g.nodes.len());
-        for (i, node) in g.nodes.iter().enumerate() {
-            let started = Instant::now();
-            let value = self.node(g, node, &values, inputs, rows)?;
-            if ops {
-                let _ = self.stream.synchronize();
-                profile::record(profile::kind(node), started);
+        let event = || self.stream.record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT));
+        if ops {
+            self.kernels.hold(self.stream, HOLD_CYCLES)?;
+        }
+        let uses = use_counts(g);
+        let mut i = 0;
+        while i < g.nodes.len() {
+            let node = &g.nodes[i];
+            let before = if ops { Some(event().map_err(driver)?) } else { None };
+            let residual = self.residual_after(g, i, &uses);
+            let (value, done) = match residual {
+                Some(add) => {
+                    let Node::Matmul { input, weight } = node else {
+                        unreachable!("residual_after answers for matmuls only")
+                    };
+                    let add = values[add]
+                        .as_ref()
+                        .ok_or_else(|| ComputeError::Internal(format!("value {add} was freed before it was read")))?
+                        .at;
+                    (self.matmul(g, *input, *weight, &values, Some(add))?, 2)
+                }
+                None => (self.node(g, node, &values, inputs, rows)?, 1),
+            };
+            if let Some(before) = before {
+                let after = event().map_err(driver)?;
+                let kind = profile::kind(g, node);
+                let kind = if done == 2 { kind + " + add" } else { kind };
+                self.op_events.push((kind, before, after));
+            }
+            // A matmul fused with the add after it leaves no value of its own.
+            if done == 2 {
+                values.push(None);
             }
             values.push(Some(value));
-            for input in crate::compute::graph::inputs(node) {
-                if g.last_use[input] == i {
-                    if let Some(v) = values[input].take() {
-                        self.give(v);
-                    }
-                    let finished: Vec<_> = self.rounded.keys().filter(|k| k.0 == input).copied().collect();
-                    for key in finished {
-                        if let Some(v) = self.rounded.remove(&key) {
-                            self.give(v);
-                        }
-                    }
-                }
+            for at in i..i + done {
+                self.release_inputs(g, at, &mut values);
             }
+            i += done;
         }
         let out = values
             .pop()
@@ -121,8 +145,8 @@ impl<'a, 'p> Exec<'a, 'p> {
         for v in values.into_iter().flatten() {
             self.give(v);
         }
-        let rounded: Vec<Value> = self.rounded.drain().map(|(_, v)| v).collect();
-        for v in rounded {
+        let prepared: Vec<Value> = self.prepared.drain().map(|(_, v)| v).collect();
+        for v in prepared {
             self.give(v);
         }
         Ok(out)
@@ -156,6 +180,10 @@ impl<'a, 'p> Exec<'a, 'p> {
         };
         if mode != profile::Mode::Off {
             profile::record("wait+output", started);
+            for (what, before, after) in self.op_events.drain(..) {
+                let ms = before.elapsed_ms(&after).map_err(driver)?;
+                profile::record_duration(&what, std::time::Duration::from_secs_f32(ms / 1e3));
+            }
             profile::step_done();
         }
         self.give(out);
@@ -233,28 +261,86 @@ impl<'a, 'p> Exec<'a, 'p> {
         }
     }
 
+    /// Gives back the values (and their prepared forms) that node `at` read last.
+    fn release_inputs(&mut self, g: &CompiledGraph, at: usize, values: &mut [Option<Value>]) {
+        for input in crate::compute::graph::inputs(&g.nodes[at]) {
+            if g.last_use[input] != at {
+                continue;
+            }
+            if let Some(v) = values[input].take() {
+                self.give(v);
+            }
+            let finished: Vec<_> = self.prepared.keys().filter(|k| k.0 == input).copied().collect();
+            for key in finished {
+                if let Some(v) = self.prepared.remove(&key) {
+                    self.give(v);
+                }
+            }
+        }
+    }
+
+    /// When node `i` is a quantized matmul whose only reader is the add right
+    /// after it, the add's other operand: the matmul adds it as it writes (one
+    /// launch fewer; the same f32 sums).
+    fn residual_after(&self, g: &CompiledGraph, i: usize, uses: &[usize]) -> Option<usize> {
+        let Node::Matmul { weight, .. } = g.nodes[i] else {
+            return None;
+        };
+        let Some(Node::Add(a, b)) = g.nodes.get(i + 1) else {
+            return None;
+        };
+        let other = match (*a == i, *b == i) {
+            (true, false) => *b,
+            (false, true) => *a,
+            _ => return None,
+        };
+        (uses[i] == 1 && self.kernels.adds_residual(g.tensor(weight).ggml_type)).then_some(other)
+    }
+
     /// `x` (value `id`) as the matmul with weights of `ty` takes it.
-    fn rounded_input(&mut self, id: usize, x: &Value, ty: GgmlType) -> Result<Ptr, ComputeError> {
-        if ty == GgmlType::F32 {
+    fn prepared_input(&mut self, id: usize, x: &Value, ty: GgmlType) -> Result<Ptr, ComputeError> {
+        let form = Activations::of(ty);
+        if form == Activations::F32 {
             return Ok(x.at);
         }
-        if let Some(r) = self.rounded.get(&(id, ty)) {
+        if let Some(r) = self.prepared.get(&(id, form)) {
             return Ok(r.at);
         }
-        let y = self.alloc(x.rows, x.cols)?;
-        let n = x.rows * x.cols;
-        match self.kernels.round_activations(self.stream, ty, x.at, y.at, n) {
-            None => {
-                self.give(y);
-                Ok(x.at)
-            }
-            Some(launched) => {
-                launched?;
-                let at = y.at;
-                self.rounded.insert((id, ty), y);
-                Ok(at)
-            }
+        let y = self.alloc(x.rows, form.row_slots(x.cols))?;
+        if let Some(launched) = self.kernels.prepare(self.stream, form, x.at, y.at, x.rows * x.cols) {
+            launched?;
         }
+        let at = y.at;
+        self.prepared.insert((id, form), y);
+        Ok(at)
+    }
+
+    /// The matmul of value `input` by `weight`, plus `add` (a value's rows) if given.
+    fn matmul(
+        &mut self,
+        g: &CompiledGraph,
+        input: usize,
+        weight: TensorId,
+        values: &[Option<Value>],
+        add: Option<Ptr>,
+    ) -> Result<Value, ComputeError> {
+        let x = values[input]
+            .as_ref()
+            .ok_or_else(|| ComputeError::Internal(format!("value {input} was freed before it was read")))?;
+        let t = g.tensor(weight);
+        let (k, n, ty) = (t.row_len(), t.rows(), t.ggml_type);
+        if k % 32 != 0 {
+            return Err(ComputeError::Unsupported(format!(
+                "the CUDA matmul takes rows of a multiple of 32 values, not {k}"
+            )));
+        }
+        let row_bytes = ty.row_bytes(k).unwrap_or(0);
+        let w = self.weights.stored(self.stream, g, weight)?;
+        let xp = self.prepared_input(input, x, ty)?;
+        let y = self.alloc(x.rows, n)?;
+        self.kernels
+            .matmul(self.stream, ty, w, xp, y.at, (x.rows, k, n), row_bytes, add)?;
+        Ok(y)
     }
 
     fn node(
@@ -301,22 +387,7 @@ impl<'a, 'p> Exec<'a, 'p> {
                 k.rms_norm(s, p(x), p(&y), w, x.rows * x.cols / group, *group, *eps)?;
                 y
             }
-            Node::Matmul { input, weight } => {
-                let x = get(*input)?;
-                let t = g.tensor(*weight);
-                let (kk, n, ty) = (t.row_len(), t.rows(), t.ggml_type);
-                if kk % 32 != 0 {
-                    return Err(ComputeError::Unsupported(format!(
-                        "the CUDA matmul takes rows of a multiple of 32 values, not {kk}"
-                    )));
-                }
-                let row_bytes = ty.row_bytes(kk).unwrap_or(0);
-                let w = self.weights.stored(s, g, *weight)?;
-                let xp = self.rounded_input(*input, x, ty)?;
-                let y = self.alloc(x.rows, n)?;
-                k.matmul(s, ty, w, xp, p(&y), (x.rows, kk, n), row_bytes)?;
-                y
-            }
+            Node::Matmul { input, weight } => self.matmul(g, *input, *weight, values, None)?,
             Node::AddTensor { input, tensor } => {
                 let x = get(*input)?;
                 let y = self.alloc(x.rows, x.cols)?;
@@ -404,4 +475,15 @@ impl<'a, 'p> Exec<'a, 'p> {
             }
         })
     }
+}
+
+/// How many nodes read each value.
+fn use_counts(g: &CompiledGraph) -> Vec<usize> {
+    let mut uses = vec![0; g.nodes.len()];
+    for node in &g.nodes {
+        for input in crate::compute::graph::inputs(node) {
+            uses[input] += 1;
+        }
+    }
+    uses
 }

@@ -35,8 +35,7 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-// ---- Weight decoders: `load(row, sb, w)` writes values 32*sb .. 32*sb+32 of a
-// row, as the CPU backend's reference dequantization computes them.
+// ---- Float weights: `load(row, sb, w)` writes values 32*sb .. 32*sb+32 of a row.
 
 struct F32 {
     static __device__ void load(const u8* row, int sb, float* w) {
@@ -62,158 +61,8 @@ struct BF16 {
     }
 };
 
-struct Q4_0 {
-    static __device__ void load(const u8* row, int sb, float* w) {
-        const u8* b = row + sb * 18;
-        float d = half_at(b);
-#pragma unroll
-        for (int j = 0; j < 16; j++) {
-            u8 q = b[2 + j];
-            w[j] = (float)((int)(q & 15) - 8) * d;
-            w[j + 16] = (float)((int)(q >> 4) - 8) * d;
-        }
-    }
-};
-
-struct Q4_1 {
-    static __device__ void load(const u8* row, int sb, float* w) {
-        const u8* b = row + sb * 20;
-        float d = half_at(b), m = half_at(b + 2);
-#pragma unroll
-        for (int j = 0; j < 16; j++) {
-            u8 q = b[4 + j];
-            w[j] = (float)(q & 15) * d + m;
-            w[j + 16] = (float)(q >> 4) * d + m;
-        }
-    }
-};
-
-template <bool HAS_MIN>
-struct Q5 {
-    static __device__ void load(const u8* row, int sb, float* w) {
-        const u8* b = row + sb * (HAS_MIN ? 24 : 22);
-        float d = half_at(b), m = HAS_MIN ? half_at(b + 2) : 0.0f;
-        const u8* rest = b + (HAS_MIN ? 4 : 2);
-        u32 qh = (u32)rest[0] | ((u32)rest[1] << 8) | ((u32)rest[2] << 16) | ((u32)rest[3] << 24);
-        int offset = HAS_MIN ? 0 : 16;
-#pragma unroll
-        for (int j = 0; j < 16; j++) {
-            u8 q = rest[4 + j];
-            u32 h0 = ((qh >> j) << 4) & 0x10;
-            u32 h1 = (qh >> (j + 12)) & 0x10;
-            w[j] = (float)((int)((q & 15) | h0) - offset) * d + m;
-            w[j + 16] = (float)((int)((q >> 4) | h1) - offset) * d + m;
-        }
-    }
-};
-
-struct Q8_0 {
-    static __device__ void load(const u8* row, int sb, float* w) {
-        const u8* b = row + sb * 34;
-        float d = half_at(b);
-#pragma unroll
-        for (int j = 0; j < 32; j++) w[j] = (float)(i8)b[2 + j] * d;
-    }
-};
-
-// K-quants: 256-value super-blocks; sub-block `s` of 32 is `sb % 8`.
-
-struct Q2_K {
-    static __device__ void load(const u8* row, int sb, float* w) {
-        const u8* b = row + (sb >> 3) * 84;
-        int s = sb & 7, n = s >> 2, j = s & 3;
-        float d = half_at(b + 80), dmin = half_at(b + 82);
-        const u8* qs = b + 16 + 32 * n;
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            u8 sc = b[2 * s + half];
-            float dl = d * (float)(sc & 15), ml = dmin * (float)(sc >> 4);
-#pragma unroll
-            for (int l = 0; l < 16; l++) {
-                int q = (qs[16 * half + l] >> (2 * j)) & 3;
-                w[16 * half + l] = dl * (float)q - ml;
-            }
-        }
-    }
-};
-
-struct Q3_K {
-    static __device__ void load(const u8* row, int sb, float* w) {
-        const u8* b = row + (sb >> 3) * 110;
-        int s = sb & 7, n = s >> 2, j = s & 3;
-        const u8* hmask = b;
-        const u8* qs = b + 32 + 32 * n;
-        const u8* sc = b + 96;
-        float d = half_at(b + 108);
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            int g = 2 * s + half, jj = g & 3, quarter = g >> 2;
-            int low4 = (sc[jj + 4 * (quarter & 1)] >> (4 * (quarter >> 1))) & 15;
-            int high2 = (sc[8 + jj] >> (2 * quarter)) & 3;
-            float dl = d * (float)((low4 | (high2 << 4)) - 32);
-#pragma unroll
-            for (int l0 = 0; l0 < 16; l0++) {
-                int l = 16 * half + l0;
-                int low = (qs[l] >> (2 * j)) & 3;
-                int missing = ((~hmask[l]) >> (4 * n + j)) & 1;
-                w[l] = dl * (float)(low - 4 * missing);
-            }
-        }
-    }
-};
-
-__device__ __forceinline__ void scale_min_k4(int s, const u8* q, int* sc, int* m) {
-    if (s < 4) {
-        *sc = q[s] & 63;
-        *m = q[s + 4] & 63;
-    } else {
-        *sc = (q[s + 4] & 15) | ((q[s - 4] >> 6) << 4);
-        *m = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
-    }
-}
-
-template <bool FIFTH_BIT>
-struct QK45 {
-    static __device__ void load(const u8* row, int sb, float* w) {
-        const u8* b = row + (sb >> 3) * (FIFTH_BIT ? 176 : 144);
-        int s = sb & 7, j = s >> 1, hi = s & 1;
-        int sc, m;
-        scale_min_k4(s, b + 4, &sc, &m);
-        float dl = half_at(b) * (float)sc, ml = half_at(b + 2) * (float)m;
-        const u8* qh = b + 16;
-        const u8* qs = b + (FIFTH_BIT ? 48 : 16) + 32 * j;
-#pragma unroll
-        for (int l = 0; l < 32; l++) {
-            int q = hi ? (qs[l] >> 4) : (qs[l] & 15);
-            if (FIFTH_BIT) q |= ((qh[l] >> (2 * j + hi)) & 1) << 4;
-            w[l] = dl * (float)q - ml;
-        }
-    }
-};
-
-struct Q6_K {
-    static __device__ void load(const u8* row, int sb, float* w) {
-        const u8* b = row + (sb >> 3) * 210;
-        int s = sb & 7, n = s >> 2, kk = s & 3;
-        const u8* ql = b + 64 * n + (kk & 1) * 32;
-        const u8* qh = b + 128 + 32 * n;
-        float d = half_at(b + 208);
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            float dl = d * (float)(i8)b[192 + 2 * s + half];
-#pragma unroll
-            for (int l0 = 0; l0 < 16; l0++) {
-                int l = 16 * half + l0;
-                int nib = (kk >> 1) ? (ql[l] >> 4) : (ql[l] & 15);
-                int q = (nib | (((qh[l] >> (2 * kk)) & 3) << 4)) - 32;
-                w[l] = dl * (float)q;
-            }
-        }
-    }
-};
-
-// ---- y[rows, n] = x[rows, k] . W[n, k]^T. One warp per weight row, eight
-// input rows per block row; lane L takes sub-blocks L, L+32, ... of the weight
+// ---- y[rows, n] = x[rows, k] . W[n, k]^T for float weights. One warp per
+// weight row, eight input rows per block row; lane L takes sub-blocks L, L+32, ... of the weight
 // row, so each value's sum runs in one order whatever the number of rows.
 
 #define WARPS 4
@@ -275,27 +124,348 @@ __device__ void matmul(const u8* __restrict__ w, const float* __restrict__ x, fl
 MATMUL(f32, F32)
 MATMUL(f16, F16)
 MATMUL(bf16, BF16)
-MATMUL(q4_0, Q4_0)
-MATMUL(q4_1, Q4_1)
-MATMUL(q5_0, Q5<false>)
-MATMUL(q5_1, Q5<true>)
-MATMUL(q8_0, Q8_0)
-MATMUL(q2_k, Q2_K)
-MATMUL(q3_k, Q3_K)
-MATMUL(q4_k, QK45<false>)
-MATMUL(q5_k, QK45<true>)
-MATMUL(q6_k, Q6_K)
 
-// ---- Activations rounded as the CPU backend (and llama.cpp) quantizes them
-// for a weight type, kept as f32: the matmul then sums what the integer dot
-// products sum. One warp per block of values.
+// ---- Quantized weights times q8 activations, in int8 dot products (dp4a).
+//
+// Activations arrive as q8 rows (quantize_q8): the int8 values of all rows,
+// then a float scale per 32 values, then the int sums of each block's halves.
+// A decoder gives 32 values of a weight row as int8 (eight packed words) and,
+// per 16 values, a scale `a` and an offset `b` with w = a*q + b; a block of 32
+// then adds a*d*sum(q*qx) + b*d*sum(qx), the integer sums being exact.
+
+__device__ __forceinline__ int dp4a(u32 a, u32 b, int c) {
+    int r;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+__device__ __forceinline__ u32 bytes4(const u8* p) {
+    return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24);
+}
+
+// Each byte of v (0..127) minus the byte of c, as int8, with no borrows between bytes.
+__device__ __forceinline__ u32 sub_bytes(u32 v, u32 c) { return ((v | 0x80808080u) - c) ^ 0x80808080u; }
+
+// Bits 0..3 of x to bit 4 of bytes 0..3.
+__device__ __forceinline__ u32 fifth_bits(u32 x) {
+    return ((x & 1u) << 4) | ((x & 2u) << 11) | ((x & 4u) << 18) | ((x & 8u) << 25);
+}
+
+struct Q4_0 {
+    static constexpr bool PER16 = false, HAS_B = false;
+    static __device__ void load(const u8* row, int sb, u32* q, float* a, float* b) {
+        const u8* blk = row + sb * 18;
+        a[0] = a[1] = half_at(blk);
+        b[0] = b[1] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u32 v = bytes4(blk + 2 + 4 * i);
+            q[i] = sub_bytes(v & 0x0f0f0f0fu, 0x08080808u);
+            q[i + 4] = sub_bytes((v >> 4) & 0x0f0f0f0fu, 0x08080808u);
+        }
+    }
+};
+
+struct Q4_1 {
+    static constexpr bool PER16 = false, HAS_B = true;
+    static __device__ void load(const u8* row, int sb, u32* q, float* a, float* b) {
+        const u8* blk = row + sb * 20;
+        a[0] = a[1] = half_at(blk);
+        b[0] = b[1] = half_at(blk + 2);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u32 v = bytes4(blk + 4 + 4 * i);
+            q[i] = v & 0x0f0f0f0fu;
+            q[i + 4] = (v >> 4) & 0x0f0f0f0fu;
+        }
+    }
+};
+
+template <bool HAS_MIN>
+struct Q5 {
+    static constexpr bool PER16 = false, HAS_B = HAS_MIN;
+    static __device__ void load(const u8* row, int sb, u32* q, float* a, float* b) {
+        const u8* blk = row + sb * (HAS_MIN ? 24 : 22);
+        a[0] = a[1] = half_at(blk);
+        b[0] = b[1] = HAS_MIN ? half_at(blk + 2) : 0.0f;
+        const u8* rest = blk + (HAS_MIN ? 4 : 2);
+        u32 qh = bytes4(rest);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u32 v = bytes4(rest + 4 + 4 * i);
+            u32 lo = (v & 0x0f0f0f0fu) | fifth_bits(qh >> (4 * i));
+            u32 hi = ((v >> 4) & 0x0f0f0f0fu) | fifth_bits(qh >> (16 + 4 * i));
+            q[i] = HAS_MIN ? lo : sub_bytes(lo, 0x10101010u);
+            q[i + 4] = HAS_MIN ? hi : sub_bytes(hi, 0x10101010u);
+        }
+    }
+};
+
+struct Q8_0 {
+    static constexpr bool PER16 = false, HAS_B = false;
+    static __device__ void load(const u8* row, int sb, u32* q, float* a, float* b) {
+        const u8* blk = row + sb * 34;
+        a[0] = a[1] = half_at(blk);
+        b[0] = b[1] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) q[i] = bytes4(blk + 2 + 4 * i);
+    }
+};
+
+// K-quants: 256-value super-blocks; sub-block `s` of 32 is `sb % 8`.
+
+struct Q2_K {
+    static constexpr bool PER16 = true, HAS_B = true;
+    static __device__ void load(const u8* row, int sb, u32* q, float* a, float* b) {
+        const u8* blk = row + (sb >> 3) * 84;
+        int s = sb & 7, n = s >> 2, j = s & 3;
+        float d = half_at(blk + 80), dmin = half_at(blk + 82);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            u8 sc = blk[2 * s + h];
+            a[h] = d * (float)(sc & 15);
+            b[h] = -(dmin * (float)(sc >> 4));
+        }
+        const u8* qs = blk + 16 + 32 * n;
+#pragma unroll
+        for (int i = 0; i < 8; i++) q[i] = (bytes4(qs + 4 * i) >> (2 * j)) & 0x03030303u;
+    }
+};
+
+struct Q3_K {
+    static constexpr bool PER16 = true, HAS_B = false;
+    static __device__ void load(const u8* row, int sb, u32* q, float* a, float* b) {
+        const u8* blk = row + (sb >> 3) * 110;
+        int s = sb & 7, n = s >> 2, j = s & 3;
+        const u8* sc = blk + 96;
+        float d = half_at(blk + 108);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int g = 2 * s + h, jj = g & 3, quarter = g >> 2;
+            int low4 = (sc[jj + 4 * (quarter & 1)] >> (4 * (quarter >> 1))) & 15;
+            int high2 = (sc[8 + jj] >> (2 * quarter)) & 3;
+            a[h] = d * (float)((low4 | (high2 << 4)) - 32);
+            b[h] = 0.0f;
+        }
+        const u8* qs = blk + 32 + 32 * n;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            u32 low = (bytes4(qs + 4 * i) >> (2 * j)) & 0x03030303u;
+            u32 missing = (~bytes4(blk + 4 * i) >> (4 * n + j)) & 0x01010101u;
+            q[i] = sub_bytes(low, missing << 2);
+        }
+    }
+};
+
+__device__ __forceinline__ void scale_min_k4(int s, const u8* q, int* sc, int* m) {
+    if (s < 4) {
+        *sc = q[s] & 63;
+        *m = q[s + 4] & 63;
+    } else {
+        *sc = (q[s + 4] & 15) | ((q[s - 4] >> 6) << 4);
+        *m = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
+    }
+}
+
+template <bool FIFTH_BIT>
+struct QK45 {
+    static constexpr bool PER16 = false, HAS_B = true;
+    static __device__ void load(const u8* row, int sb, u32* q, float* a, float* b) {
+        const u8* blk = row + (sb >> 3) * (FIFTH_BIT ? 176 : 144);
+        int s = sb & 7, j = s >> 1, hi = s & 1;
+        int sc, m;
+        scale_min_k4(s, blk + 4, &sc, &m);
+        a[0] = a[1] = half_at(blk) * (float)sc;
+        b[0] = b[1] = -(half_at(blk + 2) * (float)m);
+        const u8* qs = blk + (FIFTH_BIT ? 48 : 16) + 32 * j;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            u32 v = (bytes4(qs + 4 * i) >> (4 * hi)) & 0x0f0f0f0fu;
+            if (FIFTH_BIT) v |= ((bytes4(blk + 16 + 4 * i) >> (2 * j + hi)) & 0x01010101u) << 4;
+            q[i] = v;
+        }
+    }
+};
+
+struct Q6_K {
+    static constexpr bool PER16 = true, HAS_B = false;
+    static __device__ void load(const u8* row, int sb, u32* q, float* a, float* b) {
+        const u8* blk = row + (sb >> 3) * 210;
+        int s = sb & 7, n = s >> 2, kk = s & 3;
+        float d = half_at(blk + 208);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            a[h] = d * (float)(i8)blk[192 + 2 * s + h];
+            b[h] = 0.0f;
+        }
+        const u8* ql = blk + 64 * n + (kk & 1) * 32;
+        const u8* qh = blk + 128 + 32 * n;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            u32 nib = (bytes4(ql + 4 * i) >> (4 * (kk >> 1))) & 0x0f0f0f0fu;
+            u32 high = (bytes4(qh + 4 * i) >> (2 * kk)) & 0x03030303u;
+            q[i] = sub_bytes(nib | (high << 4), 0x20202020u);
+        }
+    }
+};
+
+// One 32-value block's share of an output: the weights' two 16-value integer
+// dots s0, s1 and the activations' sums x0, x1 (scale d). Rounded step by
+// step, the same in every tiling.
+template <typename D>
+__device__ __forceinline__ float block_dot(float acc, int s0, int s1, const float* a, const float* b, float d, int x0,
+                                           int x1) {
+    if (D::PER16) {
+        acc = __fmaf_rn(a[0], __fmul_rn(d, (float)s0), acc);
+        acc = __fmaf_rn(a[1], __fmul_rn(d, (float)s1), acc);
+        if (D::HAS_B) {
+            acc = __fmaf_rn(b[0], __fmul_rn(d, (float)x0), acc);
+            acc = __fmaf_rn(b[1], __fmul_rn(d, (float)x1), acc);
+        }
+    } else {
+        acc = __fmaf_rn(a[0], __fmul_rn(d, (float)(s0 + s1)), acc);
+        if (D::HAS_B) acc = __fmaf_rn(b[0], __fmul_rn(d, (float)(x0 + x1)), acc);
+    }
+    return acc;
+}
+
+// A warp computes TN weight rows for TR input rows; lane L takes blocks L,
+// L + 32, ... of the rows, and the lanes' sums meet in a butterfly. So each
+// output's order is fixed by k alone, whatever the tiling or the other rows.
+// Blocks run along the input rows first (one grid dimension, which has room
+// for any n), so the row tiles that read the same weights run together and
+// find them in L2.
+#define MMQ_WARPS 4
+
+// With `add` (not null), y = x . W^T + add: a residual added as the step's
+// separate add would add it.
+template <typename D, int TN, int TR>
+__device__ void mmq(const u8* __restrict__ w, const u8* __restrict__ xq, float* __restrict__ y, int k, int n, int rows,
+                    int row_bytes, const float* __restrict__ add) {
+    const int lane = threadIdx.x & 31, row_tiles = (rows + TR - 1) / TR;
+    const int j0 = (blockIdx.x / row_tiles * MMQ_WARPS + (threadIdx.x >> 5)) * TN, r0 = blockIdx.x % row_tiles * TR;
+    if (j0 >= n) return;
+    const int nb = k >> 5;
+    const u32* xq_words = (const u32*)xq;
+    const float* xq_scales = (const float*)(xq + (size_t)rows * k);
+    const int* xq_sums = (const int*)(xq_scales + (size_t)rows * nb);
+    float acc[TN][TR];
+#pragma unroll
+    for (int t = 0; t < TN; t++)
+#pragma unroll
+        for (int r = 0; r < TR; r++) acc[t][r] = 0.0f;
+    for (int blk = lane; blk < nb; blk += 32) {
+        u32 q[TN][8];
+        float a[TN][2], b[TN][2];
+#pragma unroll
+        for (int t = 0; t < TN; t++) D::load(w + (size_t)min(j0 + t, n - 1) * row_bytes, blk, q[t], a[t], b[t]);
+#pragma unroll
+        for (int r = 0; r < TR; r++) {
+            if (r0 + r < rows) {
+                const size_t at = (size_t)(r0 + r) * nb + blk;
+                const uint4* xr = (const uint4*)(xq_words + at * 8);
+                const uint4 x0 = xr[0], x1 = xr[1];
+                const float d = xq_scales[at];
+                const int x0_sum = xq_sums[2 * at], x1_sum = xq_sums[2 * at + 1];
+#pragma unroll
+                for (int t = 0; t < TN; t++) {
+                    int s0 = dp4a(q[t][0], x0.x, 0);
+                    s0 = dp4a(q[t][1], x0.y, s0);
+                    s0 = dp4a(q[t][2], x0.z, s0);
+                    s0 = dp4a(q[t][3], x0.w, s0);
+                    int s1 = dp4a(q[t][4], x1.x, 0);
+                    s1 = dp4a(q[t][5], x1.y, s1);
+                    s1 = dp4a(q[t][6], x1.z, s1);
+                    s1 = dp4a(q[t][7], x1.w, s1);
+                    acc[t][r] = block_dot<D>(acc[t][r], s0, s1, a[t], b[t], d, x0_sum, x1_sum);
+                }
+            }
+        }
+    }
+    // The lanes' sums meet as in warp_sum's butterfly (partners lane ^ 16,
+    // then ^ 8, ...), but each exchange hands over half of the outputs still
+    // held, so the warp moves about TN * TR values rather than five times
+    // that; the sums are warp_sum's, bit for bit.
+    constexpr int M = TN * TR;
+    float v[M];
+#pragma unroll
+    for (int i = 0; i < M; i++) v[i] = acc[i / TR][i % TR];
+    int first = 0, held = M;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        if (held >= 2) {
+            const bool upper = lane & o;
+            held >>= 1;
+#pragma unroll
+            for (int i = 0; i < M / 2; i++) {
+                if (i < held) {
+                    const float keep = upper ? v[i + held] : v[i];
+                    const float give = upper ? v[i] : v[i + held];
+                    v[i] = keep + __shfl_xor_sync(0xffffffffu, give, o);
+                }
+            }
+            if (upper) first += held;
+        } else {
+            v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
+        }
+    }
+    // Lanes that share their outputs (when M < 32) hold the same sums: the
+    // lowest of them writes.
+    if ((lane & (32 / (M < 32 ? M : 32) - 1)) != 0) return;
+#pragma unroll
+    for (int i = 0; i < (M < 32 ? 1 : M / 32); i++) {
+        const int t = (first + i) / TR, r = (first + i) % TR;
+        if (j0 + t < n && r0 + r < rows) {
+            const size_t at = (size_t)(r0 + r) * n + j0 + t;
+            y[at] = add ? v[i] + add[at] : v[i];
+        }
+    }
+}
+
+// Three tilings (weight rows x input rows per warp), for one sequence up to
+// large prefills; the sums are the same in each.
+#define MMQ(name, D)                                                                                                 \
+    extern "C" __global__ void mmq_##name##_1x4(const u8* w, const u8* x, float* y, int k, int n, int rows,          \
+                                                int row_bytes, const float* add) {                                   \
+        mmq<D, 1, 4>(w, x, y, k, n, rows, row_bytes, add);                                                           \
+    }                                                                                                                \
+    extern "C" __global__ void mmq_##name##_2x8(const u8* w, const u8* x, float* y, int k, int n, int rows,          \
+                                                int row_bytes, const float* add) {                                   \
+        mmq<D, 2, 8>(w, x, y, k, n, rows, row_bytes, add);                                                           \
+    }                                                                                                                \
+    extern "C" __global__ void mmq_##name##_4x16(const u8* w, const u8* x, float* y, int k, int n, int rows,         \
+                                                 int row_bytes, const float* add) {                                  \
+        mmq<D, 4, 16>(w, x, y, k, n, rows, row_bytes, add);                                                          \
+    }
+
+MMQ(q4_0, Q4_0)
+MMQ(q4_1, Q4_1)
+MMQ(q5_0, Q5<false>)
+MMQ(q5_1, Q5<true>)
+MMQ(q8_0, Q8_0)
+MMQ(q2_k, Q2_K)
+MMQ(q3_k, Q3_K)
+MMQ(q4_k, QK45<false>)
+MMQ(q5_k, QK45<true>)
+MMQ(q6_k, Q6_K)
+
+// ---- Activations quantized as the CPU backend (and llama.cpp) quantizes
+// them, into q8 rows of `n` values in all (see mmq). One warp per block.
 //  1: q8_0 blocks of 32: d = f16(amax / 127), q = rint(x * 127 / amax).
 //  2: q8_K blocks of 256: max = the first value of largest magnitude,
 //     iscale = -127 / max, q = min(127, rint(iscale * x)), d = 1 / iscale.
-//  3: f16.  4: bf16 (round to nearest even).
-extern "C" __global__ void round_activations(const float* x, float* y, int n, int mode) {
+__device__ __forceinline__ int half_warp_sum(int v) {
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+extern "C" __global__ void quantize_q8(const float* x, u8* out, int n, int mode) {
     int lane = threadIdx.x & 31;
     size_t warp = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    i8* qs = (i8*)out;
+    float* scales = (float*)(out + n);
+    int* sums = (int*)(scales + n / 32);
     if (mode == 2) {
         size_t base = warp * 256;
         if (base >= (size_t)n) return;
@@ -326,24 +496,42 @@ extern "C" __global__ void round_activations(const float* x, float* y, int n, in
         float iscale = amax != 0.0f ? -127.0f / mx : 0.0f;
         float d = amax != 0.0f ? 1.0f / iscale : 0.0f;
 #pragma unroll
-        for (int i = 0; i < 8; i++) y[base + lane + 32 * i] = fminf(127.0f, rintf(iscale * v[i])) * d;
+        for (int i = 0; i < 8; i++) {
+            size_t at_i = base + lane + 32 * i;
+            int q = (int)fminf(127.0f, rintf(iscale * v[i]));
+            qs[at_i] = (i8)q;
+            int s = half_warp_sum(q);
+            if ((lane & 15) == 0) sums[at_i / 16] = s;
+        }
+        if (lane < 8) scales[base / 32 + lane] = d;
     } else {
         size_t i = warp * 32 + lane;
         if (warp * 32 >= (size_t)n) return;
         float v = x[i];
-        if (mode == 1) {
-            float amax = fabsf(v);
+        float amax = fabsf(v);
 #pragma unroll
-            for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-            float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-            y[i] = rintf(v * id) * f16_to_f32(f32_to_f16(amax / 127.0f));
-        } else if (mode == 3) {
-            y[i] = f16_to_f32(f32_to_f16(v));
-        } else {
-            u32 bits = __float_as_uint(v);
-            bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
-            y[i] = __uint_as_float(bits);
-        }
+        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        int q = (int)rintf(v * id);
+        qs[i] = (i8)q;
+        int s = half_warp_sum(q);
+        if ((lane & 15) == 0) sums[i / 16] = s;
+        if (lane == 0) scales[warp] = f16_to_f32(f32_to_f16(amax / 127.0f));
+    }
+}
+
+// ---- Activations rounded as the CPU backend rounds them for f16 (mode 3)
+// and bf16 (mode 4, to nearest even) weights, kept as f32.
+extern "C" __global__ void round_activations(const float* x, float* y, int n, int mode) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)n) return;
+    float v = x[i];
+    if (mode == 3) {
+        y[i] = f16_to_f32(f32_to_f16(v));
+    } else {
+        u32 bits = __float_as_uint(v);
+        bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+        y[i] = __uint_as_float(bits);
     }
 }
 
@@ -587,5 +775,13 @@ extern "C" __global__ void top_k(const float* x, int cols, const int* k, int max
         }
         pv = bv;
         pi = bi;
+    }
+}
+
+// Spins for `cycles` clock cycles: holds the device while a profiled step's
+// ops are queued behind it.
+extern "C" __global__ void hold(long long cycles) {
+    long long start = clock64();
+    while (clock64() - start < cycles) {
     }
 }

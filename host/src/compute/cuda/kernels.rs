@@ -16,18 +16,22 @@ const SOURCE: &str = include_str!("kernels.cu");
 const WARPS: u32 = 4;
 /// Warps per attention block; kernels.cu's ATTN_WARPS.
 const ATTN_WARPS: u32 = 16;
-/// The matmul tilings (input rows per block row): the small one for up to
-/// that many rows.
+/// The float matmul's tilings (input rows per block row): the small one for
+/// up to that many rows.
 const SMALL_TILE: usize = 8;
 const LARGE_TILE: usize = 32;
+/// Warps per quantized-matmul block (kernels.cu's MMQ_WARPS), and its
+/// tilings (weight rows, input rows per warp), each for up to that many rows.
+const MMQ_WARPS: u32 = 4;
+const MMQ_TILES: [(usize, usize); 3] = [(1, 4), (2, 8), (4, 16)];
 /// Threads of the elementwise kernels' blocks.
 const THREADS: u32 = 256;
 
-/// The types kernels.cu decodes, with their kernel's suffix.
-const MATMUL_TYPES: [(GgmlType, &str); 13] = [
-    (GgmlType::F32, "f32"),
-    (GgmlType::F16, "f16"),
-    (GgmlType::Bf16, "bf16"),
+/// The float types kernels.cu multiplies in f32, with their kernel's suffix.
+const FLOAT_TYPES: [(GgmlType, &str); 3] = [(GgmlType::F32, "f32"), (GgmlType::F16, "f16"), (GgmlType::Bf16, "bf16")];
+
+/// The quantized types kernels.cu multiplies in int8 against q8 activations.
+const QUANT_TYPES: [(GgmlType, &str); 10] = [
     (GgmlType::Q4_0, "q4_0"),
     (GgmlType::Q4_1, "q4_1"),
     (GgmlType::Q5_0, "q5_0"),
@@ -43,10 +47,47 @@ const MATMUL_TYPES: [(GgmlType, &str); 13] = [
 /// A device pointer, as the kernels take it.
 pub type Ptr = u64;
 
+/// How a matmul with weights of a type takes its activations, made from f32
+/// rows as the CPU backend (and llama.cpp) makes them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Activations {
+    F32,
+    /// f32s rounded to f16 or bf16.
+    F16,
+    Bf16,
+    /// q8 rows (kernels.cu's quantize_q8) in q8_0 blocks of 32 or q8_K blocks of 256.
+    Q8_0,
+    Q8K,
+}
+
+impl Activations {
+    pub fn of(ty: GgmlType) -> Self {
+        match ty {
+            GgmlType::F32 => Self::F32,
+            GgmlType::F16 => Self::F16,
+            GgmlType::Bf16 => Self::Bf16,
+            _ if crate::compute::cpu::kquants::is_k_quant(ty) => Self::Q8K,
+            _ => Self::Q8_0,
+        }
+    }
+
+    /// The f32 slots a row of `k` values (a multiple of 32) takes: q8 rows
+    /// hold k bytes, a scale per 32 values and a sum per 16.
+    pub fn row_slots(self, k: usize) -> usize {
+        match self {
+            Self::Q8_0 | Self::Q8K => k / 4 + k / 32 + k / 16,
+            _ => k,
+        }
+    }
+}
+
 pub struct Kernels {
     _module: Arc<CudaModule>,
-    /// Per weight type, its kernels for the small and the large tiling.
+    /// Per float weight type, its kernels for the small and the large tiling.
     matmul: Vec<(GgmlType, [CudaFunction; 2])>,
+    /// Per quantized weight type, its kernels for MMQ_TILES.
+    mmq: Vec<(GgmlType, [CudaFunction; 3])>,
+    quantize_q8: CudaFunction,
     round_activations: CudaFunction,
     rms_norm: CudaFunction,
     add: CudaFunction,
@@ -60,6 +101,7 @@ pub struct Kernels {
     kv_append: CudaFunction,
     attention: CudaFunction,
     top_k: CudaFunction,
+    hold: CudaFunction,
 }
 
 /// Arguments of `attention` and `kv_append` besides the tensors: where each
@@ -81,16 +123,24 @@ impl Kernels {
         let ptx = compile_ptx_with_opts(SOURCE, options).context("compiling kernels.cu with NVRTC")?;
         let module = ctx.load_module(ptx)?;
         let f = |name: &str| module.load_function(name).with_context(|| format!("kernel `{name}`"));
-        let matmul = MATMUL_TYPES
+        let matmul = FLOAT_TYPES
             .iter()
             .map(|&(ty, suffix)| {
-                let tiles = [SMALL_TILE, LARGE_TILE].map(|t| f(&format!("matmul_{suffix}_{t}")));
-                let [small, large] = tiles;
+                let [small, large] = [SMALL_TILE, LARGE_TILE].map(|t| f(&format!("matmul_{suffix}_{t}")));
                 Ok((ty, [small?, large?]))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let mmq = QUANT_TYPES
+            .iter()
+            .map(|&(ty, suffix)| {
+                let [a, b, c] = MMQ_TILES.map(|(tn, tr)| f(&format!("mmq_{suffix}_{tn}x{tr}")));
+                Ok((ty, [a?, b?, c?]))
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             matmul,
+            mmq,
+            quantize_q8: f("quantize_q8")?,
             round_activations: f("round_activations")?,
             rms_norm: f("rms_norm")?,
             add: f("add")?,
@@ -104,11 +154,19 @@ impl Kernels {
             kv_append: f("kv_append")?,
             attention: f("attention")?,
             top_k: f("top_k")?,
+            hold: f("hold")?,
             _module: module,
         })
     }
 
-    /// `y[rows, n] = x[rows, k] . w[n, k]^T` for weights of type `ty`.
+    /// Whether the matmul for weights of `ty` can add a residual to its output.
+    pub fn adds_residual(&self, ty: GgmlType) -> bool {
+        self.mmq.iter().any(|(t, _)| *t == ty)
+    }
+
+    /// `y[rows, n] = x[rows, k] . w[n, k]^T (+ add[rows, n])` for weights of
+    /// type `ty`, with `x` as `prepare` made it for `Activations::of(ty)`;
+    /// `add` only where `adds_residual(ty)`.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,
@@ -119,52 +177,78 @@ impl Kernels {
         y: Ptr,
         (rows, k, n): (usize, usize, usize),
         row_bytes: usize,
+        add: Option<Ptr>,
     ) -> Result<(), ComputeError> {
-        let kernels = self
-            .matmul
-            .iter()
-            .find(|(t, _)| *t == ty)
-            .map(|(_, f)| f)
-            .ok_or_else(|| ComputeError::Unsupported(format!("the CUDA backend has no matmul for {ty}")))?;
-        let (f, tile) = if rows <= SMALL_TILE {
-            (&kernels[0], SMALL_TILE)
+        let unsupported = || ComputeError::Unsupported(format!("the CUDA backend has no matmul for {ty}"));
+        let quantized = self.mmq.iter().find(|(t, _)| *t == ty);
+        if add.is_some() && quantized.is_none() {
+            return Err(ComputeError::Internal(format!("the {ty} matmul adds no residual")));
+        }
+        let (f, cfg) = if let Some((_, kernels)) = quantized {
+            let tile = MMQ_TILES
+                .iter()
+                .position(|&(_, tr)| rows <= tr)
+                .unwrap_or(MMQ_TILES.len() - 1);
+            let (tn, tr) = MMQ_TILES[tile];
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    rows.div_ceil(tr) as u32 * (n as u32).div_ceil(tn as u32 * MMQ_WARPS),
+                    1,
+                    1,
+                ),
+                block_dim: (32 * MMQ_WARPS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            (&kernels[tile], cfg)
         } else {
-            (&kernels[1], LARGE_TILE)
+            let (_, kernels) = self.matmul.iter().find(|(t, _)| *t == ty).ok_or_else(unsupported)?;
+            let (f, tile) = if rows <= SMALL_TILE {
+                (&kernels[0], SMALL_TILE)
+            } else {
+                (&kernels[1], LARGE_TILE)
+            };
+            let cfg = LaunchConfig {
+                grid_dim: ((n as u32).div_ceil(WARPS), rows.div_ceil(tile) as u32, 1),
+                block_dim: (32 * WARPS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            (f, cfg)
         };
         let (k, n, rows_i, row_bytes) = (k as i32, n as i32, rows as i32, row_bytes as i32);
-        let cfg = LaunchConfig {
-            grid_dim: ((n as u32).div_ceil(WARPS), rows.div_ceil(tile) as u32, 1),
-            block_dim: (32 * WARPS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let add = add.unwrap_or(0);
         let mut b = s.launch_builder(f);
         b.arg(&w).arg(&x).arg(&y).arg(&k).arg(&n).arg(&rows_i).arg(&row_bytes);
-        // SAFETY: the pointers hold [n, k] weights of `ty`, [rows, k] and [rows, n] f32s.
+        if quantized.is_some() {
+            b.arg(&add);
+        }
+        // SAFETY: the pointers hold [n, k] weights of `ty`, [rows, k] activations
+        // prepared for them and [rows, n] f32s (y and add).
         unsafe { b.launch(cfg) }.map(drop).map_err(driver)
     }
 
-    /// `y` is `x` (`n` values, a multiple of 32) rounded as activations for
-    /// weights of `ty` are quantized; None where `ty` (f32) takes them as they are.
-    pub fn round_activations(
+    /// `y` (`form.row_slots(k)` slots per row of `k`) is `x` (`n` values in
+    /// rows of a multiple of the form's block) as `form`; None for f32, which
+    /// is taken as it is.
+    pub fn prepare(
         &self,
         s: &Arc<CudaStream>,
-        ty: GgmlType,
+        form: Activations,
         x: Ptr,
         y: Ptr,
         n: usize,
     ) -> Option<Result<(), ComputeError>> {
-        let (mode, per_warp) = match ty {
-            GgmlType::F32 => return None,
-            GgmlType::F16 => (3i32, 32),
-            GgmlType::Bf16 => (4, 32),
-            _ if crate::compute::cpu::kquants::is_k_quant(ty) => (2, 256),
-            _ => (1, 32),
+        let (f, mode, per_warp) = match form {
+            Activations::F32 => return None,
+            Activations::F16 => (&self.round_activations, 3i32, 32),
+            Activations::Bf16 => (&self.round_activations, 4, 32),
+            Activations::Q8_0 => (&self.quantize_q8, 1, 32),
+            Activations::Q8K => (&self.quantize_q8, 2, 256),
         };
         let n_i = n as i32;
-        let mut b = s.launch_builder(&self.round_activations);
+        let mut b = s.launch_builder(f);
         b.arg(&x).arg(&y).arg(&n_i).arg(&mode);
         let warps = n.div_ceil(per_warp) as u32;
-        // SAFETY: x and y hold n f32s, n a multiple of the block (checked by the caller).
+        // SAFETY: x holds n f32s and y the slots of n values in `form`.
         Some(
             unsafe { b.launch(blocks(warps.div_ceil(4), 128)) }
                 .map(drop)
@@ -361,6 +445,16 @@ impl Kernels {
         // SAFETY: x holds rows * cols f32s, k rows i32s of at most max_k,
         // values and ids rows * max_k slots.
         unsafe { b.launch(blocks(rows as u32, 1024)) }.map(drop).map_err(driver)
+    }
+}
+
+impl Kernels {
+    /// Keeps the device busy for about `cycles` clock cycles (for profiling).
+    pub fn hold(&self, s: &Arc<CudaStream>, cycles: i64) -> Result<(), ComputeError> {
+        let mut b = s.launch_builder(&self.hold);
+        b.arg(&cycles);
+        // SAFETY: reads and writes nothing.
+        unsafe { b.launch(blocks(1, 1)) }.map(drop).map_err(driver)
     }
 }
 

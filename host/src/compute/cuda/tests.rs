@@ -7,6 +7,7 @@ use std::sync::Arc;
 use half::{bf16, f16};
 
 use super::CudaBackend;
+use super::kernels::Activations;
 use super::resident::ptr;
 use crate::compute::cpu::{CpuBackend, kquants, quant};
 use crate::compute::gguf::GgmlType;
@@ -61,15 +62,55 @@ const ALL_TYPES: [GgmlType; 13] = [
     GgmlType::Q6K,
 ];
 
+/// `x` prepared on the device for weights of `ty`, as the raw slots.
+fn gpu_prepared(b: &CudaBackend, ty: GgmlType, x: &[f32], k: usize) -> (Activations, Vec<f32>) {
+    let s = &b.stream;
+    let form = Activations::of(ty);
+    let xd = s.clone_htod(x).expect("upload");
+    let yd = s
+        .clone_htod(&vec![f32::NAN; x.len() / k * form.row_slots(k)])
+        .expect("upload");
+    match b.kernels.prepare(s, form, ptr(&xd, s), ptr(&yd, s), x.len()) {
+        Some(launched) => launched.expect("launch"),
+        None => return (form, x.to_vec()),
+    }
+    (form, s.clone_dtoh(&yd).expect("download"))
+}
+
+/// What prepared activations stand for, value by value.
+fn prepared_values(form: Activations, slots: &[f32], n: usize) -> Vec<f32> {
+    match form {
+        Activations::Q8_0 | Activations::Q8K => {
+            let bytes: Vec<u8> = slots.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let scales = &slots[n / 4..n / 4 + n / 32];
+            (0..n).map(|i| bytes[i] as i8 as f32 * scales[i / 32]).collect()
+        }
+        _ => slots.to_vec(),
+    }
+}
+
 fn gpu_matmul(b: &CudaBackend, ty: GgmlType, w: &[u8], x: &[f32], k: usize, n: usize) -> Vec<f32> {
     let s = &b.stream;
     let rows = x.len() / k;
-    let (wd, xd) = (s.clone_htod(w).expect("upload"), s.clone_htod(x).expect("upload"));
+    let (_, prepared) = gpu_prepared(b, ty, x, k);
+    let (wd, xd) = (
+        s.clone_htod(w).expect("upload"),
+        s.clone_htod(&prepared).expect("upload"),
+    );
     // Poisoned, so that a value the kernel does not write shows.
     let yd = s.clone_htod(&vec![f32::NAN; rows * n]).expect("upload");
     let row_bytes = ty.row_bytes(k).expect("whole blocks");
     b.kernels
-        .matmul(s, ty, ptr(&wd, s), ptr(&xd, s), ptr(&yd, s), (rows, k, n), row_bytes)
+        .matmul(
+            s,
+            ty,
+            ptr(&wd, s),
+            ptr(&xd, s),
+            ptr(&yd, s),
+            (rows, k, n),
+            row_bytes,
+            None,
+        )
         .expect("launch");
     s.clone_dtoh(&yd).expect("download")
 }
@@ -77,12 +118,16 @@ fn gpu_matmul(b: &CudaBackend, ty: GgmlType, w: &[u8], x: &[f32], k: usize, n: u
 #[test]
 fn matmul_of_every_type_equals_the_reference_dequantization() {
     let Some(b) = backend() else { return };
-    let (k, n) = (768, 37);
+    // 100 rows take every tiling; k is not a multiple of the staged 256.
+    let (k, n) = (768 + 256 + 32 * 3, 37);
     for (seed, ty) in ALL_TYPES.into_iter().enumerate() {
+        let k = if kquants::is_k_quant(ty) { 1024 } else { k };
         let w = weights(ty, k, n, seed as u64 + 1);
         let row_bytes = ty.row_bytes(k).expect("whole blocks");
-        let x = values(seed as u64 + 50, 13 * k);
+        let x = values(seed as u64 + 50, 100 * k);
         let y = gpu_matmul(&b, ty, &w, &x, k, n);
+        // The reference multiplies the activations as the CPU rounds them.
+        let x = cpu_rounded(ty, &x);
         let mut wrow = vec![0.0f32; k];
         for j in 0..n {
             quant::dequantize_row(ty, &w[j * row_bytes..(j + 1) * row_bytes], &mut wrow);
@@ -96,14 +141,21 @@ fn matmul_of_every_type_equals_the_reference_dequantization() {
                 );
             }
         }
-        // Each row alone gives the bits it gets among 13.
-        for (r, xr) in x.chunks_exact(k).enumerate().step_by(4) {
+        // Each row alone, or among 16, gives the bits it gets among 100.
+        let x = values(seed as u64 + 50, 100 * k);
+        let sixteen = gpu_matmul(&b, ty, &w, &x[..16 * k], k, n);
+        for (r, xr) in x.chunks_exact(k).enumerate().step_by(7) {
             let alone = gpu_matmul(&b, ty, &w, xr, k, n);
-            let same = alone
-                .iter()
-                .zip(&y[r * n..(r + 1) * n])
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{ty}: row {r} alone differs from row {r} of 13");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let among_100 = bits(&y[r * n..(r + 1) * n]);
+            assert_eq!(
+                bits(&alone),
+                among_100,
+                "{ty}: row {r} alone differs from row {r} of 100"
+            );
+            if r < 16 {
+                assert_eq!(bits(&sixteen[r * n..(r + 1) * n]), among_100, "{ty}: row {r} among 16");
+            }
         }
     }
 }
@@ -317,7 +369,6 @@ fn cpu_rounded(ty: GgmlType, x: &[f32]) -> Vec<f32> {
 #[test]
 fn activations_are_rounded_as_the_cpu_quantizes_them() {
     let Some(b) = backend() else { return };
-    let s = &b.stream;
     let mut x = values(9, 4 * 512);
     // Ties of magnitude with both signs: the first one gives q8_K its sign.
     x[300] = 3.0;
@@ -331,17 +382,20 @@ fn activations_are_rounded_as_the_cpu_quantizes_them() {
         GgmlType::F16,
         GgmlType::Bf16,
     ] {
-        let xd = s.clone_htod(&x).expect("upload");
-        let yd = s.clone_htod(&vec![f32::NAN; x.len()]).expect("upload");
-        b.kernels
-            .round_activations(s, ty, ptr(&xd, s), ptr(&yd, s), x.len())
-            .expect("a rounding type")
-            .expect("launch");
-        let got = s.clone_dtoh(&yd).expect("download");
+        let (form, slots) = gpu_prepared(&b, ty, &x, 512);
+        let got = prepared_values(form, &slots, x.len());
         let expected = cpu_rounded(ty, &x);
         for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
             // 0 and -0 (a zero quant times a negative scale) are the same.
             assert!(g.to_bits() == e.to_bits() || g == e, "{ty} value {i}: {g} vs {e}");
+        }
+        if matches!(form, Activations::Q8_0 | Activations::Q8K) {
+            let n = x.len();
+            let bytes: Vec<u8> = slots.iter().flat_map(|v| v.to_le_bytes()).collect();
+            for (g, sum) in slots[n / 4 + n / 32..].iter().enumerate() {
+                let expected: i32 = bytes[16 * g..16 * g + 16].iter().map(|&q| q as i8 as i32).sum();
+                assert_eq!(sum.to_bits() as i32, expected, "{ty}: the sum of values {}..", 16 * g);
+            }
         }
     }
 }

@@ -96,7 +96,11 @@ impl Lane {
     fn serve(self: Arc<Self>) {
         let mut free_since = Instant::now();
         while let Some(batch) = self.next_batch(free_since) {
-            self.execute(batch);
+            let started = Instant::now();
+            // An idle lane's wait for its first step is not gathering.
+            let first = batch.iter().map(|(w, _)| w.since).min().unwrap_or(started);
+            let gathering = started - first.max(free_since);
+            self.execute(batch, gathering);
             free_since = Instant::now();
         }
     }
@@ -198,7 +202,8 @@ impl Lane {
         batch
     }
 
-    fn execute(&self, batch: Vec<(Waiting, usize)>) {
+    fn execute(&self, batch: Vec<(Waiting, usize)>, gathering: Duration) {
+        let started = Instant::now();
         let graph = batch[0].0.step.graph.clone();
         let tokens: usize = batch.iter().map(|(_, n)| n).sum();
         let outcome = {
@@ -215,7 +220,7 @@ impl Lane {
                 .collect();
             catch_unwind(AssertUnwindSafe(|| self.backend.run_batch(&graph, &mut sequences)))
         };
-        self.counters.record(batch.len(), tokens);
+        self.counters.record(batch.len(), tokens, gathering, started.elapsed());
         let rows = match outcome {
             Ok(Ok(rows)) if rows.len() == batch.len() => Ok(rows),
             Ok(Ok(_)) => Err(ComputeError::Internal(

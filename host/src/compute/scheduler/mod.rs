@@ -169,12 +169,16 @@ impl Scheduler {
     }
 }
 
-/// Batches run so far, and the sequences and tokens in them.
+/// Batches run so far, the sequences and tokens in them, and where their
+/// lanes' time went: running them, and gathering them (from the later of the
+/// lane's previous batch's end and the first step's arrival, to the start).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchTotals {
     pub batches: u64,
     pub sequences: u64,
     pub tokens: u64,
+    pub running: Duration,
+    pub gathering: Duration,
 }
 
 #[derive(Default)]
@@ -182,13 +186,18 @@ struct Counters {
     batches: AtomicU64,
     sequences: AtomicU64,
     tokens: AtomicU64,
+    running_ns: AtomicU64,
+    gathering_ns: AtomicU64,
 }
 
 impl Counters {
-    fn record(&self, sequences: usize, tokens: usize) {
+    fn record(&self, sequences: usize, tokens: usize, gathering: Duration, running: Duration) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.sequences.fetch_add(sequences as u64, Ordering::Relaxed);
         self.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+        self.gathering_ns
+            .fetch_add(gathering.as_nanos() as u64, Ordering::Relaxed);
+        self.running_ns.fetch_add(running.as_nanos() as u64, Ordering::Relaxed);
     }
 
     fn totals(&self) -> BatchTotals {
@@ -196,6 +205,8 @@ impl Counters {
             batches: self.batches.load(Ordering::Relaxed),
             sequences: self.sequences.load(Ordering::Relaxed),
             tokens: self.tokens.load(Ordering::Relaxed),
+            running: Duration::from_nanos(self.running_ns.load(Ordering::Relaxed)),
+            gathering: Duration::from_nanos(self.gathering_ns.load(Ordering::Relaxed)),
         }
     }
 }

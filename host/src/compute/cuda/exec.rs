@@ -109,6 +109,7 @@ impl<'a, 'p> Exec<'a, 'p> {
             let node = &g.nodes[i];
             let before = if ops { Some(event().map_err(driver)?) } else { None };
             let residual = self.residual_after(g, i, &uses);
+            let quantized_norm = self.norm_for_matmuls(g, i, &values);
             let (value, done) = match residual {
                 Some(add) => {
                     let Node::Matmul { input, weight } = node else {
@@ -120,12 +121,19 @@ impl<'a, 'p> Exec<'a, 'p> {
                         .at;
                     (self.matmul(g, *input, *weight, &values, Some(add))?, 2)
                 }
-                None => (self.node(g, node, &values, inputs, rows)?, 1),
+                None => match quantized_norm {
+                    Some(form) => (self.norm_quantized(g, node, &values, i, form)?, 1),
+                    None => (self.node(g, node, &values, inputs, rows)?, 1),
+                },
             };
             if let Some(before) = before {
                 let after = event().map_err(driver)?;
                 let kind = profile::kind(g, node);
-                let kind = if done == 2 { kind + " + add" } else { kind };
+                let kind = match (done, quantized_norm) {
+                    (2, _) => kind + " + add",
+                    (_, Some(_)) => kind + " + q8",
+                    _ => kind,
+                };
                 self.op_events.push((kind, before, after));
             }
             // A matmul fused with the add after it leaves no value of its own.
@@ -295,6 +303,58 @@ impl<'a, 'p> Exec<'a, 'p> {
             _ => return None,
         };
         (uses[i] == 1 && self.kernels.adds_residual(g.tensor(weight).ggml_type)).then_some(other)
+    }
+
+    /// When node `i` is an RMS norm over whole rows whose every reader is a
+    /// quantized matmul taking the same q8 form, that form: the norm writes
+    /// it directly (one launch fewer; the same bits).
+    fn norm_for_matmuls(&self, g: &CompiledGraph, i: usize, values: &[Option<Value>]) -> Option<Activations> {
+        let Node::RmsNorm { input, group, .. } = g.nodes[i] else {
+            return None;
+        };
+        let x = values[input].as_ref()?;
+        let mut forms = g.nodes[i + 1..=g.last_use[i].max(i)]
+            .iter()
+            .filter(|n| crate::compute::graph::inputs(n).contains(&i))
+            .map(|n| match n {
+                Node::Matmul { weight, .. } => {
+                    let ty = g.tensor(*weight).ggml_type;
+                    Some(Activations::of(ty)).filter(|_| self.kernels.adds_residual(ty))
+                }
+                _ => None,
+            });
+        let form = forms.next()??;
+        let block = if form == Activations::Q8K { 256 } else { 32 };
+        let fits = matches!(form, Activations::Q8_0 | Activations::Q8K) && group == x.cols && group % block == 0;
+        (fits && forms.all(|f| f == Some(form))).then_some(form)
+    }
+
+    /// The norm `node` (value `id`) as the q8 `form` its readers take; its own
+    /// value is a stand-in with no f32s behind it.
+    fn norm_quantized(
+        &mut self,
+        g: &CompiledGraph,
+        node: &Node,
+        values: &[Option<Value>],
+        id: usize,
+        form: Activations,
+    ) -> Result<Value, ComputeError> {
+        let Node::RmsNorm { input, weight, eps, .. } = node else {
+            return Err(ComputeError::Internal("a fused norm that is not a norm".into()));
+        };
+        let x = values[*input]
+            .as_ref()
+            .ok_or_else(|| ComputeError::Internal(format!("value {input} was freed before it was read")))?;
+        let (rows, cols, at) = (x.rows, x.cols, x.at);
+        let w = match weight {
+            Some(w) => self.weights.vector(self.stream, g, *w)?,
+            None => 0,
+        };
+        let y = self.alloc(rows, form.row_slots(cols))?;
+        self.kernels
+            .rms_norm_q8(self.stream, at, y.at, w, (rows, cols), *eps, form)?;
+        self.prepared.insert((id, form), y);
+        Ok(Value::borrowed(0, rows, cols))
     }
 
     /// `x` (value `id`) as the matmul with weights of `ty` takes it.

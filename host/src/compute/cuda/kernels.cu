@@ -139,8 +139,13 @@ __device__ __forceinline__ int dp4a(u32 a, u32 b, int c) {
     return r;
 }
 
-__device__ __forceinline__ u32 bytes4(const u8* p) {
-    return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24);
+// Four bytes of a weight block, in one load where the block's layout keeps
+// them 4-byte aligned (a4), else in two (a2). Every tensor is its own device
+// allocation, and rows are whole blocks, so blocks keep their layout's alignment.
+__device__ __forceinline__ u32 bytes4_a4(const u8* p) { return *(const u32*)p; }
+__device__ __forceinline__ u32 bytes4_a2(const u8* p) {
+    const u16* h = (const u16*)p;
+    return (u32)h[0] | ((u32)h[1] << 16);
 }
 
 // Each byte of v (0..127) minus the byte of c, as int8, with no borrows between bytes.
@@ -159,7 +164,7 @@ struct Q4_0 {
         b[0] = b[1] = 0.0f;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            u32 v = bytes4(blk + 2 + 4 * i);
+            u32 v = bytes4_a2(blk + 2 + 4 * i);
             q[i] = sub_bytes(v & 0x0f0f0f0fu, 0x08080808u);
             q[i + 4] = sub_bytes((v >> 4) & 0x0f0f0f0fu, 0x08080808u);
         }
@@ -174,7 +179,7 @@ struct Q4_1 {
         b[0] = b[1] = half_at(blk + 2);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            u32 v = bytes4(blk + 4 + 4 * i);
+            u32 v = bytes4_a4(blk + 4 + 4 * i);
             q[i] = v & 0x0f0f0f0fu;
             q[i + 4] = (v >> 4) & 0x0f0f0f0fu;
         }
@@ -189,10 +194,10 @@ struct Q5 {
         a[0] = a[1] = half_at(blk);
         b[0] = b[1] = HAS_MIN ? half_at(blk + 2) : 0.0f;
         const u8* rest = blk + (HAS_MIN ? 4 : 2);
-        u32 qh = bytes4(rest);
+        u32 qh = HAS_MIN ? bytes4_a4(rest) : bytes4_a2(rest);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            u32 v = bytes4(rest + 4 + 4 * i);
+            u32 v = HAS_MIN ? bytes4_a4(rest + 4 + 4 * i) : bytes4_a2(rest + 4 + 4 * i);
             u32 lo = (v & 0x0f0f0f0fu) | fifth_bits(qh >> (4 * i));
             u32 hi = ((v >> 4) & 0x0f0f0f0fu) | fifth_bits(qh >> (16 + 4 * i));
             q[i] = HAS_MIN ? lo : sub_bytes(lo, 0x10101010u);
@@ -208,7 +213,7 @@ struct Q8_0 {
         a[0] = a[1] = half_at(blk);
         b[0] = b[1] = 0.0f;
 #pragma unroll
-        for (int i = 0; i < 8; i++) q[i] = bytes4(blk + 2 + 4 * i);
+        for (int i = 0; i < 8; i++) q[i] = bytes4_a2(blk + 2 + 4 * i);
     }
 };
 
@@ -228,7 +233,7 @@ struct Q2_K {
         }
         const u8* qs = blk + 16 + 32 * n;
 #pragma unroll
-        for (int i = 0; i < 8; i++) q[i] = (bytes4(qs + 4 * i) >> (2 * j)) & 0x03030303u;
+        for (int i = 0; i < 8; i++) q[i] = (bytes4_a4(qs + 4 * i) >> (2 * j)) & 0x03030303u;
     }
 };
 
@@ -250,8 +255,8 @@ struct Q3_K {
         const u8* qs = blk + 32 + 32 * n;
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            u32 low = (bytes4(qs + 4 * i) >> (2 * j)) & 0x03030303u;
-            u32 missing = (~bytes4(blk + 4 * i) >> (4 * n + j)) & 0x01010101u;
+            u32 low = (bytes4_a2(qs + 4 * i) >> (2 * j)) & 0x03030303u;
+            u32 missing = (~bytes4_a2(blk + 4 * i) >> (4 * n + j)) & 0x01010101u;
             q[i] = sub_bytes(low, missing << 2);
         }
     }
@@ -280,8 +285,8 @@ struct QK45 {
         const u8* qs = blk + (FIFTH_BIT ? 48 : 16) + 32 * j;
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            u32 v = (bytes4(qs + 4 * i) >> (4 * hi)) & 0x0f0f0f0fu;
-            if (FIFTH_BIT) v |= ((bytes4(blk + 16 + 4 * i) >> (2 * j + hi)) & 0x01010101u) << 4;
+            u32 v = (bytes4_a4(qs + 4 * i) >> (4 * hi)) & 0x0f0f0f0fu;
+            if (FIFTH_BIT) v |= ((bytes4_a4(blk + 16 + 4 * i) >> (2 * j + hi)) & 0x01010101u) << 4;
             q[i] = v;
         }
     }
@@ -302,8 +307,8 @@ struct Q6_K {
         const u8* qh = blk + 128 + 32 * n;
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            u32 nib = (bytes4(ql + 4 * i) >> (4 * (kk >> 1))) & 0x0f0f0f0fu;
-            u32 high = (bytes4(qh + 4 * i) >> (2 * kk)) & 0x03030303u;
+            u32 nib = (bytes4_a2(ql + 4 * i) >> (4 * (kk >> 1))) & 0x0f0f0f0fu;
+            u32 high = (bytes4_a2(qh + 4 * i) >> (2 * kk)) & 0x03030303u;
             q[i] = sub_bytes(nib | (high << 4), 0x20202020u);
         }
     }
@@ -359,26 +364,26 @@ __device__ void mmq(const u8* __restrict__ w, const u8* __restrict__ xq, float* 
         float a[TN][2], b[TN][2];
 #pragma unroll
         for (int t = 0; t < TN; t++) D::load(w + (size_t)min(j0 + t, n - 1) * row_bytes, blk, q[t], a[t], b[t]);
+        // Rows past the last are read as the last (and never written), so
+        // that no load waits on a branch.
 #pragma unroll
         for (int r = 0; r < TR; r++) {
-            if (r0 + r < rows) {
-                const size_t at = (size_t)(r0 + r) * nb + blk;
-                const uint4* xr = (const uint4*)(xq_words + at * 8);
-                const uint4 x0 = xr[0], x1 = xr[1];
-                const float d = xq_scales[at];
-                const int x0_sum = xq_sums[2 * at], x1_sum = xq_sums[2 * at + 1];
+            const size_t at = (size_t)min(r0 + r, rows - 1) * nb + blk;
+            const uint4* xr = (const uint4*)(xq_words + at * 8);
+            const uint4 x0 = xr[0], x1 = xr[1];
+            const float d = xq_scales[at];
+            const int x0_sum = xq_sums[2 * at], x1_sum = xq_sums[2 * at + 1];
 #pragma unroll
-                for (int t = 0; t < TN; t++) {
-                    int s0 = dp4a(q[t][0], x0.x, 0);
-                    s0 = dp4a(q[t][1], x0.y, s0);
-                    s0 = dp4a(q[t][2], x0.z, s0);
-                    s0 = dp4a(q[t][3], x0.w, s0);
-                    int s1 = dp4a(q[t][4], x1.x, 0);
-                    s1 = dp4a(q[t][5], x1.y, s1);
-                    s1 = dp4a(q[t][6], x1.z, s1);
-                    s1 = dp4a(q[t][7], x1.w, s1);
-                    acc[t][r] = block_dot<D>(acc[t][r], s0, s1, a[t], b[t], d, x0_sum, x1_sum);
-                }
+            for (int t = 0; t < TN; t++) {
+                int s0 = dp4a(q[t][0], x0.x, 0);
+                s0 = dp4a(q[t][1], x0.y, s0);
+                s0 = dp4a(q[t][2], x0.z, s0);
+                s0 = dp4a(q[t][3], x0.w, s0);
+                int s1 = dp4a(q[t][4], x1.x, 0);
+                s1 = dp4a(q[t][5], x1.y, s1);
+                s1 = dp4a(q[t][6], x1.z, s1);
+                s1 = dp4a(q[t][7], x1.w, s1);
+                acc[t][r] = block_dot<D>(acc[t][r], s0, s1, a[t], b[t], d, x0_sum, x1_sum);
             }
         }
     }
@@ -460,21 +465,21 @@ __device__ __forceinline__ int half_warp_sum(int v) {
     return v;
 }
 
-extern "C" __global__ void quantize_q8(const float* x, u8* out, int n, int mode) {
+// One warp quantizes the block of values at `base` (32 in mode 1, 256 in
+// mode 2) of q8 rows of `n` values at `out`; value(i) is value i.
+template <typename F>
+__device__ __forceinline__ void quantize_block(F value, size_t base, u8* out, int n, int mode) {
     int lane = threadIdx.x & 31;
-    size_t warp = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     i8* qs = (i8*)out;
     float* scales = (float*)(out + n);
     int* sums = (int*)(scales + n / 32);
     if (mode == 2) {
-        size_t base = warp * 256;
-        if (base >= (size_t)n) return;
         float v[8];
         float amax = 0.0f, mx = 0.0f;
         int at = 1 << 30;
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            v[i] = x[base + lane + 32 * i];
+            v[i] = value(base + lane + 32 * i);
             float a = fabsf(v[i]);
             if (a > amax) {
                 amax = a;
@@ -505,9 +510,8 @@ extern "C" __global__ void quantize_q8(const float* x, u8* out, int n, int mode)
         }
         if (lane < 8) scales[base / 32 + lane] = d;
     } else {
-        size_t i = warp * 32 + lane;
-        if (warp * 32 >= (size_t)n) return;
-        float v = x[i];
+        size_t i = base + lane;
+        float v = value(i);
         float amax = fabsf(v);
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
@@ -516,8 +520,15 @@ extern "C" __global__ void quantize_q8(const float* x, u8* out, int n, int mode)
         qs[i] = (i8)q;
         int s = half_warp_sum(q);
         if ((lane & 15) == 0) sums[i / 16] = s;
-        if (lane == 0) scales[warp] = f16_to_f32(f32_to_f16(amax / 127.0f));
+        if (lane == 0) scales[base / 32] = f16_to_f32(f32_to_f16(amax / 127.0f));
     }
+}
+
+extern "C" __global__ void quantize_q8(const float* x, u8* out, int n, int mode) {
+    size_t warp = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    size_t base = warp * (mode == 2 ? 256 : 32);
+    if (base >= (size_t)n) return;
+    quantize_block([&](size_t i) { return x[i]; }, base, out, n, mode);
 }
 
 // ---- Activations rounded as the CPU backend rounds them for f16 (mode 3)
@@ -537,12 +548,10 @@ extern "C" __global__ void round_activations(const float* x, float* y, int n, in
 
 // ---- Row-wise ops.
 
-// One block per group of `group` values; the sum of squares in f64 as the CPU
-// backend takes it.
-extern "C" __global__ void rms_norm(const float* x, float* y, const float* weight, int group, float eps) {
+// The RMS norm's factor for a block's group of `group` values: the sum of
+// squares in f64 as the CPU backend takes it.
+__device__ float rms_scale(const float* xs, int group, float eps) {
     __shared__ double partial[32];
-    const float* xs = x + (size_t)blockIdx.x * group;
-    float* ys = y + (size_t)blockIdx.x * group;
     double s = 0.0;
     for (int i = threadIdx.x; i < group; i += blockDim.x) s += (double)(xs[i] * xs[i]);
 #pragma unroll
@@ -555,9 +564,33 @@ extern "C" __global__ void rms_norm(const float* x, float* y, const float* weigh
         partial[0] = total;
     }
     __syncthreads();
-    float scale = 1.0f / sqrtf((float)(partial[0] / group) + eps);
+    return 1.0f / sqrtf((float)(partial[0] / group) + eps);
+}
+
+// One block per group of `group` values.
+extern "C" __global__ void rms_norm(const float* x, float* y, const float* weight, int group, float eps) {
+    const float* xs = x + (size_t)blockIdx.x * group;
+    float* ys = y + (size_t)blockIdx.x * group;
+    float scale = rms_scale(xs, group, eps);
     for (int i = threadIdx.x; i < group; i += blockDim.x)
         ys[i] = weight ? xs[i] * scale * weight[i] : xs[i] * scale;
+}
+
+// rms_norm, then quantize_q8 of its output (`n` values in all): one block per
+// row (the group), its warps taking its q8 blocks in turn. The same bits as
+// the two kernels, one launch and no f32 output.
+extern "C" __global__ void rms_norm_q8(const float* x, u8* out, const float* weight, int group, float eps, int n,
+                                       int mode) {
+    size_t row = blockIdx.x;
+    const float* xs = x + row * group;
+    float scale = rms_scale(xs, group, eps);
+    int block = mode == 2 ? 256 : 32;
+    auto normed = [&](size_t i) {
+        size_t c = i - row * group;
+        return weight ? xs[c] * scale * weight[c] : xs[c] * scale;
+    };
+    for (int b = threadIdx.x >> 5; b < group / block; b += blockDim.x >> 5)
+        quantize_block(normed, row * group + (size_t)b * block, out, n, mode);
 }
 
 extern "C" __global__ void add(const float* a, const float* b, float* y, int n) {
@@ -654,16 +687,19 @@ extern "C" __global__ void kv_append(const float* k, const float* v, const u64* 
 // Attention of one query row and head (block (row, head), ATTN_WARPS warps) over
 // its sequence's positions lo..=pos, lo = pos + 1 - window for a sliding
 // window, rounded where llama.cpp rounds (the query and the softmax weights to
-// f16, as its f16 KV products take them). Three passes over the keys, each
-// warp taking every ATTN_WARPS-th position: the maximum score, the sum of the
-// exponentials (in f64), then the weighted values. head_dim <= 256 and a
-// multiple of 32.
+// f16, as its f16 KV products take them). Three passes over the positions,
+// each warp taking every ATTN_WARPS-th: the scores and their maximum, the sum
+// of the exponentials (in f64), then the weighted values. The first
+// ATTN_CACHED scores are kept in shared memory for the later passes, the rest
+// computed again (the same bits). head_dim <= 256 and a multiple of 32.
+#define ATTN_CACHED 4096
 extern "C" __global__ void attention(const float* q, float* out, const u64* keys, const u64* values, const int* pos,
                                      int layers, int layer, int n_head, int n_kv_head, int head_dim, float scale,
                                      int window) {
     __shared__ float part_max[ATTN_WARPS];
     __shared__ double part_sum[ATTN_WARPS];
     __shared__ float part_acc[ATTN_WARPS][256];
+    __shared__ float cached[ATTN_CACHED];
     int row = blockIdx.x, h = blockIdx.y;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int per_lane = head_dim >> 5;
@@ -690,20 +726,25 @@ extern "C" __global__ void attention(const float* q, float* out, const u64* keys
         return warp_sum(s) * scale;
     };
     float m = __int_as_float(0xff800000);  // -inf
-    for (int t = lo + warp; t <= p; t += ATTN_WARPS) m = fmaxf(m, score(t));
+    for (int t = lo + warp; t <= p; t += ATTN_WARPS) {
+        float st = score(t);
+        if (t - lo < ATTN_CACHED && lane == 0) cached[t - lo] = st;
+        m = fmaxf(m, st);
+    }
+    auto score_again = [&](int t) { return t - lo < ATTN_CACHED ? cached[t - lo] : score(t); };
     if (lane == 0) part_max[warp] = m;
     __syncthreads();
     float mx = part_max[0];
     for (int w = 1; w < ATTN_WARPS; w++) mx = fmaxf(mx, part_max[w]);
     double l = 0.0;
-    for (int t = lo + warp; t <= p; t += ATTN_WARPS) l += (double)expf(score(t) - mx);
+    for (int t = lo + warp; t <= p; t += ATTN_WARPS) l += (double)expf(score_again(t) - mx);
     if (lane == 0) part_sum[warp] = l;
     __syncthreads();
     double total = 0.0;
     for (int w = 0; w < ATTN_WARPS; w++) total += part_sum[w];
     float inv = (float)(1.0 / total);
     for (int t = lo + warp; t <= p; t += ATTN_WARPS) {
-        float weight = f16_to_f32(f32_to_f16(expf(score(t) - mx) * inv));
+        float weight = f16_to_f32(f32_to_f16(expf(score_again(t) - mx) * inv));
         const u16* vt = vbase + (size_t)t * stride;
 #pragma unroll
         for (int i = 0; i < 8; i++)

@@ -88,6 +88,7 @@ pub struct Kernels {
     /// Per quantized weight type, its kernels for MMQ_TILES.
     mmq: Vec<(GgmlType, [CudaFunction; 3])>,
     quantize_q8: CudaFunction,
+    rms_norm_q8: CudaFunction,
     round_activations: CudaFunction,
     rms_norm: CudaFunction,
     add: CudaFunction,
@@ -141,6 +142,7 @@ impl Kernels {
             matmul,
             mmq,
             quantize_q8: f("quantize_q8")?,
+            rms_norm_q8: f("rms_norm_q8")?,
             round_activations: f("round_activations")?,
             rms_norm: f("rms_norm")?,
             add: f("add")?,
@@ -275,6 +277,40 @@ impl Kernels {
         b.arg(&x).arg(&y).arg(&weight).arg(&group).arg(&eps);
         // SAFETY: x and y hold groups * group f32s, weight group or none.
         unsafe { b.launch(blocks(groups as u32, threads)) }
+            .map(drop)
+            .map_err(driver)
+    }
+
+    /// `rms_norm` of `rows` rows of `group` values, written only as q8 rows
+    /// of `form` (Q8_0 or Q8K) into `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm_q8(
+        &self,
+        s: &Arc<CudaStream>,
+        x: Ptr,
+        out: Ptr,
+        weight: Ptr,
+        (rows, group): (usize, usize),
+        eps: f32,
+        form: Activations,
+    ) -> Result<(), ComputeError> {
+        let mode = match form {
+            Activations::Q8_0 => 1i32,
+            Activations::Q8K => 2,
+            _ => return Err(ComputeError::Internal(format!("no fused norm for {form:?}"))),
+        };
+        let (group_i, n) = (group as i32, (rows * group) as i32);
+        let mut b = s.launch_builder(&self.rms_norm_q8);
+        b.arg(&x)
+            .arg(&out)
+            .arg(&weight)
+            .arg(&group_i)
+            .arg(&eps)
+            .arg(&n)
+            .arg(&mode);
+        // SAFETY: x holds rows * group f32s, weight group or none, out the q8
+        // rows of rows * group values; group is a multiple of the form's block.
+        unsafe { b.launch(blocks(rows as u32, THREADS)) }
             .map(drop)
             .map_err(driver)
     }

@@ -28,24 +28,26 @@ SRC="$REF/src/llama_cpp_python-$PKG_VERSION/vendor/llama.cpp"
 BUILD="$REF/build"
 BIN="$BUILD/bin"
 
-# Builds the given cmake targets (e.g. llama llama-bench) of the reference llama.cpp.
-llama_cpp_build() {
-  command -v cmake >/dev/null || { echo "cmake not found (pip install cmake, or apt-get install cmake)" >&2; return 1; }
-
-  # (a) download the sdist
+# Downloads (once) and extracts (once) the sdist: llama.cpp's source in $SRC.
+llama_cpp_fetch() {
   mkdir -p "$REF/dl"
   if [ ! -f "$REF/dl/$SDIST" ]; then
     python3 -m pip download --no-deps --no-binary "$PKG" "$PKG==$PKG_VERSION" -d "$REF/dl"
   fi
   echo "$SDIST_SHA256  $REF/dl/$SDIST" | sha256sum -c --quiet
 
-  # (b) extract
   if [ ! -f "$SRC/include/llama.h" ]; then
     mkdir -p "$REF/src"
     tar -xzf "$REF/dl/$SDIST" -C "$REF/src"
   fi
+}
 
-  # (c) configure once, build what is asked for
+# Builds the given cmake targets (e.g. llama llama-bench) of the reference llama.cpp.
+llama_cpp_build() {
+  command -v cmake >/dev/null || { echo "cmake not found (pip install cmake, or apt-get install cmake)" >&2; return 1; }
+  llama_cpp_fetch
+
+  # configure once, build what is asked for
   if [ ! -f "$BUILD/CMakeCache.txt" ]; then
     local gen=()
     command -v ninja >/dev/null && gen=(-G Ninja)

@@ -2,7 +2,11 @@
 //! one, or, for a decode step (one token per sequence), replayed from a CUDA
 //! graph captured the first time a decode batch of that size ran. A launch
 //! costs the host microseconds, and a step has hundreds of ops: a replay is
-//! one launch for all of them.
+//! one launch for all of them. Decode batches are padded to a few sizes
+//! (1, 2, 4, 8, then multiples of 8) with rows of their own one-position
+//! caches, so that tenants coming and going do not make a capture (tens of
+//! ms) of every size in between; the rows are independent, so the padding
+//! changes no real row's bits.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Weak};
@@ -16,7 +20,7 @@ use super::kernels::{Kernels, KvRows};
 use super::resident::{BufferPool, DeviceWeights, kv_stores, ptr};
 use crate::compute::graph::{CompiledGraph, Node, TensorId};
 use crate::compute::weights::ModelFile;
-use crate::compute::{ComputeError, OutputKind, Rows, Sequence, StepOutput};
+use crate::compute::{Budget, ComputeError, KvCache, OutputKind, Rows, Sequence, StepOutput};
 
 /// `REALM_CUDA_GRAPHS=0` launches every op of every step (for comparison).
 static GRAPHS: LazyLock<bool> = LazyLock::new(|| std::env::var("REALM_CUDA_GRAPHS").as_deref() != Ok("0"));
@@ -32,9 +36,22 @@ pub struct Device<'a> {
     pub plans: &'a mut Plans,
 }
 
-/// Decode steps captured as CUDA graphs, by program, model file and batch size.
+/// Decode steps captured as CUDA graphs, by program, model file and batch
+/// size; and the padding rows' caches.
 #[derive(Default)]
-pub struct Plans(HashMap<(u64, usize, usize), Plan>);
+pub struct Plans {
+    plans: HashMap<(u64, usize, usize), Plan>,
+    pads: Vec<KvCache>,
+}
+
+/// The batch size a decode batch of `n` runs as.
+fn padded(n: usize) -> usize {
+    if n <= 8 {
+        n.next_power_of_two()
+    } else {
+        n.next_multiple_of(8)
+    }
+}
 
 /// A captured decode step: its graph and everything the graph reads and writes.
 struct Plan {
@@ -58,6 +75,9 @@ pub fn run(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Resu
     // Ops profiling synchronizes after each op, which a capture cannot hold.
     let capture = *GRAPHS && *super::profile::MODE != super::profile::Mode::Ops;
     let decode = capture && batch.iter().all(|s| s.tokens.len() == 1);
+    if decode && padded(batch.len()) > batch.len() {
+        return run_padded(d, g, batch);
+    }
     if !decode {
         let inputs = DeviceInputs::upload(d.stream, &host)?;
         let mut exec = Exec::new(d.stream, d.kernels, d.weights, Buffers::Pool(d.pool));
@@ -65,7 +85,7 @@ pub fn run(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Resu
         return exec.finish(out, &kinds);
     }
     let key = (g.fingerprint, Arc::as_ptr(&g.model) as usize, batch.len());
-    if let Some(plan) = d.plans.0.get_mut(&key)
+    if let Some(plan) = d.plans.plans.get_mut(&key)
         && plan.model.upgrade().is_some_and(|m| Arc::ptr_eq(&m, &g.model))
     {
         plan.inputs.write(d.stream, &host)?;
@@ -90,8 +110,8 @@ pub fn run(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Resu
         .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
     match (captured, graph) {
         (Ok(out), Ok(Some(graph))) => {
-            if d.plans.0.len() >= MOST_PLANS {
-                d.plans.0.clear();
+            if d.plans.plans.len() >= MOST_PLANS {
+                d.plans.plans.clear();
             }
             let plan = Plan {
                 model: Arc::downgrade(&g.model),
@@ -100,7 +120,7 @@ pub fn run(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Resu
                 _buffers: kept,
                 output: (out.at, out.rows, out.cols),
             };
-            d.plans.0.insert(key, plan);
+            d.plans.plans.insert(key, plan);
         }
         (captured, graph) => {
             let why = captured
@@ -114,6 +134,50 @@ pub fn run(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Resu
         }
     }
     Ok(result)
+}
+
+/// A decode batch run as `padded(len)` rows, the padding rows each a
+/// one-token step at position 0 of a cache of its own; their outputs dropped.
+fn run_padded(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<StepOutput>, ComputeError> {
+    let (layers, width) = (batch[0].cache.layers(), batch[0].cache.width());
+    let extra = padded(batch.len()) - batch.len();
+    let mut pads = std::mem::take(&mut d.plans.pads);
+    pads.retain(|c| c.layers() == layers && c.width() == width);
+    while pads.len() < extra {
+        let bytes = KvCache::bytes_for(layers, width as u32, 1);
+        let charge = Budget::unlimited("padding rows").charge(bytes)?;
+        pads.push(KvCache::new(layers, width as u32, 1, charge));
+    }
+    const PAD_TOKEN: [u32; 1] = [0];
+    let mut all: Vec<Sequence<'_>> = batch
+        .iter_mut()
+        .map(|s| Sequence {
+            cache: &mut *s.cache,
+            tokens: s.tokens,
+            start: s.start,
+            output: s.output,
+        })
+        .chain(pads.iter_mut().take(extra).map(|cache| Sequence {
+            cache,
+            tokens: &PAD_TOKEN,
+            start: 0,
+            output: OutputKind::TopK(1),
+        }))
+        .collect();
+    let plans = &mut *d.plans;
+    let device = Device {
+        stream: d.stream,
+        kernels: d.kernels,
+        weights: d.weights,
+        pool: d.pool,
+        plans,
+    };
+    let outputs = run(device, g, &mut all);
+    drop(all);
+    plans.pads = pads;
+    let mut outputs = outputs?;
+    outputs.truncate(batch.len());
+    Ok(outputs)
 }
 
 /// What a step reads, on the host: the per-row tables and each embedding

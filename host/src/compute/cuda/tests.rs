@@ -354,6 +354,65 @@ fn a_graph_on_the_gpu_matches_the_cpu_backend_and_its_rows_alone() {
     assert_eq!(bits(&decodes[1]), bits(&alone[5]), "B's first decode batched");
 }
 
+/// One step of each of `caches`' sequences (at `starts`), all in one batch;
+/// each one's logits.
+fn decode_batch(
+    gpu: &CudaBackend,
+    g: &CompiledGraph,
+    caches: &mut [KvCache],
+    starts: &[u32],
+    tokens: &[u32],
+) -> Vec<Vec<f32>> {
+    let mut batch: Vec<Sequence> = caches
+        .iter_mut()
+        .zip(starts)
+        .zip(tokens)
+        .map(|((cache, &start), token)| Sequence {
+            cache,
+            tokens: std::slice::from_ref(token),
+            start,
+            output: OutputKind::Logits,
+        })
+        .collect();
+    let out = gpu.run_batch(g, &mut batch).expect("step");
+    out.into_iter().map(StepOutput::logits).collect()
+}
+
+#[test]
+fn a_padded_decode_batch_gives_each_row_its_bits_alone() {
+    let Some(gpu) = backend() else { return };
+    let (_file, g) = tiny_program();
+    // Three sequences: their decode batches run padded to four rows.
+    let prompts: [&[u32]; 3] = [&[3, 14, 15], &[7, 1], &[9, 2, 6, 5]];
+    let (mut alone, mut together): (Vec<KvCache>, Vec<KvCache>) = (
+        prompts.iter().map(|_| cache()).collect(),
+        prompts.iter().map(|_| cache()).collect(),
+    );
+    for caches in [&mut alone, &mut together] {
+        for (cache, prompt) in caches.iter_mut().zip(prompts) {
+            let mut batch = [Sequence {
+                cache,
+                tokens: prompt,
+                start: 0,
+                output: OutputKind::Logits,
+            }];
+            gpu.run_batch(&g, &mut batch).expect("prompt");
+        }
+    }
+    let mut starts: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    // The first batch is captured as a graph, the second replays it.
+    for tokens in [[11u32, 22, 33], [44, 4, 40]] {
+        let batched = decode_batch(&gpu, &g, &mut together, &starts, &tokens);
+        assert_eq!(batched.len(), 3, "one output per real sequence");
+        for (i, row) in batched.iter().enumerate() {
+            let single = decode_batch(&gpu, &g, &mut alone[i..=i], &starts[i..=i], &tokens[i..=i]);
+            assert_eq!(bits(row), bits(&single[0]), "sequence {i} at {}", starts[i]);
+        }
+        starts.iter_mut().for_each(|s| *s += 1);
+    }
+}
+
 /// What the CPU backend's quantized activations stand for, value by value.
 fn cpu_rounded(ty: GgmlType, x: &[f32]) -> Vec<f32> {
     use crate::compute::cpu::activations::{Activations, quantize};

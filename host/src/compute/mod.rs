@@ -192,13 +192,31 @@ pub fn shape_output(logits: Vec<f32>, kind: OutputKind) -> StepOutput {
 }
 
 /// The `k` largest logits, descending; the lower id first among equals.
+/// The k up to which `top_k` scans once instead of selecting.
+const SCANNED_K: usize = 256;
+
 pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    let mut all: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-    let k = k.min(all.len());
+    let k = k.min(logits.len());
     if k == 0 {
         return Vec::new();
     }
+    if k <= SCANNED_K {
+        // One pass keeping the best k in order: past the first k values,
+        // almost every value loses its one comparison with the k-th.
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+        for (i, &l) in logits.iter().enumerate() {
+            let candidate = (i as u32, l);
+            if best.len() == k && order(&candidate, &best[k - 1]).is_ge() {
+                continue;
+            }
+            let at = best.partition_point(|b| order(b, &candidate).is_lt());
+            best.insert(at, candidate);
+            best.truncate(k);
+        }
+        return best;
+    }
+    let mut all: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
     if k < all.len() {
         all.select_nth_unstable_by(k - 1, order);
         all.truncate(k);
@@ -215,5 +233,17 @@ mod tests {
         assert_eq!(super::top_k(&logits, 3), vec![(1, 3.0), (3, 3.0), (4, 2.0)]);
         assert_eq!(super::top_k(&logits, 1), vec![(1, 3.0)]);
         assert_eq!(super::top_k(&logits, 9).len(), 5);
+    }
+
+    #[test]
+    fn the_scan_and_the_selection_agree() {
+        // Few distinct values: ties everywhere, broken by the lower id.
+        let logits: Vec<f32> = (0..5000u32).map(|i| ((i * 7919) % 13) as f32 - 6.0).collect();
+        for k in [1, 2, 40, 256, 257, 1000] {
+            let mut all: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+            all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            all.truncate(k);
+            assert_eq!(super::top_k(&logits, k), all, "k {k}");
+        }
     }
 }

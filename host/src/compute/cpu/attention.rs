@@ -311,36 +311,53 @@ fn head_attention_impl<const SIMD: bool>(
     for e in &mut p[done..] {
         *e = f16::from_f32(*e * inv).to_f32();
     }
+    // The outputs in chunks of OUT_CHUNK, each with its own accumulators:
+    // every output gets the same operations in the same order as with one
+    // chunk, but the accumulators (arr x 16 lanes per output) stay in L1.
     let arr = kqv.accumulators();
-    let mut acc = vec![0.0f32; arr * LANES * hd];
-    for (t, &w) in (first..=position).zip(&p) {
-        let slot = ((t / LANES) % arr) * LANES + t % LANES;
-        let acc = &mut acc[slot * hd..][..hd];
-        for (o, &v) in acc.iter_mut().zip(&cache.values[at(t)..][..hd]) {
-            *o = v.mul_add(w, *o);
+    let mut buffer = [0.0f32; VEC_DOT_ARR * LANES * OUT_CHUNK];
+    for d0 in (0..hd).step_by(OUT_CHUNK) {
+        let n = OUT_CHUNK.min(hd - d0);
+        let acc = &mut buffer[..arr * LANES * n];
+        acc.fill(0.0);
+        for (t, &w) in (first..=position).zip(&p) {
+            let slot = ((t / LANES) % arr) * LANES + t % LANES;
+            let acc = &mut acc[slot * n..][..n];
+            for (o, &v) in acc.iter_mut().zip(&cache.values[at(t) + d0..][..n]) {
+                *o = v.mul_add(w, *o);
+            }
         }
+        reduce_lanes(kqv, acc, n, &mut out[d0..d0 + n]);
     }
-    // Each output's lanes reduced (`reduce16`, after `combine4` for VecDot)
-    // with the same adds, done for all `hd` outputs at once, row by row.
+}
+
+/// Outputs per chunk of the weighted sum of values.
+const OUT_CHUNK: usize = 32;
+
+/// Each of `n` outputs' lanes (`acc`: [arr][LANES][n]) reduced into `out`
+/// (`reduce16`, after `combine4` for VecDot) with the same adds, done for all
+/// `n` outputs at once, row by row.
+#[inline(always)]
+fn reduce_lanes(kqv: Order, acc: &mut [f32], n: usize, out: &mut [f32]) {
     if kqv == Order::VecDot {
-        let (a01, a23) = acc.split_at_mut(2 * LANES * hd);
-        let (a0, a1) = a01.split_at_mut(LANES * hd);
-        let (a2, a3) = a23.split_at(LANES * hd);
+        let (a01, a23) = acc.split_at_mut(2 * LANES * n);
+        let (a0, a1) = a01.split_at_mut(LANES * n);
+        let (a2, a3) = a23.split_at(LANES * n);
         for (((x0, x1), x2), x3) in a0.iter_mut().zip(a1.iter()).zip(a2).zip(a3) {
             *x0 = (*x0 + *x2) + (*x1 + *x3);
         }
     }
-    let (lo, hi) = acc[..LANES * hd].split_at_mut(8 * hd);
+    let (lo, hi) = acc[..LANES * n].split_at_mut(8 * n);
     for (a, b) in lo.iter_mut().zip(hi.iter()) {
         *a += *b;
     }
-    let (lo, hi) = acc[..8 * hd].split_at_mut(4 * hd);
+    let (lo, hi) = acc[..8 * n].split_at_mut(4 * n);
     for (a, b) in lo.iter_mut().zip(hi.iter()) {
         *a += *b;
     }
-    let (s01, s23) = acc[..4 * hd].split_at(2 * hd);
-    let (s0, s1) = s01.split_at(hd);
-    let (s2, s3) = s23.split_at(hd);
+    let (s01, s23) = acc[..4 * n].split_at(2 * n);
+    let (s0, s1) = s01.split_at(n);
+    let (s2, s3) = s23.split_at(n);
     for ((((o, x0), x1), x2), x3) in out.iter_mut().zip(s0).zip(s1).zip(s2).zip(s3) {
         *o = (x0 + x2) + (x1 + x3);
     }

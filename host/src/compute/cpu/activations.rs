@@ -145,6 +145,30 @@ pub fn dot(ty: GgmlType, row: &[u8], x: &Activations) -> f32 {
     }
 }
 
+/// `dot(ty, row, xs[r])` into `out[r]`: each row exactly as alone, four at a
+/// time where a kernel shares the weight row's unpacking in that order (the
+/// K-quants' decode rows of several sequences).
+pub fn dot_each(ty: GgmlType, row: &[u8], xs: &[&Activations], out: &mut [f32]) {
+    let mut done = 0;
+    for (quad, o) in xs.chunks_exact(4).zip(out.chunks_exact_mut(4)) {
+        let result = match *quad {
+            [
+                Activations::Q8K(a),
+                Activations::Q8K(b),
+                Activations::Q8K(c),
+                Activations::Q8K(d),
+            ] => super::ksimd::rows_dot4_alone(ty, row, [a, b, c, d]),
+            _ => None,
+        };
+        let Some(result) = result else { break };
+        o.copy_from_slice(&result);
+        done += 4;
+    }
+    for (o, x) in out[done..].iter_mut().zip(&xs[done..]) {
+        *o = dot(ty, row, x);
+    }
+}
+
 /// `row . xs[r]` into `out[r]` for every activation row: four rows at a time
 /// where a kernel shares the weight row's unpacking between them, else one by
 /// one. The results are `dot`'s, except where llama.cpp orders a product of

@@ -55,6 +55,25 @@ pub fn row_kernel(ty: GgmlType) -> Option<RowKernel> {
     None
 }
 
+/// `row_dot` of four activation rows, each exactly as alone (the single-row
+/// order), each super-block unpacked once; None where no such kernel exists
+/// (the caller then takes `row_dot` row by row).
+pub fn rows_dot4_alone(ty: GgmlType, row: &[u8], x: [&[BlockQ8K]; 4]) -> Option<[f32; 4]> {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        // SAFETY: as `row_dot`; block `b` of the row pairs with block `b` of each `x[r]`.
+        return unsafe {
+            match ty {
+                GgmlType::Q4K => Some(x86::rows4_q4k_gemv(row, x)),
+                GgmlType::Q6K => Some(x86::rows4_q6k(row, x)),
+                _ => None,
+            }
+        };
+    }
+    let _ = (ty, row, x);
+    None
+}
+
 /// `row_dot` for four activation rows, each super-block unpacked once: per
 /// row bit-identical to `row_dot` (and so to the portable loop).
 pub fn rows_dot4(ty: GgmlType, row: &[u8], x: [&[BlockQ8K]; 4]) -> Option<[f32; 4]> {
@@ -194,20 +213,48 @@ mod x86 {
     /// whole super-block per step).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn row_q4k(row: &[u8], x: &[BlockQ8K]) -> f32 {
+        rows_q4k_gemv::<1>(row, [x])[0]
+    }
+
+    /// `row_q4k` for four activation rows (each as if alone), each
+    /// super-block's nibbles and scales unpacked once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows4_q4k_gemv(row: &[u8], x: [&[BlockQ8K]; 4]) -> [f32; 4] {
+        rows_q4k_gemv::<4>(row, x)
+    }
+
+    /// Q4_K for `N` rows in `row_q4k`'s order: per super-block and row, the
+    /// integer sums (exact) and two fused f32 steps.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn rows_q4k_gemv<const N: usize>(row: &[u8], x: [&[BlockQ8K]; N]) -> [f32; N] {
         let m4 = _mm256_set1_epi8(0x0F);
-        let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
-        for (b, y) in row.chunks_exact(Q4K_BYTES).zip(x) {
+        let (mut acc, mut acc_min) = ([0.0f32; N], [0.0f32; N]);
+        for (i, b) in row.chunks_exact(Q4K_BYTES).enumerate() {
             let (bd, bmin) = f16_pair(b, 0);
             let (sc, mn) = scales_mins(&b[4..16]);
-            let summ = hsum4(mins_by_sums(&mn, y));
-            let mut sumi = _mm256_setzero_si256();
-            for j in 0..4 {
-                sumi = _mm256_add_epi32(sumi, q4k_sub_block(b, y, j, &sc, m4));
+            // Sub-block j: its low and high nibbles (groups 2j and 2j + 1).
+            let nibbles: [(__m256i, __m256i); 4] = std::array::from_fn(|j| {
+                let bits = load(b, 16 + 32 * j);
+                (
+                    _mm256_and_si256(bits, m4),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4),
+                )
+            });
+            for r in 0..N {
+                let y = &x[r][i];
+                let summ = hsum4(mins_by_sums(&mn, y));
+                let mut sumi = _mm256_setzero_si256();
+                for (j, &(lo, hi)) in nibbles.iter().enumerate() {
+                    let p_lo = scaled(splat16(sc[2 * j]), lo, load_q8(y, 64 * j));
+                    let p_hi = scaled(splat16(sc[2 * j + 1]), hi, load_q8(y, 64 * j + 32));
+                    sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+                }
+                acc[r] = (bd * y.d).mul_add(hsum(sumi) as f32, acc[r]);
+                acc_min[r] = (bmin * y.d).mul_add(summ as f32, acc_min[r]);
             }
-            acc = (bd * y.d).mul_add(hsum(sumi) as f32, acc);
-            acc_min = (bmin * y.d).mul_add(summ as f32, acc_min);
         }
-        acc - acc_min
+        std::array::from_fn(|r| acc[r] - acc_min[r])
     }
 
     /// The scaled products of sub-block `j` (values `64j..64j + 64`, groups of

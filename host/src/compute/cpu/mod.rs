@@ -495,6 +495,9 @@ pub fn matmul_rows(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32]) -> Vec
     matmul_spans(ty, w, k, n, x, &[(0, x.len() / k)])
 }
 
+/// A sequence's rows in a batch: first row, row count.
+type Span = (usize, usize);
+
 /// `matmul_rows` over rows that come in `spans` (first row, row count), one
 /// per sequence of a batch. Each weight row is read once for all of them, but
 /// each span's rows are multiplied as `matmul_rows` multiplies them alone:
@@ -520,14 +523,26 @@ pub fn matmul_spans(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32], spans
     if !panels(ty, w, row_bytes, &inputs, &mut out_t) && !k_panels(ty, w, row_bytes, &inputs, spans, &mut out_t) {
         let whole = [(0, rows)];
         let groups = if kquants::is_k_quant(ty) { spans } else { &whole[..] };
+        // Sequences with one row each (decode steps) take the single-row
+        // order; they go together, sharing each weight row's unpacking.
+        let (singles, others): (Vec<Span>, Vec<Span>) =
+            groups.iter().partition(|&&(_, len)| len == 1 && groups.len() > 1);
+        let single_inputs: Vec<&Activations> = singles.iter().map(|&(r, _)| &inputs[r]).collect();
         out_t
             .par_chunks_mut(COLUMNS_PER_TASK * rows)
             .enumerate()
             .for_each(|(task, chunk)| {
+                let mut single_out = vec![0.0f32; singles.len()];
                 for (c, out_col) in chunk.chunks_exact_mut(rows).enumerate() {
                     let j = task * COLUMNS_PER_TASK + c;
                     let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
-                    for &(first, len) in groups {
+                    if !singles.is_empty() {
+                        activations::dot_each(ty, w_row, &single_inputs, &mut single_out);
+                        for (&(r, _), &v) in singles.iter().zip(&single_out) {
+                            out_col[r] = v;
+                        }
+                    }
+                    for &(first, len) in &others {
                         let span = first..first + len;
                         activations::dot_rows(ty, w_row, &inputs[span.clone()], &mut out_col[span]);
                     }
@@ -613,14 +628,20 @@ mod tests {
             } else {
                 random_row(ty, n * k / quant::QK, 5)
             };
-            let spans = [(0, 1), (1, 9), (10, 1), (11, 1), (12, 1)];
             let x: Vec<f32> = noise(11, 13 * k).iter().map(|&b| b as f32 / 64.0 - 2.0).collect();
-            let batched = matmul_spans(ty, &w, k, n, &x, &spans);
-            for &(first, len) in &spans {
-                let alone = matmul_rows(ty, &w, k, n, &x[first * k..(first + len) * k]);
-                let got = &batched[first * n..(first + len) * n];
-                let same = got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{ty}: the sequence at row {first} ({len} rows) differs batched");
+            // A prompt beside decode rows; then decode rows only (six: a
+            // group of four sharing the unpacking, and two more).
+            let mixed = vec![(0, 1), (1, 9), (10, 1), (11, 1), (12, 1)];
+            let decodes: Vec<(usize, usize)> = (0..6).map(|r| (r, 1)).collect();
+            for spans in [mixed, decodes] {
+                let rows = spans.iter().map(|s| s.0 + s.1).max().unwrap_or(0);
+                let batched = matmul_spans(ty, &w, k, n, &x[..rows * k], &spans);
+                for &(first, len) in &spans {
+                    let alone = matmul_rows(ty, &w, k, n, &x[first * k..(first + len) * k]);
+                    let got = &batched[first * n..(first + len) * n];
+                    let same = got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{ty}: the sequence at row {first} ({len} rows) differs batched");
+                }
             }
         }
     }

@@ -121,6 +121,7 @@ fn k_panels(
         if groups.is_empty() {
             return false;
         }
+        let (rest, all) = (SpanSplit::of(&rest), SpanSplit::of(spans));
         out_t
             .par_chunks_mut(COLUMNS_PER_TASK * rows)
             .enumerate()
@@ -149,11 +150,8 @@ fn k_panels(
                     let j = first + c;
                     let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
                     let out_col = &mut chunk[c * rows..(c + 1) * rows];
-                    let todo: &[(usize, usize)] = if c < whole { &rest } else { spans };
-                    for &(r0, n) in todo {
-                        let span = r0..r0 + n;
-                        activations::dot_rows(ty, w_row, &inputs[span.clone()], &mut out_col[span]);
-                    }
+                    let todo = if c < whole { &rest } else { &all };
+                    dot_spans(ty, w_row, inputs, todo, out_col);
                 }
             });
         true
@@ -495,8 +493,44 @@ pub fn matmul_rows(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32]) -> Vec
     matmul_spans(ty, w, k, n, x, &[(0, x.len() / k)])
 }
 
-/// A sequence's rows in a batch: first row, row count.
-type Span = (usize, usize);
+/// A batch's spans as `dot_spans` takes them: the rows of one-row spans
+/// (decode steps), when there are several, and the other spans.
+struct SpanSplit {
+    singles: Vec<usize>,
+    others: Vec<(usize, usize)>,
+}
+
+impl SpanSplit {
+    fn of(spans: &[(usize, usize)]) -> Self {
+        let ones = spans.iter().filter(|s| s.1 == 1).count();
+        let single = |s: &&(usize, usize)| s.1 == 1 && ones > 1;
+        Self {
+            singles: spans.iter().filter(single).map(|s| s.0).collect(),
+            others: spans.iter().filter(|s| !single(s)).copied().collect(),
+        }
+    }
+}
+
+/// One weight row times the rows of `split` into `out_col`, each span as
+/// `dot_rows` multiplies it alone: the one-row spans keep the single-row
+/// order and go four at a time, sharing the weight row's unpacking.
+fn dot_spans(ty: GgmlType, w_row: &[u8], inputs: &[Activations], split: &SpanSplit, out_col: &mut [f32]) {
+    for rows in split.singles.chunks(4) {
+        let mut xs = [&inputs[rows[0]]; 4];
+        for (x, &r) in xs.iter_mut().zip(rows) {
+            *x = &inputs[r];
+        }
+        let mut out = [0.0f32; 4];
+        activations::dot_each(ty, w_row, &xs[..rows.len()], &mut out[..rows.len()]);
+        for (&r, &v) in rows.iter().zip(&out) {
+            out_col[r] = v;
+        }
+    }
+    for &(first, len) in &split.others {
+        let span = first..first + len;
+        activations::dot_rows(ty, w_row, &inputs[span.clone()], &mut out_col[span]);
+    }
+}
 
 /// `matmul_rows` over rows that come in `spans` (first row, row count), one
 /// per sequence of a batch. Each weight row is read once for all of them, but
@@ -522,30 +556,15 @@ pub fn matmul_spans(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32], spans
     let mut out_t = vec![0.0f32; n * rows];
     if !panels(ty, w, row_bytes, &inputs, &mut out_t) && !k_panels(ty, w, row_bytes, &inputs, spans, &mut out_t) {
         let whole = [(0, rows)];
-        let groups = if kquants::is_k_quant(ty) { spans } else { &whole[..] };
-        // Sequences with one row each (decode steps) take the single-row
-        // order; they go together, sharing each weight row's unpacking.
-        let (singles, others): (Vec<Span>, Vec<Span>) =
-            groups.iter().partition(|&&(_, len)| len == 1 && groups.len() > 1);
-        let single_inputs: Vec<&Activations> = singles.iter().map(|&(r, _)| &inputs[r]).collect();
+        let split = SpanSplit::of(if kquants::is_k_quant(ty) { spans } else { &whole[..] });
         out_t
             .par_chunks_mut(COLUMNS_PER_TASK * rows)
             .enumerate()
             .for_each(|(task, chunk)| {
-                let mut single_out = vec![0.0f32; singles.len()];
                 for (c, out_col) in chunk.chunks_exact_mut(rows).enumerate() {
                     let j = task * COLUMNS_PER_TASK + c;
                     let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
-                    if !singles.is_empty() {
-                        activations::dot_each(ty, w_row, &single_inputs, &mut single_out);
-                        for (&(r, _), &v) in singles.iter().zip(&single_out) {
-                            out_col[r] = v;
-                        }
-                    }
-                    for &(first, len) in &others {
-                        let span = first..first + len;
-                        activations::dot_rows(ty, w_row, &inputs[span.clone()], &mut out_col[span]);
-                    }
+                    dot_spans(ty, w_row, &inputs, &split, out_col);
                 }
             });
     }

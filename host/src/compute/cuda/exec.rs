@@ -115,10 +115,7 @@ impl<'a, 'p> Exec<'a, 'p> {
                     let Node::Matmul { input, weight } = node else {
                         unreachable!("residual_after answers for matmuls only")
                     };
-                    let add = values[add]
-                        .as_ref()
-                        .ok_or_else(|| ComputeError::Internal(format!("value {add} was freed before it was read")))?
-                        .at;
+                    let add = read(&values, add)?.at;
                     (self.matmul(g, *input, *weight, &values, Some(add))?, 2)
                 }
                 None => match quantized_norm {
@@ -302,7 +299,7 @@ impl<'a, 'p> Exec<'a, 'p> {
             (false, true) => *a,
             _ => return None,
         };
-        (uses[i] == 1 && self.kernels.adds_residual(g.tensor(weight).ggml_type)).then_some(other)
+        (uses[i] == 1 && self.kernels.is_int8(g.tensor(weight).ggml_type)).then_some(other)
     }
 
     /// When node `i` is an RMS norm over whole rows whose every reader is a
@@ -319,7 +316,7 @@ impl<'a, 'p> Exec<'a, 'p> {
             .map(|n| match n {
                 Node::Matmul { weight, .. } => {
                     let ty = g.tensor(*weight).ggml_type;
-                    Some(Activations::of(ty)).filter(|_| self.kernels.adds_residual(ty))
+                    Some(Activations::of(ty)).filter(|_| self.kernels.is_int8(ty))
                 }
                 _ => None,
             });
@@ -342,9 +339,7 @@ impl<'a, 'p> Exec<'a, 'p> {
         let Node::RmsNorm { input, weight, eps, .. } = node else {
             return Err(ComputeError::Internal("a fused norm that is not a norm".into()));
         };
-        let x = values[*input]
-            .as_ref()
-            .ok_or_else(|| ComputeError::Internal(format!("value {input} was freed before it was read")))?;
+        let x = read(values, *input)?;
         let (rows, cols, at) = (x.rows, x.cols, x.at);
         let w = match weight {
             Some(w) => self.weights.vector(self.stream, g, *w)?,
@@ -384,9 +379,7 @@ impl<'a, 'p> Exec<'a, 'p> {
         values: &[Option<Value>],
         add: Option<Ptr>,
     ) -> Result<Value, ComputeError> {
-        let x = values[input]
-            .as_ref()
-            .ok_or_else(|| ComputeError::Internal(format!("value {input} was freed before it was read")))?;
+        let x = read(values, input)?;
         let t = g.tensor(weight);
         let (k, n, ty) = (t.row_len(), t.rows(), t.ggml_type);
         if k % 32 != 0 {
@@ -412,11 +405,7 @@ impl<'a, 'p> Exec<'a, 'p> {
         rows: &Rows,
     ) -> Result<Value, ComputeError> {
         let (s, k) = (self.stream, self.kernels);
-        let get = |id: usize| {
-            values[id]
-                .as_ref()
-                .ok_or_else(|| ComputeError::Internal(format!("value {id} was freed before it was read")))
-        };
+        let get = |id: usize| read(values, id);
         let p = |v: &Value| v.at;
         Ok(match node {
             Node::Embed { table } => {
@@ -535,6 +524,13 @@ impl<'a, 'p> Exec<'a, 'p> {
             }
         })
     }
+}
+
+/// Value `id`, which a node is about to read.
+fn read(values: &[Option<Value>], id: usize) -> Result<&Value, ComputeError> {
+    values[id]
+        .as_ref()
+        .ok_or_else(|| ComputeError::Internal(format!("value {id} was freed before it was read")))
 }
 
 /// How many nodes read each value.

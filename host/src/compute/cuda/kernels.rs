@@ -161,14 +161,15 @@ impl Kernels {
         })
     }
 
-    /// Whether the matmul for weights of `ty` can add a residual to its output.
-    pub fn adds_residual(&self, ty: GgmlType) -> bool {
+    /// Whether weights of `ty` take the int8 matmul (over q8 rows, able to
+    /// add a residual to its output) rather than the f32 one.
+    pub fn is_int8(&self, ty: GgmlType) -> bool {
         self.mmq.iter().any(|(t, _)| *t == ty)
     }
 
     /// `y[rows, n] = x[rows, k] . w[n, k]^T (+ add[rows, n])` for weights of
     /// type `ty`, with `x` as `prepare` made it for `Activations::of(ty)`;
-    /// `add` only where `adds_residual(ty)`.
+    /// `add` only where `is_int8(ty)`.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,

@@ -305,48 +305,10 @@ fn a_graph_on_the_gpu_matches_the_cpu_backend_and_its_rows_alone() {
         assert!(diff < 1e-3, "step {step}: max |cpu - gpu| {diff}");
     }
     // A's and B's prompts in one batch, then their decode steps together.
-    let (mut ka, mut kb) = (cache(), cache());
+    let mut caches = [cache(), cache()];
     let (pa, pb) = ([3u32, 14, 15, 9, 2, 6, 5, 35, 8], [7u32, 1, 49, 0, 12]);
-    let mut batch = [
-        Sequence {
-            cache: &mut ka,
-            tokens: &pa,
-            start: 0,
-            output: OutputKind::Logits,
-        },
-        Sequence {
-            cache: &mut kb,
-            tokens: &pb,
-            start: 0,
-            output: OutputKind::Logits,
-        },
-    ];
-    let prompts: Vec<_> = gpu
-        .run_batch(&g, &mut batch)
-        .expect("batch")
-        .into_iter()
-        .map(StepOutput::logits)
-        .collect();
-    let mut batch = [
-        Sequence {
-            cache: &mut ka,
-            tokens: &[11],
-            start: 9,
-            output: OutputKind::Logits,
-        },
-        Sequence {
-            cache: &mut kb,
-            tokens: &[44],
-            start: 5,
-            output: OutputKind::Logits,
-        },
-    ];
-    let decodes: Vec<_> = gpu
-        .run_batch(&g, &mut batch)
-        .expect("batch")
-        .into_iter()
-        .map(StepOutput::logits)
-        .collect();
+    let prompts = batch_logits(&gpu, &g, &mut caches, &[0, 0], &[&pa, &pb]);
+    let decodes = batch_logits(&gpu, &g, &mut caches, &[9, 5], &[&[11], &[44]]);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&prompts[0]), bits(&alone[0]), "A's prompt batched");
     assert_eq!(bits(&prompts[1]), bits(&alone[4]), "B's prompt batched");
@@ -354,22 +316,22 @@ fn a_graph_on_the_gpu_matches_the_cpu_backend_and_its_rows_alone() {
     assert_eq!(bits(&decodes[1]), bits(&alone[5]), "B's first decode batched");
 }
 
-/// One step of each of `caches`' sequences (at `starts`), all in one batch;
-/// each one's logits.
-fn decode_batch(
+/// One step of each of `caches`' sequences (its `tokens` at `starts`), all
+/// in one batch; each one's logits.
+fn batch_logits(
     gpu: &CudaBackend,
     g: &CompiledGraph,
     caches: &mut [KvCache],
     starts: &[u32],
-    tokens: &[u32],
+    tokens: &[&[u32]],
 ) -> Vec<Vec<f32>> {
     let mut batch: Vec<Sequence> = caches
         .iter_mut()
         .zip(starts)
         .zip(tokens)
-        .map(|((cache, &start), token)| Sequence {
+        .map(|((cache, &start), &tokens)| Sequence {
             cache,
-            tokens: std::slice::from_ref(token),
+            tokens,
             start,
             output: OutputKind::Logits,
         })
@@ -389,24 +351,20 @@ fn a_padded_decode_batch_gives_each_row_its_bits_alone() {
         prompts.iter().map(|_| cache()).collect(),
     );
     for caches in [&mut alone, &mut together] {
-        for (cache, prompt) in caches.iter_mut().zip(prompts) {
-            let mut batch = [Sequence {
-                cache,
-                tokens: prompt,
-                start: 0,
-                output: OutputKind::Logits,
-            }];
-            gpu.run_batch(&g, &mut batch).expect("prompt");
+        for (i, prompt) in prompts.into_iter().enumerate() {
+            batch_logits(&gpu, &g, &mut caches[i..=i], &[0], &[prompt]);
         }
     }
     let mut starts: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     // The first batch is captured as a graph, the second replays it.
     for tokens in [[11u32, 22, 33], [44, 4, 40]] {
-        let batched = decode_batch(&gpu, &g, &mut together, &starts, &tokens);
+        let tokens = tokens.map(|t| [t]);
+        let tokens: Vec<&[u32]> = tokens.iter().map(|t| &t[..]).collect();
+        let batched = batch_logits(&gpu, &g, &mut together, &starts, &tokens);
         assert_eq!(batched.len(), 3, "one output per real sequence");
         for (i, row) in batched.iter().enumerate() {
-            let single = decode_batch(&gpu, &g, &mut alone[i..=i], &starts[i..=i], &tokens[i..=i]);
+            let single = batch_logits(&gpu, &g, &mut alone[i..=i], &starts[i..=i], &tokens[i..=i]);
             assert_eq!(bits(row), bits(&single[0]), "sequence {i} at {}", starts[i]);
         }
         starts.iter_mut().for_each(|s| *s += 1);

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use crate::Error;
-use crate::compute::{MetadataEntry, MetadataValue};
+use crate::compute::{MetadataEntry, MetadataValue, Texts};
 
 /// GGUF metadata keys realm reads. Architecture-scoped keys are `{arch}.{suffix}`.
 pub mod keys {
@@ -44,6 +44,15 @@ pub struct Metadata {
 impl Metadata {
     pub fn new(entries: Vec<MetadataEntry>) -> Result<Self, Error> {
         let entries: HashMap<_, _> = entries.into_iter().map(|e| (e.key, e.value)).collect();
+        for (key, value) in &entries {
+            if let MetadataValue::TextArray(texts) = value
+                && !texts.is_well_formed()
+            {
+                return Err(Error::UnsupportedModel(format!(
+                    "gguf: metadata `{key}` is a malformed string array"
+                )));
+            }
+        }
         let architecture = match entries.get(keys::ARCHITECTURE) {
             Some(MetadataValue::Text(arch)) => arch.clone(),
             _ => {
@@ -62,6 +71,11 @@ impl Metadata {
 
     pub fn get(&self, key: &str) -> Option<&MetadataValue> {
         self.entries.get(key)
+    }
+
+    /// Moves a value out (a vocabulary is kept, not copied).
+    pub fn take(&mut self, key: &str) -> Option<MetadataValue> {
+        self.entries.remove(key)
     }
 
     /// `{architecture}.{suffix}`, the key of an architecture hyper-parameter.
@@ -127,6 +141,48 @@ impl Metadata {
     pub fn arch_f32(&self, suffix: &str) -> Result<f32, Error> {
         let key = self.arch_key(suffix);
         self.f32(&key)?.ok_or_else(|| missing(&key))
+    }
+}
+
+impl Texts {
+    pub fn from_strings<S: AsRef<str>>(strings: impl IntoIterator<Item = S>) -> Self {
+        let mut texts = Self {
+            text: String::new(),
+            ends: Vec::new(),
+        };
+        for s in strings {
+            texts.text.push_str(s.as_ref());
+            texts.ends.push(texts.text.len() as u32);
+        }
+        texts
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// String `i`, which must be below `len()`.
+    pub fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// Whether every end is a char boundary of `text`, none before the last.
+    fn is_well_formed(&self) -> bool {
+        let mut start = 0;
+        self.ends.iter().all(|&end| {
+            let ok = end >= start && self.text.is_char_boundary(end as usize);
+            start = end;
+            ok
+        })
     }
 }
 

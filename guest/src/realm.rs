@@ -35,10 +35,10 @@ impl GuestRealm for Realm {
             return Err(Error::InvalidConfig("`model` must name a model".into()));
         }
         let weights = Weights::open(&config.model).map_err(from_compute)?;
-        let meta = Metadata::new(weights.metadata())?;
+        let mut meta = Metadata::new(weights.metadata())?;
         let tensors = weights.tensors();
         let architecture = models::load(&meta, &tensors)?;
-        let tokenizer = Tokenizer::from_metadata(&meta)?;
+        let tokenizer = Tokenizer::from_metadata(&mut meta)?;
         let chat_template = ChatTemplate::from_metadata(&meta, &tokenizer)?;
         let graph = Graph::compile(&weights, &architecture.graph).map_err(from_compute)?;
         let hp = architecture.hyperparameters;

@@ -2,21 +2,25 @@
 //! alphabet and rank-ordered merges.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
-use super::Vocab;
+use super::{EMPTY_SLOT, Index, Vocab};
 use crate::Error;
+use crate::compute::Texts;
 
-/// Merge table keyed by the ids of the two halves: (rank, merged id).
+/// The merges by rank, each `[left, right, merged]` ids (all `EMPTY_SLOT`
+/// where the vocabulary lacks one of them), indexed by the halves' ids.
 pub struct Bpe {
-    merges: HashMap<(u32, u32), (u32, u32)>,
+    merges: Vec<[u32; 3]>,
+    index: Index,
     /// The token of each byte's GPT-2 character, for the initial symbols.
     byte_tokens: [Option<u32>; 256],
 }
 
 impl Bpe {
-    pub fn new(vocab: &Vocab, merges: &[String]) -> Result<Self, Error> {
-        let mut table = HashMap::with_capacity(merges.len());
+    pub fn new(vocab: &Vocab, merges: &Texts) -> Result<Self, Error> {
+        let mut index = Index::with_capacity(merges.len());
+        let mut table = Vec::with_capacity(merges.len());
         let mut joined = String::new();
         for (rank, merge) in merges.iter().enumerate() {
             // A merge is "left right"; the left half may itself begin with a space
@@ -28,16 +32,19 @@ impl Bpe {
                 .map(|(i, _)| i)
                 .ok_or_else(|| Error::UnsupportedModel(format!("gguf: malformed merge `{merge}`")))?;
             let (left, right) = (&merge[..split], &merge[split + 1..]);
-            let (Some(l), Some(r)) = (vocab.get(left), vocab.get(right)) else {
-                continue;
-            };
             joined.clear();
             joined.push_str(left);
             joined.push_str(right);
-            let Some(merged) = vocab.get(&joined) else {
+            let (Some(l), Some(r), Some(merged)) = (vocab.get(left), vocab.get(right), vocab.get(&joined)) else {
+                table.push([EMPTY_SLOT; 3]);
                 continue;
             };
-            table.entry((l, r)).or_insert((rank as u32, merged));
+            // The lowest rank of a repeated pair wins.
+            let slot = index.slot_of(pair_hash(l, r), |e| table[e as usize][..2] == [l, r]);
+            if index.slots[slot] == EMPTY_SLOT {
+                index.slots[slot] = rank as u32;
+            }
+            table.push([l, r, merged]);
         }
         let mut byte_tokens = [None; 256];
         for (byte, slot) in byte_tokens.iter_mut().enumerate() {
@@ -46,8 +53,17 @@ impl Bpe {
         }
         Ok(Self {
             merges: table,
+            index,
             byte_tokens,
         })
+    }
+
+    /// The rank and merged id of the pair `(left, right)`, if it merges.
+    fn merge(&self, left: u32, right: u32) -> Option<(u32, u32)> {
+        let rank = self.index.get(pair_hash(left, right), |e| {
+            self.merges[e as usize][..2] == [left, right]
+        })?;
+        Some((rank, self.merges[rank as usize][2]))
     }
 
     /// Appends the ids of one pre-tokenized word.
@@ -73,7 +89,7 @@ impl Bpe {
         let mut queue = BinaryHeap::new();
         let push = |queue: &mut BinaryHeap<_>, symbols: &[Symbol], left: usize| {
             if let Some(right) = symbols[left].next
-                && let Some(&(rank, merged)) = self.merges.get(&(symbols[left].id, symbols[right].id))
+                && let Some((rank, merged)) = self.merge(symbols[left].id, symbols[right].id)
             {
                 queue.push(Reverse((
                     rank,
@@ -107,6 +123,12 @@ impl Bpe {
         }
         out.extend(symbols.iter().filter(|s| s.alive).map(|s| s.id));
     }
+}
+
+/// A multiply-xorshift of the pair, as the vocabulary's hash finishes.
+fn pair_hash(left: u32, right: u32) -> u64 {
+    let h = (u64::from(left) << 32 | u64::from(right)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+    h ^ (h >> 32)
 }
 
 struct Symbol {
@@ -169,8 +191,8 @@ mod tests {
     #[test]
     fn merges_apply_lowest_rank_first() {
         let vocab = ["a", "b", "c", "ab", "bc", "abc"];
-        let vocab = Vocab::new(&vocab).expect("vocabulary");
-        let merges = vec!["b c".to_string(), "a b".to_string(), "a bc".to_string()];
+        let vocab = Vocab::new(Texts::from_strings(vocab)).expect("vocabulary");
+        let merges = Texts::from_strings(["b c", "a b", "a bc"]);
         let bpe = Bpe::new(&vocab, &merges).expect("valid merges");
         let mut out = Vec::new();
         bpe.encode_word("abc", &mut out);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::Tokenizer;
-use crate::compute::{MetadataEntry, MetadataValue};
+use crate::compute::{MetadataEntry, MetadataValue, Texts};
 use crate::metadata::Metadata;
 
 fn root() -> PathBuf {
@@ -24,9 +24,9 @@ fn check(model: &str) -> Option<(usize, Vec<String>)> {
         eprintln!("skipped {model}: {} is absent", gguf.display());
         return None;
     }
-    let meta = Metadata::new(read_gguf_metadata(&gguf)).expect("metadata");
+    let mut meta = Metadata::new(read_gguf_metadata(&gguf)).expect("metadata");
     let started = Instant::now();
-    let tokenizer = Tokenizer::from_metadata(&meta).expect("tokenizer");
+    let tokenizer = Tokenizer::from_metadata(&mut meta).expect("tokenizer");
     eprintln!(
         "{model}: {} tokens, tokenizer built in {:.1} ms",
         tokenizer.vocab_size(),
@@ -97,7 +97,7 @@ fn golden_gemma_specials_and_long_text() {
         return;
     }
     let tokenizer =
-        Tokenizer::from_metadata(&Metadata::new(read_gguf_metadata(&gguf)).expect("metadata")).expect("tokenizer");
+        Tokenizer::from_metadata(&mut Metadata::new(read_gguf_metadata(&gguf)).expect("metadata")).expect("tokenizer");
     // Control tokens split out only when parsing specials; `</s>` is one too
     // (llama.cpp makes it control as an end-of-generation text).
     let chat = "<start_of_turn>user\nhi</s><end_of_turn>\n";
@@ -162,15 +162,10 @@ fn value(r: &mut impl Read, ty: u32) -> Option<MetadataValue> {
             let items: Vec<Option<MetadataValue>> = (0..n).map(|_| value(r, elem)).collect();
             let items = items.into_iter().collect::<Option<Vec<_>>>()?;
             match elem {
-                8 => MetadataValue::TextArray(
-                    items
-                        .into_iter()
-                        .map(|v| match v {
-                            MetadataValue::Text(t) => t,
-                            _ => unreachable!(),
-                        })
-                        .collect(),
-                ),
+                8 => MetadataValue::TextArray(Texts::from_strings(items.iter().map(|v| match v {
+                    MetadataValue::Text(t) => t.as_str(),
+                    _ => unreachable!(),
+                }))),
                 6 | 12 => MetadataValue::FloatArray(
                     items
                         .into_iter()

@@ -13,7 +13,7 @@ mod spm;
 use std::cmp::Reverse;
 
 use crate::Error;
-use crate::compute::MetadataValue;
+use crate::compute::{MetadataValue, Texts};
 use crate::metadata::{Metadata, keys};
 
 pub use pretokenize::PreTokenizer;
@@ -79,7 +79,8 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    pub fn from_metadata(meta: &Metadata) -> Result<Self, Error> {
+    /// Takes the vocabulary out of `meta`, which keeps everything else.
+    pub fn from_metadata(meta: &mut Metadata) -> Result<Self, Error> {
         let model_name = meta.text(keys::TOKENIZER_MODEL)?.unwrap_or("");
         let spm = match model_name {
             "gpt2" => false,
@@ -90,13 +91,13 @@ impl Tokenizer {
                 )));
             }
         };
-        let tokens = match meta.get(keys::TOKENS) {
+        let tokens = match meta.take(keys::TOKENS) {
             Some(MetadataValue::TextArray(tokens)) if !tokens.is_empty() => tokens,
             _ => return Err(unsupported(format!("gguf: missing `{}`", keys::TOKENS))),
         };
-        let vocab = Vocab::new(tokens)?;
-        let vocab_size = vocab.len() as u32;
-        let mut types = match meta.get(keys::TOKEN_TYPES) {
+        // The types first: their s64 list is freed before the index is made,
+        // which can then reuse its memory (the instance keeps its peak).
+        let mut types = match meta.take(keys::TOKEN_TYPES) {
             Some(MetadataValue::IntArray(types)) if types.len() == tokens.len() => {
                 types.iter().map(|&t| TokenType::from_gguf(t)).collect()
             }
@@ -105,8 +106,11 @@ impl Tokenizer {
             }
             None => vec![TokenType::Normal; tokens.len()],
         };
+        let vocab = Vocab::new(tokens)?;
+        let vocab_size = vocab.len() as u32;
         apply_llama_cpp_overrides(meta, &vocab, &mut types)?;
 
+        let scores = meta.take(keys::SCORES);
         let token_id = |key: &str| -> Result<Option<u32>, Error> { Ok(meta.u32(key)?.filter(|&id| id < vocab_size)) };
         // llama.cpp's defaults for SentencePiece vocabularies: <unk> 0, <s> 1, </s> 2.
         let default = |id: u32| (spm && id < vocab_size).then_some(id);
@@ -115,13 +119,15 @@ impl Tokenizer {
         let unk = token_id(UNK_ID)?.or(default(0));
 
         let model = if spm {
-            let scores = match meta.get(keys::SCORES) {
-                None => vec![0.0; tokens.len()],
-                Some(MetadataValue::FloatArray(scores)) if scores.len() >= tokens.len() => {
-                    scores[..tokens.len()].to_vec()
+            let n = vocab.len();
+            let scores = match scores {
+                None => vec![0.0; n],
+                Some(MetadataValue::FloatArray(mut scores)) if scores.len() >= n => {
+                    scores.truncate(n);
+                    scores
                 }
-                Some(MetadataValue::IntArray(scores)) if scores.len() >= tokens.len() => {
-                    scores[..tokens.len()].iter().map(|&s| s as f32).collect()
+                Some(MetadataValue::IntArray(scores)) if scores.len() >= n => {
+                    scores[..n].iter().map(|&s| s as f32).collect()
                 }
                 Some(_) => {
                     return Err(unsupported(format!(
@@ -133,7 +139,7 @@ impl Tokenizer {
             Model::Spm(spm::Spm::new(&vocab, scores, unk))
         } else {
             let merges = match meta.get(keys::MERGES) {
-                Some(MetadataValue::TextArray(merges)) => merges.as_slice(),
+                Some(MetadataValue::TextArray(merges)) => merges,
                 _ => return Err(unsupported(format!("gguf: missing `{}`", keys::MERGES))),
             };
             Model::Bpe {
@@ -301,66 +307,75 @@ enum Fragment<'t> {
     Token(u32),
 }
 
-/// The token texts, stored back to back in one buffer (a 262k-token vocabulary
-/// is two allocations, not one per token), with an open-addressing hash index
-/// from text to id. Like llama.cpp's map, a repeated text resolves to its last id.
+/// The token texts, stored back to back as the host hands them over (a
+/// 262k-token vocabulary is two allocations, not one per token), with a hash
+/// index from text to id. Like llama.cpp's map, a repeated text resolves to
+/// its last id.
 struct Vocab {
-    text: String,
-    /// `ends[id]`: where the token's text ends in `text`; it starts where the previous one ends.
-    ends: Vec<u32>,
-    /// Token ids by hash of their text, linear probing; a power of two long, at most half full.
-    slots: Vec<u32>,
+    texts: Texts,
+    index: Index,
 }
 
-const EMPTY_SLOT: u32 = u32::MAX;
-
 impl Vocab {
-    fn new<S: AsRef<str>>(tokens: &[S]) -> Result<Self, Error> {
-        let total: usize = tokens.iter().map(|t| t.as_ref().len()).sum();
-        if total > u32::MAX as usize || tokens.len() >= EMPTY_SLOT as usize {
+    fn new(texts: Texts) -> Result<Self, Error> {
+        if texts.len() >= EMPTY_SLOT as usize {
             return Err(unsupported("gguf: the vocabulary is too large".into()));
         }
-        let mut text = String::with_capacity(total);
-        let mut ends = Vec::with_capacity(tokens.len());
-        for token in tokens {
-            text.push_str(token.as_ref());
-            ends.push(text.len() as u32);
-        }
         let mut vocab = Self {
-            text,
-            ends,
-            slots: vec![EMPTY_SLOT; (tokens.len() * 2).next_power_of_two().max(2)],
+            index: Index::with_capacity(texts.len()),
+            texts,
         };
-        for id in 0..tokens.len() as u32 {
-            let slot = vocab.slot_of(vocab.text(id));
-            vocab.slots[slot] = id;
+        for id in 0..vocab.len() as u32 {
+            let text = vocab.text(id);
+            let slot = vocab.index.slot_of(hash(text.as_bytes()), |id| vocab.text(id) == text);
+            vocab.index.slots[slot] = id;
         }
         Ok(vocab)
     }
 
     fn len(&self) -> usize {
-        self.ends.len()
+        self.texts.len()
     }
 
     /// The text of token `id`, which must be in the vocabulary.
     fn text(&self, id: u32) -> &str {
-        let id = id as usize;
-        let start = if id == 0 { 0 } else { self.ends[id - 1] as usize };
-        &self.text[start..self.ends[id] as usize]
+        self.texts.get(id as usize)
     }
 
     fn get(&self, text: &str) -> Option<u32> {
-        let id = self.slots[self.slot_of(text)];
-        (id != EMPTY_SLOT).then_some(id)
+        self.index.get(hash(text.as_bytes()), |id| self.text(id) == text)
+    }
+}
+
+const EMPTY_SLOT: u32 = u32::MAX;
+
+/// Open addressing with linear probing over u32 entries (ids or ranks) whose
+/// keys live elsewhere: 4 bytes a slot, at most three quarters full. A
+/// `HashMap` keyed by text or pair would copy the keys and take 4 to 5 times
+/// the memory, which every tenant's instance pays for its whole life.
+struct Index {
+    slots: Vec<u32>,
+}
+
+impl Index {
+    fn with_capacity(entries: usize) -> Self {
+        Self {
+            slots: vec![EMPTY_SLOT; (entries * 4 / 3 + 1).next_power_of_two()],
+        }
     }
 
-    /// The slot that holds `text`, or the empty slot where it would go.
-    fn slot_of(&self, text: &str) -> usize {
+    fn get(&self, hash: u64, is_key: impl Fn(u32) -> bool) -> Option<u32> {
+        let entry = self.slots[self.slot_of(hash, is_key)];
+        (entry != EMPTY_SLOT).then_some(entry)
+    }
+
+    /// The slot whose entry `is_key`, or the empty slot where it would go.
+    fn slot_of(&self, hash: u64, is_key: impl Fn(u32) -> bool) -> usize {
         let mask = self.slots.len() - 1;
-        let mut slot = hash(text.as_bytes()) as usize & mask;
+        let mut slot = hash as usize & mask;
         loop {
-            let id = self.slots[slot];
-            if id == EMPTY_SLOT || self.text(id) == text {
+            let entry = self.slots[slot];
+            if entry == EMPTY_SLOT || is_key(entry) {
                 return slot;
             }
             slot = (slot + 1) & mask;
@@ -625,7 +640,7 @@ mod tests {
             (keys::TOKENIZER_MODEL, MetadataValue::Text("llama".into())),
             (
                 keys::TOKENS,
-                MetadataValue::TextArray(SPM_VOCAB.iter().map(|t| t.0.to_string()).collect()),
+                MetadataValue::TextArray(Texts::from_strings(SPM_VOCAB.iter().map(|t| t.0))),
             ),
             (
                 keys::TOKEN_TYPES,
@@ -641,7 +656,7 @@ mod tests {
             .into_iter()
             .map(|(key, value)| MetadataEntry { key: key.into(), value })
             .collect();
-        Tokenizer::from_metadata(&Metadata::new(entries).expect("metadata")).expect("tokenizer")
+        Tokenizer::from_metadata(&mut Metadata::new(entries).expect("metadata")).expect("tokenizer")
     }
 
     #[test]
@@ -699,7 +714,7 @@ mod tests {
             .map(|i| format!("t{i}"))
             .chain(["t5".into(), String::new()])
             .collect();
-        let vocab = Vocab::new(&texts).expect("vocabulary");
+        let vocab = Vocab::new(Texts::from_strings(&texts)).expect("vocabulary");
         assert_eq!(vocab.len(), 1002);
         for id in (0..1000).filter(|&id| id != 5) {
             assert_eq!(vocab.get(&format!("t{id}")), Some(id), "t{id}");
@@ -713,7 +728,7 @@ mod tests {
     #[test]
     fn specials_found_in_a_text_are_those_that_occur() {
         let texts = ["a", "<x>", "<xy>", "\n", "b"];
-        let vocab = Vocab::new(&texts).expect("vocabulary");
+        let vocab = Vocab::new(Texts::from_strings(texts)).expect("vocabulary");
         let types = [
             TokenType::Normal,
             TokenType::Control,

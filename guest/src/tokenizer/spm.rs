@@ -194,7 +194,7 @@ mod tests {
             ("▁ab", -6.0),
         ];
         let texts: Vec<&str> = entries.iter().map(|e| e.0).collect();
-        let vocab = Vocab::new(&texts).expect("vocabulary");
+        let vocab = Vocab::new(crate::compute::Texts::from_strings(&texts)).expect("vocabulary");
         let spm = Spm::new(&vocab, entries.iter().map(|e| e.1).collect(), Some(0));
         (vocab, spm)
     }
@@ -222,7 +222,7 @@ mod tests {
     fn equal_scores_merge_the_leftmost_pair() {
         let (vocab, spm) = {
             let texts = ["a", "aa"];
-            let vocab = Vocab::new(&texts).expect("vocabulary");
+            let vocab = Vocab::new(crate::compute::Texts::from_strings(texts)).expect("vocabulary");
             let spm = Spm::new(&vocab, vec![0.0, -1.0], None);
             (vocab, spm)
         };

@@ -1,11 +1,18 @@
 //! A sequence's KV cache: f16 keys and values per layer and position, as
 //! llama.cpp stores them. Charged to its tenant's KV-token budget for its full
 //! capacity; the memory itself grows as positions are filled.
+//!
+//! The host-side store is one anonymous mapping of the full capacity, made at
+//! the first append: the kernel hands out zeroed pages as positions are
+//! written, so an unfilled cache costs address space only, growing never
+//! copies, and freeing returns the pages at once instead of leaving holes in
+//! the allocator's heap between tenants.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use half::f16;
+use memmap2::MmapMut;
 
 use super::budget::Charge;
 
@@ -13,8 +20,10 @@ pub struct KvCache {
     layers: u32,
     width: usize,
     capacity: u32,
-    keys: Vec<Vec<f16>>,
-    values: Vec<Vec<f16>>,
+    /// Per layer, its keys then its values, each `capacity x width` f16.
+    store: Option<MmapMut>,
+    /// Positions written so far, the most over all layers.
+    filled: usize,
     /// Where a GPU backend keeps this cache's keys and values instead.
     device: Option<Box<dyn Any + Send + Sync>>,
     _charge: Charge,
@@ -27,13 +36,12 @@ impl KvCache {
     }
 
     pub fn new(layers: u32, width: u32, capacity: u32, charge: Charge) -> Self {
-        let empty = || (0..layers).map(|_| Vec::new()).collect();
         Self {
             layers,
             width: width as usize,
             capacity,
-            keys: empty(),
-            values: empty(),
+            store: None,
+            filled: 0,
             device: None,
             _charge: charge,
         }
@@ -51,25 +59,36 @@ impl KvCache {
         self.capacity
     }
 
-    /// Keys and values of `layer`, grown to hold `positions` positions.
+    /// Keys and values of `layer` for its first `positions` positions, to be
+    /// written. Panics past the capacity, which every step is checked against.
     pub fn layer_mut(&mut self, layer: usize, positions: usize) -> (&mut [f16], &mut [f16]) {
-        let len = positions * self.width;
-        for store in [&mut self.keys[layer], &mut self.values[layer]] {
-            if store.len() < len {
-                let before = store.capacity();
-                store.resize(len, f16::ZERO);
-                let grown = (store.capacity() - before) * size_of::<f16>();
-                RESIDENT_BYTES.fetch_add(grown as u64, Ordering::Relaxed);
-            }
+        assert!(positions <= self.capacity as usize, "KV positions past the capacity");
+        if positions > self.filled {
+            let row = 2 * self.layers as usize * self.width * size_of::<f16>();
+            RESIDENT_BYTES.fetch_add(((positions - self.filled) * row) as u64, Ordering::Relaxed);
+            self.filled = positions;
         }
-        (&mut self.keys[layer][..len], &mut self.values[layer][..len])
+        let plane = self.capacity as usize * self.width;
+        let len = positions * self.width;
+        let bytes = Self::bytes_for(self.layers, self.width as u32, self.capacity) as usize;
+        let store = self.store.get_or_insert_with(|| map_store(bytes));
+        let halves = halves_mut(store);
+        let (keys, values) = halves[2 * layer * plane..(2 * layer + 2) * plane].split_at_mut(plane);
+        (&mut keys[..len], &mut values[..len])
     }
 
     /// Keys and values of `layer` for the first `positions` positions, which
     /// `layer_mut` has filled.
     pub fn layer(&self, layer: usize, positions: usize) -> (&[f16], &[f16]) {
+        assert!(positions <= self.filled, "KV positions not yet written");
+        let plane = self.capacity as usize * self.width;
         let len = positions * self.width;
-        (&self.keys[layer][..len], &self.values[layer][..len])
+        let halves: &[f16] = match &self.store {
+            Some(store) => halves(store),
+            None => &[],
+        };
+        let keys = &halves[2 * layer * plane..];
+        (&keys[..len], &keys[plane..plane + len])
     }
 
     /// The backend's device-side storage for this cache, if it made one; it
@@ -78,13 +97,9 @@ impl KvCache {
         &mut self.device
     }
 
-    /// Bytes actually allocated.
+    /// Bytes of the positions written (the pages they touched, to a page).
     pub fn resident_bytes(&self) -> usize {
-        self.keys
-            .iter()
-            .chain(&self.values)
-            .map(|v| v.capacity() * size_of::<f16>())
-            .sum()
+        self.filled * 2 * self.layers as usize * self.width * size_of::<f16>()
     }
 }
 
@@ -94,10 +109,77 @@ impl Drop for KvCache {
     }
 }
 
+fn map_store(bytes: usize) -> MmapMut {
+    // An anonymous mapping fails only when the address space is exhausted.
+    let store = MmapMut::map_anon(bytes).expect("mapping a KV cache");
+    // A tenant's cache holds what its prompts became: keep it out of core
+    // dumps. This also marks it `dd` in /proc/PID/smaps, which tells KV caches
+    // from the guests' memories in the memory benchmark.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = store.advise(memmap2::Advice::DontDump) {
+        tracing::debug!(error = %e, "KV cache left in core dumps");
+    }
+    store
+}
+
+// SAFETY (both): `f16` is a `u16` with every bit pattern valid, and a mapping
+// starts on a page, so the whole of it is f16s with no bytes left over.
+fn halves(store: &MmapMut) -> &[f16] {
+    unsafe { store.align_to::<f16>().1 }
+}
+
+fn halves_mut(store: &mut MmapMut) -> &mut [f16] {
+    unsafe { store.align_to_mut::<f16>().1 }
+}
+
 /// Bytes held by every KV cache of the process.
 static RESIDENT_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Bytes of KV cache memory in use, process-wide.
 pub fn resident_bytes_in_use() -> u64 {
     RESIDENT_BYTES.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::Budget;
+
+    fn cache(layers: u32, width: u32, capacity: u32) -> KvCache {
+        let charge = Budget::unlimited("test").charge(capacity as u64).expect("unlimited");
+        KvCache::new(layers, width, capacity, charge)
+    }
+
+    #[test]
+    fn layers_keep_their_own_positions_as_the_cache_grows() {
+        let mut kv = cache(3, 4, 8);
+        assert_eq!(kv.resident_bytes(), 0, "nothing written, nothing held");
+        for layer in 0..3 {
+            let (k, v) = kv.layer_mut(layer, 2);
+            k.fill(f16::from_f32(layer as f32));
+            v.fill(f16::from_f32(-(layer as f32)));
+        }
+        assert_eq!(kv.resident_bytes(), 2 * 3 * 4 * 2 * 2);
+        let (k, v) = kv.layer_mut(1, 5);
+        assert_eq!(k.len(), 20);
+        assert!(
+            k[8..].iter().chain(&v[8..]).all(|x| *x == f16::ZERO),
+            "new positions start at zero"
+        );
+        k[8..].fill(f16::ONE);
+        for layer in 0..3 {
+            let (k, v) = kv.layer(layer, 2);
+            assert!(k.iter().all(|x| x.to_f32() == layer as f32), "layer {layer} keys");
+            assert!(v.iter().all(|x| x.to_f32() == -(layer as f32)), "layer {layer} values");
+        }
+        let (k, _) = kv.layer(1, 5);
+        assert!(k[8..].iter().all(|x| *x == f16::ONE));
+        assert_eq!(kv.resident_bytes(), 5 * 3 * 4 * 2 * 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "past the capacity")]
+    fn writing_past_the_capacity_is_refused() {
+        cache(1, 4, 8).layer_mut(0, 9);
+    }
 }

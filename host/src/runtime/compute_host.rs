@@ -8,8 +8,8 @@ use wasmtime::component::Resource;
 
 use super::state::StoreState;
 use super::wit::{
-    GraphHandle, KvHandle, MetadataEntry, MetadataValue, Op, StepOutput, StepOutputKind, TensorInfo, WeightsHandle,
-    WitComputeError, compute,
+    GraphHandle, KvHandle, MetadataEntry, MetadataValue, Op, StepOutput, StepOutputKind, TensorInfo, Texts,
+    WeightsHandle, WitComputeError, compute,
 };
 use crate::compute::gguf::{Array, Value};
 use crate::compute::{self as host, CompiledGraph, ComputeError, KvCache, OutputKind, StepRequest};
@@ -98,9 +98,20 @@ fn metadata_value(value: &Value) -> Option<MetadataValue> {
         Value::Array(Array::Ints(v)) => MetadataValue::IntArray(v.clone()),
         Value::Array(Array::Floats(v)) => MetadataValue::FloatArray(v.iter().map(|&x| x as f32).collect()),
         Value::Array(Array::Bools(v)) => MetadataValue::BoolArray(v.clone()),
-        Value::Array(Array::Texts(v)) => MetadataValue::TextArray(v.clone()),
+        Value::Array(Array::Texts(v)) => MetadataValue::TextArray(packed(v)?),
         Value::Array(Array::Nested(_)) => return None,
     })
+}
+
+/// The strings back to back with their end offsets; none if they do not fit u32 offsets.
+fn packed(strings: &[String]) -> Option<Texts> {
+    let mut text = String::with_capacity(strings.iter().map(String::len).sum());
+    let mut ends = Vec::with_capacity(strings.len());
+    for s in strings {
+        text.push_str(s);
+        ends.push(u32::try_from(text.len()).ok()?);
+    }
+    Some(Texts { text, ends })
 }
 
 impl compute::HostKvCache for StoreState {

@@ -34,7 +34,7 @@ pub use generated::exports::realm::engine::engine::{
 };
 pub use generated::realm::engine::compute::{
     self, AttentionOp, Candidate, ComputeError as WitComputeError, MetadataEntry, MetadataValue, Op, RopeStyle,
-    StepOutput, StepOutputKind, TensorInfo,
+    StepOutput, StepOutputKind, TensorInfo, Texts,
 };
 
 /// A `weights` resource: the tenant's handle on a shared model file.

@@ -100,3 +100,16 @@ fn bench_prefill_matmul() {
         time(threads, ty, k, n, 64);
     }
 }
+
+/// The tied output matrices of gemma3 and Qwen2.5 at a 16-sequence decode
+/// step, and one row for the weights' read alone.
+#[test]
+#[ignore]
+fn bench_batched_output() {
+    let threads = bench_threads();
+    for (ty, k, n) in [(GgmlType::Q8_0, 640, 262144), (GgmlType::Q8_0, 896, 151936)] {
+        for rows in [1, 16] {
+            time(threads, ty, k, n, rows);
+        }
+    }
+}

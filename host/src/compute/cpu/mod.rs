@@ -3,12 +3,12 @@
 
 pub mod activations;
 pub mod attention;
-/// `inputs` times every weight row into `out_t` (`[n, rows]`, transposed)
-/// with the panel kernels of the 32-value types (`simd::panel`), where this
-/// CPU has them and there are at least four rows; false otherwise (nothing
-/// written). Every result is bit for bit `dot_rows`'s, whatever the rows'
-/// company (these types keep one order for any row count).
-fn panels(ty: GgmlType, w: &[u8], row_bytes: usize, inputs: &[Activations], out_t: &mut [f32]) -> bool {
+/// `inputs` times every weight row into `out` with the panel kernels of the
+/// 32-value types (`simd::panel`), where this CPU has them and there are at
+/// least four rows; false otherwise (nothing written). Every result is bit
+/// for bit `dot_rows`'s, whatever the rows' company (these types keep one
+/// order for any row count).
+fn panels(ty: GgmlType, w: &[u8], row_bytes: usize, inputs: &[Activations], out: &mut Product) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use simd::panel::{GROUP_ROWS, PANEL_ROWS};
@@ -30,42 +30,36 @@ fn panels(ty: GgmlType, w: &[u8], row_bytes: usize, inputs: &[Activations], out_
             .par_chunks(GROUP_ROWS)
             .map(|group| simd::panel::interleave(ty, group))
             .collect();
-        out_t
-            .par_chunks_mut(COLUMNS_PER_TASK * rows)
-            .enumerate()
-            .for_each(|(task, chunk)| {
-                let first = task * COLUMNS_PER_TASK;
-                let columns = chunk.len() / rows;
-                let whole = columns / PANEL_ROWS * PANEL_ROWS;
-                let mut panel = Vec::new();
-                let mut out = [[0.0f32; PANEL_ROWS]; GROUP_ROWS];
-                for p in (0..whole).step_by(PANEL_ROWS) {
-                    let at = (first + p) * row_bytes;
-                    // SAFETY: `kernels` checked the CPU features; the panel's
-                    // eight rows lie within `w`, and every group has the
-                    // row's blocks.
-                    unsafe { pack(&w[at..at + PANEL_ROWS * row_bytes], row_bytes, &mut panel) };
-                    for (g, ys) in groups.iter().enumerate() {
-                        // SAFETY: as above.
-                        unsafe { kernel(&panel, ys, &mut out) };
-                        for (j, o) in out.iter().enumerate().take(rows - g * GROUP_ROWS) {
-                            for (c, &v) in o.iter().enumerate() {
-                                chunk[(p + c) * rows + g * GROUP_ROWS + j] = v;
-                            }
-                        }
+        out.by_columns(|first, columns, out| {
+            let whole = columns / PANEL_ROWS * PANEL_ROWS;
+            let mut panel = Vec::new();
+            let mut sums = [[0.0f32; PANEL_ROWS]; GROUP_ROWS];
+            for p in (0..whole).step_by(PANEL_ROWS) {
+                let at = (first + p) * row_bytes;
+                // SAFETY: `kernels` checked the CPU features; the panel's
+                // eight rows lie within `w`, and every group has the
+                // row's blocks.
+                unsafe { pack(&w[at..at + PANEL_ROWS * row_bytes], row_bytes, &mut panel) };
+                for (g, ys) in groups.iter().enumerate() {
+                    // SAFETY: as above.
+                    unsafe { kernel(&panel, ys, &mut sums) };
+                    for (j, s) in sums.iter().enumerate().take(rows - g * GROUP_ROWS) {
+                        out.set_run(g * GROUP_ROWS + j, p, s);
                     }
                 }
-                for c in whole..columns {
-                    let j = first + c;
-                    let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
-                    activations::dot_rows(ty, w_row, inputs, &mut chunk[c * rows..(c + 1) * rows]);
-                }
-            });
+            }
+            let mut col = vec![0.0; rows];
+            for c in whole..columns {
+                let j = first + c;
+                activations::dot_rows(ty, &w[j * row_bytes..(j + 1) * row_bytes], inputs, &mut col);
+                out.set_column(c, &col);
+            }
+        });
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (ty, w, row_bytes, inputs, out_t);
+        let _ = (ty, w, row_bytes, inputs, out);
         false
     }
 }
@@ -82,7 +76,7 @@ fn k_panels(
     row_bytes: usize,
     inputs: &[Activations],
     spans: &[(usize, usize)],
-    out_t: &mut [f32],
+    out: &mut Product,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -122,43 +116,40 @@ fn k_panels(
             return false;
         }
         let (rest, all) = (SpanSplit::of(&rest), SpanSplit::of(spans));
-        out_t
-            .par_chunks_mut(COLUMNS_PER_TASK * rows)
-            .enumerate()
-            .for_each(|(task, chunk)| {
-                let first = task * COLUMNS_PER_TASK;
-                let columns = chunk.len() / rows;
-                let whole = columns / PANEL_ROWS * PANEL_ROWS;
-                let mut panel = Vec::new();
-                let mut out = [[0.0f32; PANEL_ROWS]; GROUP_ROWS];
-                for p in (0..whole).step_by(PANEL_ROWS) {
-                    let at = (first + p) * row_bytes;
-                    pack(&w[at..at + PANEL_ROWS * row_bytes], row_bytes, &mut panel);
-                    for &(r0, n) in &groups {
-                        let ys = std::array::from_fn(|j| blocks[r0 + j.min(n - 1)]);
-                        // SAFETY: `kernels` checked the CPU features; every
-                        // row has the panel's blocks.
-                        unsafe { kernel(&panel, ys, &mut out) };
-                        for (j, o) in out.iter().enumerate().take(n) {
-                            for (c, &v) in o.iter().enumerate() {
-                                chunk[(p + c) * rows + r0 + j] = v;
-                            }
-                        }
+        out.by_columns(|first, columns, out| {
+            let whole = columns / PANEL_ROWS * PANEL_ROWS;
+            let mut panel = Vec::new();
+            let mut sums = [[0.0f32; PANEL_ROWS]; GROUP_ROWS];
+            for p in (0..whole).step_by(PANEL_ROWS) {
+                let at = (first + p) * row_bytes;
+                pack(&w[at..at + PANEL_ROWS * row_bytes], row_bytes, &mut panel);
+                for &(r0, n) in &groups {
+                    let ys = std::array::from_fn(|j| blocks[r0 + j.min(n - 1)]);
+                    // SAFETY: `kernels` checked the CPU features; every
+                    // row has the panel's blocks.
+                    unsafe { kernel(&panel, ys, &mut sums) };
+                    for (j, s) in sums.iter().enumerate().take(n) {
+                        out.set_run(r0 + j, p, s);
                     }
                 }
-                for c in 0..columns {
-                    let j = first + c;
-                    let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
-                    let out_col = &mut chunk[c * rows..(c + 1) * rows];
-                    let todo = if c < whole { &rest } else { &all };
-                    dot_spans(ty, w_row, inputs, todo, out_col);
+            }
+            let mut col = vec![0.0; rows];
+            for c in 0..columns {
+                let j = first + c;
+                let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
+                let todo = if c < whole { &rest } else { &all };
+                if todo.is_empty() {
+                    continue;
                 }
-            });
+                dot_spans(ty, w_row, inputs, todo, &mut col);
+                out.set_rows(c, &col, todo);
+            }
+        });
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (ty, w, row_bytes, inputs, spans, out_t);
+        let _ = (ty, w, row_bytes, inputs, spans, out);
         false
     }
 }
@@ -501,6 +492,10 @@ struct SpanSplit {
 }
 
 impl SpanSplit {
+    fn is_empty(&self) -> bool {
+        self.singles.is_empty() && self.others.is_empty()
+    }
+
     fn of(spans: &[(usize, usize)]) -> Self {
         let ones = spans.iter().filter(|s| s.1 == 1).count();
         let single = |s: &&(usize, usize)| s.1 == 1 && ones > 1;
@@ -553,40 +548,103 @@ pub fn matmul_spans(ty: GgmlType, w: &[u8], k: usize, n: usize, x: &[f32], spans
     {
         return out;
     }
-    let mut out_t = vec![0.0f32; n * rows];
-    if !panels(ty, w, row_bytes, &inputs, &mut out_t) && !k_panels(ty, w, row_bytes, &inputs, spans, &mut out_t) {
+    let mut data = vec![0.0f32; n * rows];
+    let mut out = Product::new(&mut data, rows, n);
+    if !panels(ty, w, row_bytes, &inputs, &mut out) && !k_panels(ty, w, row_bytes, &inputs, spans, &mut out) {
         let whole = [(0, rows)];
         let split = SpanSplit::of(if kquants::is_k_quant(ty) { spans } else { &whole[..] });
-        out_t
-            .par_chunks_mut(COLUMNS_PER_TASK * rows)
-            .enumerate()
-            .for_each(|(task, chunk)| {
-                for (c, out_col) in chunk.chunks_exact_mut(rows).enumerate() {
-                    let j = task * COLUMNS_PER_TASK + c;
-                    let w_row = &w[j * row_bytes..(j + 1) * row_bytes];
-                    dot_spans(ty, w_row, &inputs, &split, out_col);
-                }
-            });
+        out.by_columns(|first, columns, out| {
+            let mut col = vec![0.0; rows];
+            for c in 0..columns {
+                let j = first + c;
+                dot_spans(ty, &w[j * row_bytes..(j + 1) * row_bytes], &inputs, &split, &mut col);
+                out.set_column(c, &col);
+            }
+        });
     }
-    if rows == 1 {
-        return out_t;
+    data
+}
+
+/// A matrix product's `[rows, n]` result, filled by parallel tasks that each
+/// own `COLUMNS_PER_TASK` columns and write them in place: the kernels give
+/// eight columns of a row at a time, which land as one run, with no
+/// transposed copy of the whole result to make and turn back.
+struct Product<'a> {
+    data: &'a mut [f32],
+    rows: usize,
+    n: usize,
+}
+
+/// One task's columns of a `Product`: `first..first + columns`.
+struct TaskColumns {
+    data: *mut f32,
+    rows: usize,
+    n: usize,
+    first: usize,
+    columns: usize,
+}
+
+// SAFETY: a `TaskColumns` writes only its own columns (checked in each
+// method), and every task has different ones.
+unsafe impl Send for TaskColumns {}
+
+impl<'a> Product<'a> {
+    fn new(data: &'a mut [f32], rows: usize, n: usize) -> Self {
+        assert_eq!(data.len(), rows * n);
+        Self { data, rows, n }
     }
-    // Transposed in 16 x 16 tiles: a plain loop strides one side by a whole
-    // row (n floats), touching a new cache line (and often page) per value.
-    // Tiles of rows in parallel.
-    const TILE: usize = 16;
-    let mut data = vec![0.0; n * rows];
-    data.par_chunks_mut(TILE * n).enumerate().for_each(|(tile, chunk)| {
-        let r0 = tile * TILE;
-        for j0 in (0..n).step_by(TILE) {
-            for (i, row) in chunk.chunks_exact_mut(n).enumerate() {
-                for (j, v) in row.iter_mut().enumerate().take((j0 + TILE).min(n)).skip(j0) {
-                    *v = out_t[j * rows + r0 + i];
-                }
+
+    /// Runs `task(first, columns, out)` over the columns in parallel.
+    fn by_columns(&mut self, task: impl Fn(usize, usize, &mut TaskColumns) + Sync + Send) {
+        let (rows, n, base) = (self.rows, self.n, self.data.as_mut_ptr() as usize);
+        (0..n.div_ceil(COLUMNS_PER_TASK)).into_par_iter().for_each(|t| {
+            let first = t * COLUMNS_PER_TASK;
+            let columns = COLUMNS_PER_TASK.min(n - first);
+            let mut out = TaskColumns {
+                data: base as *mut f32,
+                rows,
+                n,
+                first,
+                columns,
+            };
+            task(first, columns, &mut out);
+        });
+    }
+}
+
+impl TaskColumns {
+    /// Row `row`, the task's columns `c..c + values.len()`.
+    fn set_run(&mut self, row: usize, c: usize, values: &[f32]) {
+        assert!(row < self.rows && c + values.len() <= self.columns);
+        // SAFETY: the row is in the product, whose size `Product::new`
+        // checked, and the columns are this task's (both checked).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                values.as_ptr(),
+                self.data.add(row * self.n + self.first + c),
+                values.len(),
+            )
+        };
+    }
+
+    /// Column `c` of the task, every row.
+    fn set_column(&mut self, c: usize, values: &[f32]) {
+        for (row, v) in values.iter().enumerate() {
+            self.set_run(row, c, std::slice::from_ref(v));
+        }
+    }
+
+    /// Column `c` of the task, the rows of `split` only.
+    fn set_rows(&mut self, c: usize, values: &[f32], split: &SpanSplit) {
+        for &row in &split.singles {
+            self.set_run(row, c, &values[row..row + 1]);
+        }
+        for &(first, len) in &split.others {
+            for row in first..first + len {
+                self.set_run(row, c, &values[row..row + 1]);
             }
         }
-    });
-    data
+    }
 }
 
 #[cfg(test)]

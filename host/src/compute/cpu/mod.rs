@@ -40,7 +40,20 @@ fn panels(ty: GgmlType, w: &[u8], row_bytes: usize, inputs: &[Activations], out:
                 // eight rows lie within `w`, and every group has the
                 // row's blocks.
                 unsafe { pack(&w[at..at + PANEL_ROWS * row_bytes], row_bytes, &mut panel) };
+                // The next panel's rows come in while the groups run, a share
+                // before each: packing waited on memory for eight rows at a
+                // time (eight streams, each cut by every 4 KiB page of the
+                // mapped file, which the hardware prefetcher does not cross),
+                // and asking for all of them at once filled the line buffers.
+                let next = if p + 2 * PANEL_ROWS <= whole {
+                    &w[at + PANEL_ROWS * row_bytes..at + 2 * PANEL_ROWS * row_bytes]
+                } else {
+                    &[]
+                };
+                let share = next.len().div_ceil(groups.len()).next_multiple_of(64).max(64);
+                let mut ahead = next.chunks(share);
                 for (g, ys) in groups.iter().enumerate() {
+                    simd::prefetch(ahead.next().unwrap_or_default());
                     // SAFETY: as above.
                     unsafe { kernel(&panel, ys, &mut sums) };
                     for (j, s) in sums.iter().enumerate().take(rows - g * GROUP_ROWS) {

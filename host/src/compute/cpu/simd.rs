@@ -76,6 +76,16 @@ pub fn has_avx512() -> bool {
     }
 }
 
+/// Asks for `bytes` in the cache ahead of their use (one prefetch a line).
+#[cfg(target_arch = "x86_64")]
+pub fn prefetch(bytes: &[u8]) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch reads nothing architecturally; the address is in `bytes`.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+    }
+}
+
 /// A whole row's dot product for the 32-value block types, as ggml's x86
 /// kernels compute it (see `activations::dot_blocks`). None where this CPU or
 /// type has no such kernel.

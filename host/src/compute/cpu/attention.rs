@@ -261,6 +261,14 @@ fn head_attention_impl<const SIMD: bool>(
             t += 4;
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    if SIMD && kq == Order::VecDot && hd.is_multiple_of(LANES * VEC_DOT_ARR) {
+        while t <= position {
+            // SAFETY: as above.
+            p[t - first] = unsafe { x86::vec_dot(&cache.keys[at(t)..][..hd], &q16) } * a.scale;
+            t += 1;
+        }
+    }
     while t <= position {
         p[t - first] = dot(kq, &cache.keys[at(t)..][..hd], &q16) * a.scale;
         t += 1;
@@ -314,17 +322,37 @@ fn head_attention_impl<const SIMD: bool>(
     // The outputs in chunks of OUT_CHUNK, each with its own accumulators:
     // every output gets the same operations in the same order as with one
     // chunk, but the accumulators (arr x 16 lanes per output) stay in L1.
-    let arr = kqv.accumulators();
+    //
+    // A cell's accumulator (lane `t % 16` of accumulator `(t / 16) % arr`)
+    // is slot `t % (16 · arr)`: each slot's cells go through in order with
+    // its sums in registers, then it is stored once (a slot per cell, loaded
+    // and stored back for every cell, cost twice the arithmetic).
+    let slots = kqv.accumulators() * LANES;
     let mut buffer = [0.0f32; VEC_DOT_ARR * LANES * OUT_CHUNK];
     for d0 in (0..hd).step_by(OUT_CHUNK) {
         let n = OUT_CHUNK.min(hd - d0);
-        let acc = &mut buffer[..arr * LANES * n];
+        let acc = &mut buffer[..slots * n];
         acc.fill(0.0);
-        for (t, &w) in (first..=position).zip(&p) {
-            let slot = ((t / LANES) % arr) * LANES + t % LANES;
-            let acc = &mut acc[slot * n..][..n];
-            for (o, &v) in acc.iter_mut().zip(&cache.values[at(t) + d0..][..n]) {
-                *o = v.mul_add(w, *o);
+        for (slot, acc) in acc.chunks_exact_mut(n).enumerate() {
+            let mut t = first + (slot + slots - first % slots) % slots;
+            if n == OUT_CHUNK {
+                let mut sums = [0.0f32; OUT_CHUNK];
+                while t <= position {
+                    let w = p[t - first];
+                    for (o, &v) in sums.iter_mut().zip(&cache.values[at(t) + d0..][..OUT_CHUNK]) {
+                        *o = v.mul_add(w, *o);
+                    }
+                    t += slots;
+                }
+                acc.copy_from_slice(&sums);
+            } else {
+                while t <= position {
+                    let w = p[t - first];
+                    for (o, &v) in acc.iter_mut().zip(&cache.values[at(t) + d0..][..n]) {
+                        *o = v.mul_add(w, *o);
+                    }
+                    t += slots;
+                }
             }
         }
         reduce_lanes(kqv, acc, n, &mut out[d0..d0 + n]);
@@ -383,6 +411,33 @@ mod x86 {
             done += 8;
         }
         done
+    }
+
+    /// `dot(Order::VecDot, key, q)` for a length that is a multiple of 64:
+    /// accumulator `j` of 16 lanes (two vectors) takes block `j` of each 64,
+    /// then `combine4` and `reduce16` with the same adds.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub fn vec_dot(key: &[f32], q: &[f32]) -> f32 {
+        const STEP: usize = super::LANES * super::VEC_DOT_ARR;
+        assert!(key.len() == q.len() && q.len().is_multiple_of(STEP));
+        let (mut lo, mut hi) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+        for c in (0..q.len()).step_by(STEP) {
+            for j in 0..4 {
+                let at = c + j * super::LANES;
+                // SAFETY: `at + 16 <= len` of both (asserted).
+                unsafe {
+                    let (k, q) = (key.as_ptr().add(at), q.as_ptr().add(at));
+                    lo[j] = _mm256_fmadd_ps(_mm256_loadu_ps(k), _mm256_loadu_ps(q), lo[j]);
+                    hi[j] = _mm256_fmadd_ps(_mm256_loadu_ps(k.add(8)), _mm256_loadu_ps(q.add(8)), hi[j]);
+                }
+            }
+        }
+        let combine = |x: [__m256; 4]| _mm256_add_ps(_mm256_add_ps(x[0], x[2]), _mm256_add_ps(x[1], x[3]));
+        let s8 = _mm256_add_ps(combine(hi), combine(lo));
+        let s4 = _mm_add_ps(_mm256_extractf128_ps::<1>(s8), _mm256_castps256_ps128(s8));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
     }
 
     /// `dot(Order::Tiny, key, q)` for four keys: the 16 lanes as two vectors
@@ -473,6 +528,22 @@ mod tests {
             let got = unsafe { super::x86::tiny_dots4([&keys[0], &keys[1], &keys[2], &keys[3]], &q) };
             for (i, g) in got.iter().enumerate() {
                 assert_eq!(g.to_bits(), dot(Order::Tiny, &keys[i], &q).to_bits(), "hd {hd} key {i}");
+            }
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn vec_dot_equals_the_portable_dot() {
+        if !crate::compute::cpu::simd::has_avx2() {
+            return;
+        }
+        for (seed, hd) in [(1u64, 64usize), (2, 256), (3, 128), (4, 512)] {
+            for i in 0..8 {
+                let (q, key) = (pseudo_random(seed, hd), pseudo_random(seed * 10 + i, hd));
+                // SAFETY: AVX2 and FMA are present (checked above).
+                let got = unsafe { super::x86::vec_dot(&key, &q) };
+                assert_eq!(got.to_bits(), dot(Order::VecDot, &key, &q).to_bits(), "hd {hd} key {i}");
             }
         }
     }
@@ -605,6 +676,10 @@ mod tests {
             (layer(2, 1, 32, 5), 9, 3),
             (layer(2, 1, 32, 5), 1, 20),
             (layer(3, 3, 24, 0), 6, 11),
+            // Decode past several rounds of the 64 accumulator slots.
+            (layer(4, 1, 256, 0), 1, 300),
+            (layer(2, 1, 64, 100), 1, 250),
+            (layer(2, 1, 64, 0), 3, 140),
         ] {
             let width = a.n_kv_head * a.head_dim;
             let n = start + rows;
@@ -613,7 +688,7 @@ mod tests {
             let q = pseudo_random(13, rows * a.n_head * a.head_dim);
             let mut out = vec![0.0; q.len()];
             attention(&a, &q, &keys, &values, start, &mut out);
-            let want = reference(&a, &q, &keys, &values, start, 64);
+            let want = reference(&a, &q, &keys, &values, start, n.next_multiple_of(64));
             for (i, (g, w)) in out.iter().zip(&want).enumerate() {
                 assert_eq!(
                     g.to_bits(),

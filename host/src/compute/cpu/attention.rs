@@ -344,7 +344,10 @@ fn head_attention_impl<const SIMD: bool>(
                     }
                     t += slots;
                 }
-                acc.copy_from_slice(&sums);
+                // A loop, not `copy_from_slice`: that is a call to memcpy per slot.
+                for (a, s) in acc.iter_mut().zip(sums) {
+                    *a = s;
+                }
             } else {
                 while t <= position {
                     let w = p[t - first];

@@ -216,9 +216,10 @@ impl Backend for CpuBackend {
     fn run_batch(&self, graph: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<StepOutput>, ComputeError> {
         let kinds: Vec<_> = batch.iter().map(|s| s.output).collect();
         self.pool.install(|| {
-            let rows = execute(graph, batch)?;
-            Ok(rows
-                .into_par_iter()
+            let output = execute(graph, batch)?;
+            Ok(output
+                .data
+                .par_chunks_exact(output.cols)
                 .zip(kinds)
                 .map(|(row, kind)| super::shape_output(row, kind))
                 .collect())
@@ -233,7 +234,8 @@ struct Matrix {
     data: Vec<f32>,
 }
 
-fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>>, ComputeError> {
+/// The step's output: one row per sequence.
+fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Matrix, ComputeError> {
     let rows = Rows::of(batch);
     let tokens: Vec<u32> = batch.iter().flat_map(|s| s.tokens.iter().copied()).collect();
     let mut values: Vec<Option<Matrix>> = Vec::with_capacity(g.nodes.len());
@@ -357,7 +359,7 @@ fn execute(g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>
         .pop()
         .flatten()
         .ok_or_else(|| ComputeError::Internal("graph produced no output".into()))?;
-    Ok(output.data.chunks_exact(output.cols).map(<[f32]>::to_vec).collect())
+    Ok(output)
 }
 
 /// Appends a sequence's keys and values (rows `first..first + n` of `k` and

@@ -179,7 +179,7 @@ impl<'a, 'p> Exec<'a, 'p> {
                 let host = self.copy_out(out.at, out.rows * out.cols)?;
                 host.chunks_exact(out.cols)
                     .zip(kinds)
-                    .map(|(row, &kind)| shape_output(row.to_vec(), kind))
+                    .map(|(row, &kind)| shape_output(row, kind))
                     .collect()
             }
         };

@@ -141,15 +141,25 @@ pub fn attention(a: &Attention, q: &[f32], keys: &[f16], values: &[f16], start: 
     let rows = q.len() / (a.n_head * hd);
     let end = start + rows;
     let lo = first_position(a, start);
-    let (k32, v32) = (
-        to_f32(&keys[lo * width..end * width]),
-        to_f32(&values[lo * width..end * width]),
-    );
     let (kq, kqv) = orders(rows, hd);
-    let cache = Cache {
-        keys: &k32,
-        values: &v32,
-        lo,
+    let (keys, values) = (&keys[lo * width..end * width], &values[lo * width..end * width]);
+    // A decode step reads the f16 cache as it is; a prompt's rows share one
+    // f32 copy (at 768 positions, widening a copy for each token moved more
+    // memory than the products read).
+    let (k32, v32);
+    let cache = if rows == 1 && reads_f16(hd) {
+        Cache {
+            keys: Cells::F16(keys),
+            values: Cells::F16(values),
+            lo,
+        }
+    } else {
+        (k32, v32) = (to_f32(keys), to_f32(values));
+        Cache {
+            keys: Cells::F32(&k32),
+            values: Cells::F32(&v32),
+            lo,
+        }
     };
     out.par_chunks_mut(hd).enumerate().for_each(|(task, out_head)| {
         let (row, head) = (task / a.n_head, task % a.n_head);
@@ -158,11 +168,40 @@ pub fn attention(a: &Attention, q: &[f32], keys: &[f16], values: &[f16], start: 
     });
 }
 
-/// Keys and values of positions `lo..`, converted to f32.
+/// Whether a decode step can take the f16 cache as it is: the kernels that
+/// widen it as they read (`x86::vec_dot_f16`, `x86::mul_add32_f16`) need
+/// AVX2 and F16C, whole blocks of 64 for the scores and of 32 for the sums.
+fn reads_f16(head_dim: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() && head_dim.is_multiple_of(LANES * VEC_DOT_ARR) {
+        return true;
+    }
+    let _ = head_dim;
+    false
+}
+
+/// Keys and values of positions `lo..`.
 pub struct Cache<'a> {
-    pub keys: &'a [f32],
-    pub values: &'a [f32],
+    pub keys: Cells<'a>,
+    pub values: Cells<'a>,
     pub lo: usize,
+}
+
+/// A cache's cells: the f16 store itself, or an f32 copy of it.
+#[derive(Clone, Copy)]
+pub enum Cells<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl Cells<'_> {
+    /// `len` values from `at`, as f32 (a copy for f16 cells: the slow path).
+    fn widened(&self, at: usize, len: usize) -> std::borrow::Cow<'_, [f32]> {
+        match self {
+            Cells::F32(c) => std::borrow::Cow::Borrowed(&c[at..at + len]),
+            Cells::F16(c) => std::borrow::Cow::Owned(c[at..at + len].iter().map(|v| v.to_f32()).collect()),
+        }
+    }
 }
 
 fn first_position(a: &Attention, position: usize) -> usize {
@@ -263,9 +302,9 @@ fn head_attention_impl<const SIMD: bool>(
     let mut p = vec![0.0f32; position + 1 - first];
     let mut t = first;
     #[cfg(target_arch = "x86_64")]
-    if SIMD && kq == Order::Tiny {
+    if let (true, Order::Tiny, Cells::F32(cells)) = (SIMD, kq, cache.keys) {
         while t + 4 <= position + 1 {
-            let keys = [t, t + 1, t + 2, t + 3].map(|u| &cache.keys[at(u)..][..hd]);
+            let keys = [t, t + 1, t + 2, t + 3].map(|u| &cells[at(u)..][..hd]);
             // SAFETY: SIMD is set only by `head_attention_fma`, which runs
             // where AVX2 and FMA are present.
             let dots = unsafe { x86::tiny_dots4(keys, &q16) };
@@ -278,13 +317,19 @@ fn head_attention_impl<const SIMD: bool>(
     #[cfg(target_arch = "x86_64")]
     if SIMD && kq == Order::VecDot && hd.is_multiple_of(LANES * VEC_DOT_ARR) {
         while t <= position {
-            // SAFETY: as above.
-            p[t - first] = unsafe { x86::vec_dot(&cache.keys[at(t)..][..hd], &q16) } * a.scale;
+            // SAFETY: as above (and F16C, which `head_attention_fma` enables too).
+            let dot = unsafe {
+                match cache.keys {
+                    Cells::F32(cells) => x86::vec_dot(&cells[at(t)..][..hd], &q16),
+                    Cells::F16(cells) => x86::vec_dot_f16(&cells[at(t)..][..hd], &q16),
+                }
+            };
+            p[t - first] = dot * a.scale;
             t += 1;
         }
     }
     while t <= position {
-        p[t - first] = dot(kq, &cache.keys[at(t)..][..hd], &q16) * a.scale;
+        p[t - first] = dot(kq, &cache.keys.widened(at(t), hd), &q16) * a.scale;
         t += 1;
     }
     let mut max = f32::NEG_INFINITY;
@@ -353,8 +398,24 @@ fn head_attention_impl<const SIMD: bool>(
                 let mut sums = [0.0f32; OUT_CHUNK];
                 while t <= position {
                     let w = p[t - first];
-                    for (o, &v) in sums.iter_mut().zip(&cache.values[at(t) + d0..][..OUT_CHUNK]) {
-                        *o = v.mul_add(w, *o);
+                    match cache.values {
+                        Cells::F32(cells) => {
+                            for (o, &v) in sums.iter_mut().zip(&cells[at(t) + d0..][..OUT_CHUNK]) {
+                                *o = v.mul_add(w, *o);
+                            }
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: F16 cells are read only where `reads_f16`
+                        // found AVX2 and F16C.
+                        Cells::F16(cells) if SIMD => unsafe {
+                            x86::mul_add32_f16(&mut sums, &cells[at(t) + d0..][..OUT_CHUNK], w)
+                        },
+                        Cells::F16(_) => {
+                            let values = cache.values.widened(at(t) + d0, OUT_CHUNK);
+                            for (o, &v) in sums.iter_mut().zip(values.iter()) {
+                                *o = v.mul_add(w, *o);
+                            }
+                        }
                     }
                     t += slots;
                 }
@@ -365,7 +426,7 @@ fn head_attention_impl<const SIMD: bool>(
             } else {
                 while t <= position {
                     let w = p[t - first];
-                    for (o, &v) in acc.iter_mut().zip(&cache.values[at(t) + d0..][..n]) {
+                    for (o, &v) in acc.iter_mut().zip(cache.values.widened(at(t) + d0, n).iter()) {
                         *o = v.mul_add(w, *o);
                     }
                     t += slots;
@@ -471,6 +532,52 @@ mod x86 {
         let s4 = _mm_add_ps(_mm256_extractf128_ps::<1>(s8), _mm256_castps256_ps128(s8));
         let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
         _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
+    }
+
+    /// `vec_dot` of an f16 key, widened as it is read (exactly).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn vec_dot_f16(key: &[half::f16], q: &[f32]) -> f32 {
+        const STEP: usize = super::LANES * super::VEC_DOT_ARR;
+        assert!(key.len() == q.len() && q.len().is_multiple_of(STEP));
+        let (mut lo, mut hi) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+        for c in (0..q.len()).step_by(STEP) {
+            for j in 0..4 {
+                let at = c + j * super::LANES;
+                // SAFETY: `at + 16 <= len` of both (asserted).
+                unsafe {
+                    let (k, q) = (key.as_ptr().add(at), q.as_ptr().add(at));
+                    let (k0, k1) = (
+                        _mm256_cvtph_ps(_mm_loadu_si128(k.cast())),
+                        _mm256_cvtph_ps(_mm_loadu_si128(k.add(8).cast())),
+                    );
+                    lo[j] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q), lo[j]);
+                    hi[j] = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q.add(8)), hi[j]);
+                }
+            }
+        }
+        let combine = |x: [__m256; 4]| _mm256_add_ps(_mm256_add_ps(x[0], x[2]), _mm256_add_ps(x[1], x[3]));
+        let s8 = _mm256_add_ps(combine(hi), combine(lo));
+        let s4 = _mm_add_ps(_mm256_extractf128_ps::<1>(s8), _mm256_castps256_ps128(s8));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
+    }
+
+    /// `sums[i] = v[i] · w + sums[i]`, fused, for 32 f16 values widened as
+    /// they are read.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn mul_add32_f16(sums: &mut [f32; 32], v: &[half::f16], w: f32) {
+        assert!(v.len() >= 32);
+        let w = _mm256_set1_ps(w);
+        for i in (0..32).step_by(8) {
+            // SAFETY: eight values at `i + 8 <= 32` of both (asserted).
+            unsafe {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i).cast()));
+                let o = sums.as_mut_ptr().add(i);
+                _mm256_storeu_ps(o, _mm256_fmadd_ps(v, w, _mm256_loadu_ps(o)));
+            }
+        }
     }
 
     /// `dot(Order::Tiny, key, q)` for four keys: the 16 lanes as two vectors
@@ -734,8 +841,8 @@ mod tests {
             let to32 = |h: &[f16]| -> Vec<f32> { h[cache_lo * width..n * width].iter().map(|v| v.to_f32()).collect() };
             let (k32, v32) = (to32(&keys), to32(&values));
             let cache = Cache {
-                keys: &k32,
-                values: &v32,
+                keys: Cells::F32(&k32),
+                values: Cells::F32(&v32),
                 lo: cache_lo,
             };
             let (kq, kqv) = orders(rows, a.head_dim);

@@ -169,7 +169,7 @@ pub fn attention(a: &Attention, q: &[f32], keys: &[f16], values: &[f16], start: 
 }
 
 /// Whether a decode step can take the f16 cache as it is: the kernels that
-/// widen it as they read (`x86::vec_dot_f16`, `x86::mul_add32_f16`) need
+/// widen it as they read (`x86::vec_dot`, `x86::mul_add32_f16`) need
 /// AVX2 and F16C, whole blocks of 64 for the scores and of 32 for the sums.
 fn reads_f16(head_dim: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -321,7 +321,7 @@ fn head_attention_impl<const SIMD: bool>(
             let dot = unsafe {
                 match cache.keys {
                     Cells::F32(cells) => x86::vec_dot(&cells[at(t)..][..hd], &q16),
-                    Cells::F16(cells) => x86::vec_dot_f16(&cells[at(t)..][..hd], &q16),
+                    Cells::F16(cells) => x86::vec_dot(&cells[at(t)..][..hd], &q16),
                 }
             };
             p[t - first] = dot * a.scale;
@@ -507,55 +507,60 @@ mod x86 {
         done
     }
 
+    /// A cache cell type the decode kernels read eight at a time as f32.
+    pub trait Cell: Copy {
+        /// # Safety
+        /// Eight values from `p` must be readable; AVX2 and F16C present.
+        unsafe fn load8(p: *const Self) -> __m256;
+    }
+
+    impl Cell for f32 {
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            // SAFETY: the caller's.
+            unsafe { _mm256_loadu_ps(p) }
+        }
+    }
+
+    impl Cell for half::f16 {
+        /// Widened exactly by F16C.
+        #[inline]
+        #[target_feature(enable = "avx2,f16c")]
+        unsafe fn load8(p: *const half::f16) -> __m256 {
+            // SAFETY: the caller's.
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+        }
+    }
+
     /// `dot(Order::VecDot, key, q)` for a length that is a multiple of 64:
     /// accumulator `j` of 16 lanes (two vectors) takes block `j` of each 64,
     /// then `combine4` and `reduce16` with the same adds.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub fn vec_dot(key: &[f32], q: &[f32]) -> f32 {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn vec_dot<C: Cell>(key: &[C], q: &[f32]) -> f32 {
         const STEP: usize = super::LANES * super::VEC_DOT_ARR;
         assert!(key.len() == q.len() && q.len().is_multiple_of(STEP));
         let (mut lo, mut hi) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
         for c in (0..q.len()).step_by(STEP) {
             for j in 0..4 {
                 let at = c + j * super::LANES;
-                // SAFETY: `at + 16 <= len` of both (asserted).
+                // SAFETY: `at + 16 <= len` of both (asserted); the features are this function's.
                 unsafe {
                     let (k, q) = (key.as_ptr().add(at), q.as_ptr().add(at));
-                    lo[j] = _mm256_fmadd_ps(_mm256_loadu_ps(k), _mm256_loadu_ps(q), lo[j]);
-                    hi[j] = _mm256_fmadd_ps(_mm256_loadu_ps(k.add(8)), _mm256_loadu_ps(q.add(8)), hi[j]);
+                    lo[j] = _mm256_fmadd_ps(C::load8(k), _mm256_loadu_ps(q), lo[j]);
+                    hi[j] = _mm256_fmadd_ps(C::load8(k.add(8)), _mm256_loadu_ps(q.add(8)), hi[j]);
                 }
             }
         }
-        let combine = |x: [__m256; 4]| _mm256_add_ps(_mm256_add_ps(x[0], x[2]), _mm256_add_ps(x[1], x[3]));
-        let s8 = _mm256_add_ps(combine(hi), combine(lo));
-        let s4 = _mm_add_ps(_mm256_extractf128_ps::<1>(s8), _mm256_castps256_ps128(s8));
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
+        vec_dot_sum(lo, hi)
     }
 
-    /// `vec_dot` of an f16 key, widened as it is read (exactly).
+    /// `combine4`, then `reduce16`, of the four accumulators' low and high
+    /// eight lanes: the same adds in the same order.
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub fn vec_dot_f16(key: &[half::f16], q: &[f32]) -> f32 {
-        const STEP: usize = super::LANES * super::VEC_DOT_ARR;
-        assert!(key.len() == q.len() && q.len().is_multiple_of(STEP));
-        let (mut lo, mut hi) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
-        for c in (0..q.len()).step_by(STEP) {
-            for j in 0..4 {
-                let at = c + j * super::LANES;
-                // SAFETY: `at + 16 <= len` of both (asserted).
-                unsafe {
-                    let (k, q) = (key.as_ptr().add(at), q.as_ptr().add(at));
-                    let (k0, k1) = (
-                        _mm256_cvtph_ps(_mm_loadu_si128(k.cast())),
-                        _mm256_cvtph_ps(_mm_loadu_si128(k.add(8).cast())),
-                    );
-                    lo[j] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q), lo[j]);
-                    hi[j] = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q.add(8)), hi[j]);
-                }
-            }
-        }
+    #[target_feature(enable = "avx2")]
+    fn vec_dot_sum(lo: [__m256; 4], hi: [__m256; 4]) -> f32 {
         let combine = |x: [__m256; 4]| _mm256_add_ps(_mm256_add_ps(x[0], x[2]), _mm256_add_ps(x[1], x[3]));
         let s8 = _mm256_add_ps(combine(hi), combine(lo));
         let s4 = _mm_add_ps(_mm256_extractf128_ps::<1>(s8), _mm256_castps256_ps128(s8));
@@ -684,6 +689,16 @@ mod tests {
                 // SAFETY: AVX2 and FMA are present (checked above).
                 let got = unsafe { super::x86::vec_dot(&key, &q) };
                 assert_eq!(got.to_bits(), dot(Order::VecDot, &key, &q).to_bits(), "hd {hd} key {i}");
+                // An f16 key, widened as it is read, as its f32 copy.
+                let key16: Vec<f16> = key.iter().map(|&v| f16::from_f32(v)).collect();
+                let widened: Vec<f32> = key16.iter().map(|v| v.to_f32()).collect();
+                // SAFETY: as above (F16C is checked with AVX2).
+                let got = unsafe { super::x86::vec_dot(&key16, &q) };
+                assert_eq!(
+                    got.to_bits(),
+                    dot(Order::VecDot, &widened, &q).to_bits(),
+                    "f16 hd {hd} key {i}"
+                );
             }
         }
     }

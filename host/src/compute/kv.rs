@@ -2,11 +2,14 @@
 //! llama.cpp stores them. Charged to its tenant's KV-token budget for its full
 //! capacity; the memory itself grows as positions are filled.
 //!
-//! The host-side store is one anonymous mapping of the full capacity, made at
-//! the first append: the kernel hands out zeroed pages as positions are
-//! written, so an unfilled cache costs address space only, growing never
-//! copies, and freeing returns the pages at once instead of leaving holes in
-//! the allocator's heap between tenants.
+//! The host-side store is one anonymous mapping of the full capacity, made
+//! with the cache: the kernel hands out zeroed pages as positions are written,
+//! so an unfilled cache costs address space only, growing never copies, and
+//! freeing returns the pages at once instead of leaving holes in the
+//! allocator's heap between tenants. Where the kernel refuses the mapping
+//! (strict overcommit), the allocation fails with a quota error for that
+//! tenant alone. A GPU backend keeps the cache on the device and never
+//! touches the mapping's pages.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use half::f16;
 use memmap2::MmapMut;
 
+use super::ComputeError;
 use super::budget::Charge;
 
 pub struct KvCache {
@@ -21,7 +25,7 @@ pub struct KvCache {
     width: usize,
     capacity: u32,
     /// Per layer, its keys then its values, each `capacity x width` f16.
-    store: Option<MmapMut>,
+    store: MmapMut,
     /// Positions written so far, the most over all layers.
     filled: usize,
     /// Where a GPU backend keeps this cache's keys and values instead.
@@ -32,19 +36,30 @@ pub struct KvCache {
 impl KvCache {
     /// Bytes a cache of this shape may grow to.
     pub fn bytes_for(layers: u32, width: u32, capacity: u32) -> u64 {
-        2 * layers as u64 * width as u64 * capacity as u64 * size_of::<f16>() as u64
+        // Saturating: the sizes come from a guest, and a size past any
+        // address space then fails to map instead of wrapping.
+        [layers as u64, width as u64, capacity as u64, size_of::<f16>() as u64]
+            .into_iter()
+            .fold(2u64, u64::saturating_mul)
     }
 
-    pub fn new(layers: u32, width: u32, capacity: u32, charge: Charge) -> Self {
-        Self {
+    pub fn new(layers: u32, width: u32, capacity: u32, charge: Charge) -> Result<Self, ComputeError> {
+        let bytes = Self::bytes_for(layers, width, capacity);
+        let store = usize::try_from(bytes)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::OutOfMemory))
+            .and_then(map_store)
+            .map_err(|e| {
+                ComputeError::QuotaExceeded(format!("the host cannot map a KV cache of {bytes} bytes: {e}"))
+            })?;
+        Ok(Self {
             layers,
             width: width as usize,
             capacity,
-            store: None,
+            store,
             filled: 0,
             device: None,
             _charge: charge,
-        }
+        })
     }
 
     pub fn layers(&self) -> u32 {
@@ -70,9 +85,7 @@ impl KvCache {
         }
         let plane = self.capacity as usize * self.width;
         let len = positions * self.width;
-        let bytes = Self::bytes_for(self.layers, self.width as u32, self.capacity) as usize;
-        let store = self.store.get_or_insert_with(|| map_store(bytes));
-        let halves = halves_mut(store);
+        let halves = halves_mut(&mut self.store);
         let (keys, values) = halves[2 * layer * plane..(2 * layer + 2) * plane].split_at_mut(plane);
         (&mut keys[..len], &mut values[..len])
     }
@@ -83,11 +96,7 @@ impl KvCache {
         assert!(positions <= self.filled, "KV positions not yet written");
         let plane = self.capacity as usize * self.width;
         let len = positions * self.width;
-        let halves: &[f16] = match &self.store {
-            Some(store) => halves(store),
-            None => &[],
-        };
-        let keys = &halves[2 * layer * plane..];
+        let keys = &halves(&self.store)[2 * layer * plane..];
         (&keys[..len], &keys[plane..plane + len])
     }
 
@@ -109,9 +118,8 @@ impl Drop for KvCache {
     }
 }
 
-fn map_store(bytes: usize) -> MmapMut {
-    // An anonymous mapping fails only when the address space is exhausted.
-    let store = MmapMut::map_anon(bytes).expect("mapping a KV cache");
+fn map_store(bytes: usize) -> std::io::Result<MmapMut> {
+    let store = MmapMut::map_anon(bytes)?;
     // A tenant's cache holds what its prompts became: keep it out of core
     // dumps. This also marks it `dd` in /proc/PID/smaps, which tells KV caches
     // from the guests' memories in the memory benchmark.
@@ -119,7 +127,7 @@ fn map_store(bytes: usize) -> MmapMut {
     if let Err(e) = store.advise(memmap2::Advice::DontDump) {
         tracing::debug!(error = %e, "KV cache left in core dumps");
     }
-    store
+    Ok(store)
 }
 
 // SAFETY (both): `f16` is a `u16` with every bit pattern valid, and a mapping
@@ -147,7 +155,7 @@ mod tests {
 
     fn cache(layers: u32, width: u32, capacity: u32) -> KvCache {
         let charge = Budget::unlimited("test").charge(capacity as u64).expect("unlimited");
-        KvCache::new(layers, width, capacity, charge)
+        KvCache::new(layers, width, capacity, charge).expect("a small mapping")
     }
 
     #[test]
@@ -175,6 +183,16 @@ mod tests {
         let (k, _) = kv.layer(1, 5);
         assert!(k[8..].iter().all(|x| *x == f16::ONE));
         assert_eq!(kv.resident_bytes(), 5 * 3 * 4 * 2 * 2);
+    }
+
+    #[test]
+    fn a_cache_past_any_address_space_is_a_quota_error() {
+        let charge = Budget::unlimited("test").charge(1).expect("unlimited");
+        match KvCache::new(u32::MAX, u32::MAX, u32::MAX, charge) {
+            Err(ComputeError::QuotaExceeded(m)) => assert!(m.contains("cannot map"), "{m}"),
+            Err(e) => panic!("another error: {e:?}"),
+            Ok(_) => panic!("mapped"),
+        }
     }
 
     #[test]

@@ -125,7 +125,10 @@ impl compute::HostKvCache for StoreState {
             Ok(charge) => charge,
             Err(e) => return Ok(Err(e.into())),
         };
-        let cache = KvCache::new(layers, width, capacity, charge);
+        let cache = match KvCache::new(layers, width, capacity, charge) {
+            Ok(cache) => cache,
+            Err(e) => return Ok(Err(e.into())),
+        };
         Ok(Ok(self.table.push(KvHandle(Arc::new(Mutex::new(cache))))?))
     }
 

@@ -262,7 +262,7 @@ fn tiny_program() -> (tempfile::NamedTempFile, Arc<CompiledGraph>) {
 
 fn cache() -> KvCache {
     let charge = Budget::unlimited("test").charge(64).expect("unlimited");
-    KvCache::new(1, HEAD_DIM, 64, charge)
+    KvCache::new(1, HEAD_DIM, 64, charge).expect("a cache")
 }
 
 /// Two sequences' steps: A's prompt of 9 and 3 decode steps, B's prompt of 5

@@ -97,7 +97,7 @@ fn tiny_program() -> (tempfile::NamedTempFile, Arc<CompiledGraph>) {
 
 fn cache() -> SharedKv {
     let charge = Budget::unlimited("test").charge(64).expect("unlimited");
-    Arc::new(Mutex::new(KvCache::new(1, HEAD_DIM, 64, charge)))
+    Arc::new(Mutex::new(KvCache::new(1, HEAD_DIM, 64, charge).expect("a cache")))
 }
 
 /// Sequence `i`'s steps: a prompt of `3 + 7i` tokens, then six single tokens.

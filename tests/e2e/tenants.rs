@@ -384,8 +384,12 @@ fn read_log_line(path: &Path, message: &str) -> Value {
 fn shutdown_refuses_new_work_and_lets_streams_finish() {
     let deployment = Deployment::new(&[DEFAULT_MODEL], &[], &tenant("alpha", ""));
     let mut server = deployment.serve(&[], Stdio::inherit());
-    let mut body = completion(DEFAULT_MODEL, "Once upon a time", 200);
+    // Long enough (no early end of text) that the server is still draining
+    // when the checks below run: at 150 tokens/s, 200 tokens that could stop
+    // at EOS left a loaded machine too short a window.
+    let mut body = completion(DEFAULT_MODEL, "Once upon a time", 600);
     body["stream"] = json!(true);
+    body["ignore_eos"] = json!(true);
     std::thread::scope(|scope| {
         let stream = scope.spawn(|| server.call("POST", "/v1/completions", Some("key-alpha"), Some(body)));
         wait_for("the stream", || {

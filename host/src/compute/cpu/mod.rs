@@ -32,35 +32,23 @@ fn panels(ty: GgmlType, w: &[u8], row_bytes: usize, inputs: &[Activations], out:
             .collect();
         out.by_columns(|first, columns, out| {
             let whole = columns / PANEL_ROWS * PANEL_ROWS;
-            let mut panel = Vec::new();
-            let mut sums = [[0.0f32; PANEL_ROWS]; GROUP_ROWS];
-            for p in (0..whole).step_by(PANEL_ROWS) {
-                let at = (first + p) * row_bytes;
+            walk_panels(
+                w,
+                row_bytes,
+                first..first + whole,
+                groups.len(),
                 // SAFETY: `kernels` checked the CPU features; the panel's
-                // eight rows lie within `w`, and every group has the
-                // row's blocks.
-                unsafe { pack(&w[at..at + PANEL_ROWS * row_bytes], row_bytes, &mut panel) };
-                // The next panel's rows come in while the groups run, a share
-                // before each: packing waited on memory for eight rows at a
-                // time (eight streams, each cut by every 4 KiB page of the
-                // mapped file, which the hardware prefetcher does not cross),
-                // and asking for all of them at once filled the line buffers.
-                let next = if p + 2 * PANEL_ROWS <= whole {
-                    &w[at + PANEL_ROWS * row_bytes..at + 2 * PANEL_ROWS * row_bytes]
-                } else {
-                    &[]
-                };
-                let share = next.len().div_ceil(groups.len()).next_multiple_of(64).max(64);
-                let mut ahead = next.chunks(share);
-                for (g, ys) in groups.iter().enumerate() {
-                    simd::prefetch(ahead.next().unwrap_or_default());
-                    // SAFETY: as above.
-                    unsafe { kernel(&panel, ys, &mut sums) };
+                // eight rows lie within `w`.
+                |rows, panel| unsafe { pack(rows, row_bytes, panel) },
+                |panel, p, g| {
+                    let mut sums = [[0.0f32; PANEL_ROWS]; GROUP_ROWS];
+                    // SAFETY: as above; every group has the row's blocks.
+                    unsafe { kernel(panel, &groups[g], &mut sums) };
                     for (j, s) in sums.iter().enumerate().take(rows - g * GROUP_ROWS) {
                         out.set_run(g * GROUP_ROWS + j, p, s);
                     }
-                }
-            }
+                },
+            );
             let mut col = vec![0.0; rows];
             for c in whole..columns {
                 let j = first + c;
@@ -74,6 +62,43 @@ fn panels(ty: GgmlType, w: &[u8], row_bytes: usize, inputs: &[Activations], out:
     {
         let _ = (ty, w, row_bytes, inputs, out);
         false
+    }
+}
+
+/// The whole panels of `PANEL_ROWS` weight rows among `columns` (weight rows
+/// of `w`, a task's): each packed by `pack` into a panel, then `run(panel,
+/// p, g)` for each of `groups` groups of input rows, `p` the panel's first
+/// column within the task. The next panel's rows come in while the groups
+/// run, a share before each: packing waited on memory for eight rows at a
+/// time (eight streams, each cut by every 4 KiB page of the mapped file,
+/// which the hardware prefetcher does not cross), and asking for all of
+/// them at once filled the line buffers.
+#[cfg(target_arch = "x86_64")]
+fn walk_panels<P>(
+    w: &[u8],
+    row_bytes: usize,
+    columns: std::ops::Range<usize>,
+    groups: usize,
+    pack: impl Fn(&[u8], &mut Vec<P>),
+    mut run: impl FnMut(&[P], usize, usize),
+) {
+    const PANEL_ROWS: usize = simd::panel::PANEL_ROWS;
+    const _: () = assert!(ksimd::panel::PANEL_ROWS == PANEL_ROWS);
+    let mut panel = Vec::new();
+    for p in (0..columns.len()).step_by(PANEL_ROWS) {
+        let at = (columns.start + p) * row_bytes;
+        pack(&w[at..at + PANEL_ROWS * row_bytes], &mut panel);
+        let next = if p + 2 * PANEL_ROWS <= columns.len() {
+            &w[at + PANEL_ROWS * row_bytes..at + 2 * PANEL_ROWS * row_bytes]
+        } else {
+            &[]
+        };
+        let share = next.len().div_ceil(groups.max(1)).next_multiple_of(64).max(64);
+        let mut ahead = next.chunks(share);
+        for g in 0..groups {
+            simd::prefetch(ahead.next().unwrap_or_default());
+            run(&panel, p, g);
+        }
     }
 }
 
@@ -131,21 +156,24 @@ fn k_panels(
         let (rest, all) = (SpanSplit::of(&rest), SpanSplit::of(spans));
         out.by_columns(|first, columns, out| {
             let whole = columns / PANEL_ROWS * PANEL_ROWS;
-            let mut panel = Vec::new();
-            let mut sums = [[0.0f32; PANEL_ROWS]; GROUP_ROWS];
-            for p in (0..whole).step_by(PANEL_ROWS) {
-                let at = (first + p) * row_bytes;
-                pack(&w[at..at + PANEL_ROWS * row_bytes], row_bytes, &mut panel);
-                for &(r0, n) in &groups {
+            walk_panels(
+                w,
+                row_bytes,
+                first..first + whole,
+                groups.len(),
+                |rows, panel| pack(rows, row_bytes, panel),
+                |panel, p, g| {
+                    let (r0, n) = groups[g];
                     let ys = std::array::from_fn(|j| blocks[r0 + j.min(n - 1)]);
+                    let mut sums = [[0.0f32; PANEL_ROWS]; GROUP_ROWS];
                     // SAFETY: `kernels` checked the CPU features; every
                     // row has the panel's blocks.
-                    unsafe { kernel(&panel, ys, &mut sums) };
+                    unsafe { kernel(panel, ys, &mut sums) };
                     for (j, s) in sums.iter().enumerate().take(n) {
                         out.set_run(r0 + j, p, s);
                     }
-                }
-            }
+                },
+            );
             let mut col = vec![0.0; rows];
             for c in 0..columns {
                 let j = first + c;

@@ -79,9 +79,9 @@ impl KvCache {
     pub fn layer_mut(&mut self, layer: usize, positions: usize) -> (&mut [f16], &mut [f16]) {
         assert!(positions <= self.capacity as usize, "KV positions past the capacity");
         if positions > self.filled {
-            let row = 2 * self.layers as usize * self.width * size_of::<f16>();
-            RESIDENT_BYTES.fetch_add(((positions - self.filled) * row) as u64, Ordering::Relaxed);
+            let before = self.resident_bytes();
             self.filled = positions;
+            RESIDENT_BYTES.fetch_add((self.resident_bytes() - before) as u64, Ordering::Relaxed);
         }
         let plane = self.capacity as usize * self.width;
         let len = positions * self.width;
@@ -108,7 +108,7 @@ impl KvCache {
 
     /// Bytes of the positions written (the pages they touched, to a page).
     pub fn resident_bytes(&self) -> usize {
-        self.filled * 2 * self.layers as usize * self.width * size_of::<f16>()
+        Self::bytes_for(self.layers, self.width as u32, self.filled as u32) as usize
     }
 }
 

@@ -22,7 +22,7 @@ use cudarc::driver::{CudaContext, CudaStream, DriverError};
 use super::graph::CompiledGraph;
 use super::{Backend, ComputeError, Sequence, StepOutput};
 use kernels::Kernels;
-use resident::{BufferPool, DeviceWeights};
+use resident::{BufferPool, DeviceWeights, Retired};
 use step::Plans;
 
 pub struct CudaBackend {
@@ -31,6 +31,8 @@ pub struct CudaBackend {
     /// Held for a whole step: one step at a time on the device; the weights
     /// it uploads and the buffers it frees stay for the next.
     state: Mutex<(DeviceWeights, BufferPool, Plans)>,
+    /// KV stores of caches dropped since the last step, freed by the next.
+    retired: Arc<Retired>,
     device: String,
 }
 
@@ -59,8 +61,15 @@ impl CudaBackend {
             stream,
             kernels,
             state: Mutex::new(Default::default()),
+            retired: Arc::default(),
             device,
         })
+    }
+
+    /// Decode steps that could not be captured as graphs so far.
+    #[cfg(test)]
+    fn failed_captures(&self) -> usize {
+        self.state.lock().map_or(usize::MAX, |s| s.2.failed)
     }
 
     /// The GPU's name and compute capability.
@@ -81,12 +90,14 @@ impl Backend for CudaBackend {
             .map_err(|_| ComputeError::Internal("the CUDA backend's lock is poisoned".into()))?;
         let (weights, pool, plans) = &mut *state;
         self.stream.context().bind_to_thread().map_err(driver)?;
+        self.retired.free();
         let device = step::Device {
             stream: &self.stream,
             kernels: &self.kernels,
             weights,
             pool,
             plans,
+            retired: &self.retired,
         };
         step::run(device, graph, batch)
     }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
@@ -113,24 +113,67 @@ impl BufferPool {
 /// A sequence's keys and values on the device, [position][layer][width] f16,
 /// for the first `positions` positions; it grows by doubling.
 struct DeviceKv {
-    keys: CudaSlice<u16>,
-    values: CudaSlice<u16>,
+    stores: Option<KvStores>,
     positions: usize,
+    retired: Arc<Retired>,
 }
 
-/// A cache is dropped on whichever thread drops its realm; CUDA frees need
-/// the context current there.
+struct KvStores {
+    keys: CudaSlice<u16>,
+    values: CudaSlice<u16>,
+}
+
+/// A cache is dropped on whichever thread drops its realm, maybe while the
+/// backend captures a step as a graph on the stream that a free would go to.
+/// A free from another thread would join that graph (to free the memory
+/// again at every replay) or break the capture, so its stores are retired
+/// and freed by the next step.
 impl Drop for DeviceKv {
     fn drop(&mut self) {
-        let _ = self.keys.context().bind_to_thread();
+        if let Some(stores) = self.stores.take() {
+            self.retired.lock().push(stores);
+        }
+    }
+}
+
+/// Device KV stores of dropped caches, waiting for the backend's next step.
+#[derive(Default)]
+pub struct Retired(Mutex<Vec<KvStores>>);
+
+impl Retired {
+    fn lock(&self) -> MutexGuard<'_, Vec<KvStores>> {
+        // A panic while pushing leaves a valid list.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Frees what was retired; called with the backend's lock held and its
+    /// context bound, between steps.
+    pub fn free(&self) {
+        let stores = std::mem::take(&mut *self.lock());
+        drop(stores);
+    }
+}
+
+/// What is still retired when the backend and every cache are gone.
+impl Drop for Retired {
+    fn drop(&mut self) {
+        if let Some(any) = self.lock().first() {
+            let _ = any.keys.context().bind_to_thread();
+        }
     }
 }
 
 /// Positions a device KV cache starts with.
 const FIRST_POSITIONS: usize = 256;
 
-/// The device stores of `cache`, grown to hold `needed` positions.
-pub fn kv_stores(s: &Arc<CudaStream>, cache: &mut KvCache, needed: usize) -> Result<(Ptr, Ptr), ComputeError> {
+/// The device stores of `cache`, grown to hold `needed` positions; stores it
+/// outgrows are retired to `retired`.
+pub fn kv_stores(
+    s: &Arc<CudaStream>,
+    retired: &Arc<Retired>,
+    cache: &mut KvCache,
+    needed: usize,
+) -> Result<(Ptr, Ptr), ComputeError> {
     let per_position = cache.layers() as usize * cache.width();
     let capacity = cache.capacity() as usize;
     let slot = cache.device_slot();
@@ -149,24 +192,27 @@ pub fn kv_stores(s: &Arc<CudaStream>, cache: &mut KvCache, needed: usize) -> Res
                 s.alloc::<u16>(len).map_err(driver)?,
             )
         };
-        if let Some(old) = slot.take().and_then(|b| b.downcast::<DeviceKv>().ok()) {
+        if let Some(old) = slot.take().and_then(|b| b.downcast::<DeviceKv>().ok())
+            && let Some(stores) = &old.stores
+        {
             let old_len = old.positions * per_position;
-            s.memcpy_dtod(&old.keys, &mut keys.slice_mut(..old_len))
+            s.memcpy_dtod(&stores.keys, &mut keys.slice_mut(..old_len))
                 .map_err(driver)?;
-            s.memcpy_dtod(&old.values, &mut values.slice_mut(..old_len))
+            s.memcpy_dtod(&stores.values, &mut values.slice_mut(..old_len))
                 .map_err(driver)?;
         }
         *slot = Some(Box::new(DeviceKv {
-            keys,
-            values,
+            stores: Some(KvStores { keys, values }),
             positions,
+            retired: retired.clone(),
         }));
     }
-    let kv = slot
+    let stores = slot
         .as_ref()
         .and_then(|b| b.downcast_ref::<DeviceKv>())
+        .and_then(|kv| kv.stores.as_ref())
         .ok_or_else(|| ComputeError::Internal("the KV cache holds another backend's storage".into()))?;
-    Ok((ptr(&kv.keys, s), ptr(&kv.values, s)))
+    Ok((ptr(&stores.keys, s), ptr(&stores.values, s)))
 }
 
 pub fn ptr<T>(slice: &CudaSlice<T>, s: &Arc<CudaStream>) -> Ptr {

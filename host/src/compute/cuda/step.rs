@@ -17,7 +17,7 @@ use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, result};
 use super::driver;
 use super::exec::{Buffers, Exec, Inputs, Value};
 use super::kernels::{Kernels, KvRows};
-use super::resident::{BufferPool, DeviceWeights, kv_stores, ptr};
+use super::resident::{BufferPool, DeviceWeights, Retired, kv_stores, ptr};
 use crate::compute::graph::{CompiledGraph, Node, TensorId};
 use crate::compute::weights::ModelFile;
 use crate::compute::{Budget, ComputeError, KvCache, OutputKind, Rows, Sequence, StepOutput};
@@ -34,6 +34,7 @@ pub struct Device<'a> {
     pub weights: &'a mut DeviceWeights,
     pub pool: &'a mut BufferPool,
     pub plans: &'a mut Plans,
+    pub retired: &'a Arc<Retired>,
 }
 
 /// Decode steps captured as CUDA graphs, by program, model file and batch
@@ -42,6 +43,8 @@ pub struct Device<'a> {
 pub struct Plans {
     plans: HashMap<(u64, usize, usize), Plan>,
     pads: Vec<KvCache>,
+    /// Captures that failed (their steps ran op by op).
+    pub failed: usize,
 }
 
 /// The batch size a decode batch of `n` runs as.
@@ -71,7 +74,7 @@ unsafe impl Send for Captured {}
 pub fn run(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<StepOutput>, ComputeError> {
     let rows = Rows::of(batch);
     let kinds: Vec<OutputKind> = batch.iter().map(|s| s.output).collect();
-    let host = HostInputs::of(d.stream, g, batch, &rows)?;
+    let host = HostInputs::of(d.stream, d.retired, g, batch, &rows)?;
     // Ops profiling synchronizes after each op, which a capture cannot hold.
     let capture = *GRAPHS && *super::profile::MODE != super::profile::Mode::Ops;
     let decode = capture && batch.iter().all(|s| s.tokens.len() == 1);
@@ -123,6 +126,7 @@ pub fn run(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Resu
             d.plans.plans.insert(key, plan);
         }
         (captured, graph) => {
+            d.plans.failed += 1;
             let why = captured
                 .err()
                 .map(|e| e.to_string())
@@ -171,6 +175,7 @@ fn run_padded(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> R
         weights: d.weights,
         pool: d.pool,
         plans,
+        retired: d.retired,
     };
     let outputs = run(device, g, &mut all);
     drop(all);
@@ -197,6 +202,7 @@ impl HostInputs {
     /// step's embedding rows from the mapped file.
     fn of(
         s: &Arc<CudaStream>,
+        retired: &Arc<Retired>,
         g: &CompiledGraph,
         batch: &mut [Sequence<'_>],
         rows: &Rows,
@@ -204,7 +210,7 @@ impl HostInputs {
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         for seq in batch.iter_mut() {
             let (k, v) = if g.kv_layers > 0 {
-                kv_stores(s, seq.cache, seq.start as usize + seq.tokens.len())?
+                kv_stores(s, retired, seq.cache, seq.start as usize + seq.tokens.len())?
             } else {
                 (0, 0)
             };

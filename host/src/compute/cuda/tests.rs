@@ -372,6 +372,37 @@ fn a_padded_decode_batch_gives_each_row_its_bits_alone() {
 }
 
 /// What the CPU backend's quantized activations stand for, value by value.
+#[test]
+fn caches_dropped_on_other_threads_during_captures_break_none() {
+    let Some(gpu) = backend() else { return };
+    let gpu = Arc::new(gpu);
+    // Caches with device stores (two-token prompts: not captured), dropped
+    // one by one on another thread while decode steps are captured here.
+    let (_file, g) = tiny_program();
+    let mut doomed: Vec<KvCache> = (0..400).map(|_| cache()).collect();
+    let (prompts, starts) = (vec![&[3u32, 14][..]; doomed.len()], vec![0; doomed.len()]);
+    batch_logits(&gpu, &g, &mut doomed, &starts, &prompts);
+    let dropper = std::thread::spawn(move || {
+        for cache in doomed {
+            drop(cache);
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+    });
+    // Each model opened anew is a new graph to capture, for each batch size.
+    let mut round = 0;
+    while !dropper.is_finished() && round < 200 {
+        let (_file, g) = tiny_program();
+        let mut caches: Vec<KvCache> = (0..8).map(|_| cache()).collect();
+        for n in [1, 2, 4, 8] {
+            let tokens = vec![&[5u32][..]; n];
+            batch_logits(&gpu, &g, &mut caches[..n], &vec![0; n], &tokens);
+        }
+        round += 1;
+    }
+    dropper.join().expect("the dropping thread");
+    assert_eq!(gpu.failed_captures(), 0, "captures failed over {round} rounds of 4");
+}
+
 fn cpu_rounded(ty: GgmlType, x: &[f32]) -> Vec<f32> {
     use crate::compute::cpu::activations::{Activations, quantize};
     match quantize(ty, x) {

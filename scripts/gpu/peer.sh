@@ -7,6 +7,7 @@
 # of time (while the machine is still held).
 #
 #   scripts/gpu/peer.sh [model names...]      (default: the three models)
+#   PEER_BUILD_ONLY=1 scripts/gpu/peer.sh     (only the build, e.g. in the background of check.sh)
 set -uo pipefail
 ROOT="$(pwd)"
 OUT="${OUT:-/tmp/gpu-out}"
@@ -23,6 +24,7 @@ if [ ! -f "$BUILD/CMakeCache.txt" ]; then
     -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF >>"$LOG" 2>&1 || { tail -30 "$LOG"; exit 1; }
 fi
 cmake --build "$BUILD" -j "$(nproc)" --target llama-batched-bench >>"$LOG" 2>&1 || { tail -30 "$LOG"; exit 1; }
+[ -z "${PEER_BUILD_ONLY:-}" ] || exit 0
 
 [ -f target/gpu/bin/realm-host.xz ] && xz -dc target/gpu/bin/realm-host.xz >target/release/realm-host && chmod +x target/release/realm-host
 models=("$@")

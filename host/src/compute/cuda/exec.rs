@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, result, sys};
 
-use super::kernels::{Activations, AttentionArgs, Binary, Kernels, KvRows, Ptr, RopeArgs};
+use super::kernels::{Activations, Addend, AttentionArgs, Binary, Kernels, KvRows, Ptr, RopeArgs};
 use super::resident::{BufferPool, DeviceWeights, ptr};
 use super::{driver, profile};
 use crate::compute::gguf::GgmlType;
@@ -41,6 +41,15 @@ pub struct Inputs {
     pub last_positions: Ptr,
     pub last_rows: Ptr,
     pub embedded: Vec<(TensorId, Ptr)>,
+}
+
+/// The add after a matmul that the matmul does as it writes.
+#[derive(Clone, Copy)]
+enum Epilogue {
+    /// A value of the matmul's shape (a residual).
+    Residual(usize),
+    /// A tensor row added to each row (a bias).
+    Bias(TensorId),
 }
 
 /// A value on the device: `rows` rows of `cols` f32s at `at`, and its buffer
@@ -108,14 +117,17 @@ impl<'a, 'p> Exec<'a, 'p> {
         while i < g.nodes.len() {
             let node = &g.nodes[i];
             let before = if ops { Some(event().map_err(driver)?) } else { None };
-            let residual = self.residual_after(g, i, &uses);
+            let epilogue = self.addend_after(g, i, &uses);
             let quantized_norm = self.norm_for_matmuls(g, i, &values);
-            let (value, done) = match residual {
+            let (value, done) = match epilogue {
                 Some(add) => {
                     let Node::Matmul { input, weight } = node else {
-                        unreachable!("residual_after answers for matmuls only")
+                        unreachable!("addend_after answers for matmuls only")
                     };
-                    let add = read(&values, add)?.at;
+                    let add = match add {
+                        Epilogue::Residual(v) => Addend::Rows(read(&values, v)?.at),
+                        Epilogue::Bias(t) => Addend::Row(self.weights.vector(self.stream, g, t)?),
+                    };
                     (self.matmul(g, *input, *weight, &values, Some(add))?, 2)
                 }
                 None => match quantized_norm {
@@ -126,8 +138,9 @@ impl<'a, 'p> Exec<'a, 'p> {
             if let Some(before) = before {
                 let after = event().map_err(driver)?;
                 let kind = profile::kind(g, node);
-                let kind = match (done, quantized_norm) {
-                    (2, _) => kind + " + add",
+                let kind = match (epilogue, quantized_norm) {
+                    (Some(Epilogue::Residual(_)), _) => kind + " + add",
+                    (Some(Epilogue::Bias(_)), _) => kind + " + bias",
                     (_, Some(_)) => kind + " + q8",
                     _ => kind,
                 };
@@ -285,21 +298,19 @@ impl<'a, 'p> Exec<'a, 'p> {
     }
 
     /// When node `i` is a quantized matmul whose only reader is the add right
-    /// after it, the add's other operand: the matmul adds it as it writes (one
+    /// after it, what that add adds: the matmul adds it as it writes (one
     /// launch fewer; the same f32 sums).
-    fn residual_after(&self, g: &CompiledGraph, i: usize, uses: &[usize]) -> Option<usize> {
+    fn addend_after(&self, g: &CompiledGraph, i: usize, uses: &[usize]) -> Option<Epilogue> {
         let Node::Matmul { weight, .. } = g.nodes[i] else {
             return None;
         };
-        let Some(Node::Add(a, b)) = g.nodes.get(i + 1) else {
-            return None;
-        };
-        let other = match (*a == i, *b == i) {
-            (true, false) => *b,
-            (false, true) => *a,
+        let addend = match g.nodes.get(i + 1)? {
+            Node::Add(a, b) if *a == i && *b != i => Epilogue::Residual(*b),
+            Node::Add(a, b) if *b == i && *a != i => Epilogue::Residual(*a),
+            Node::AddTensor { input, tensor } if *input == i => Epilogue::Bias(*tensor),
             _ => return None,
         };
-        (uses[i] == 1 && self.kernels.is_int8(g.tensor(weight).ggml_type)).then_some(other)
+        (uses[i] == 1 && self.kernels.is_int8(g.tensor(weight).ggml_type)).then_some(addend)
     }
 
     /// When node `i` is an RMS norm over whole rows whose every reader is a
@@ -370,14 +381,14 @@ impl<'a, 'p> Exec<'a, 'p> {
         Ok(at)
     }
 
-    /// The matmul of value `input` by `weight`, plus `add` (a value's rows) if given.
+    /// The matmul of value `input` by `weight`, plus `add` if given.
     fn matmul(
         &mut self,
         g: &CompiledGraph,
         input: usize,
         weight: TensorId,
         values: &[Option<Value>],
-        add: Option<Ptr>,
+        add: Option<Addend>,
     ) -> Result<Value, ComputeError> {
         let x = read(values, input)?;
         let t = g.tensor(weight);

@@ -342,11 +342,11 @@ __device__ __forceinline__ float block_dot(float acc, int s0, int s1, const floa
 // find them in L2.
 #define MMQ_WARPS 4
 
-// With `add` (not null), y = x . W^T + add: a residual added as the step's
-// separate add would add it.
+// With `add` (not null), y = x . W^T + add, added as the step's separate add
+// would add it: a residual (add_stride n) or a bias row (add_stride 0).
 template <typename D, int TN, int TR>
 __device__ void mmq(const u8* __restrict__ w, const u8* __restrict__ xq, float* __restrict__ y, int k, int n, int rows,
-                    int row_bytes, const float* __restrict__ add) {
+                    int row_bytes, const float* __restrict__ add, int add_stride) {
     const int lane = threadIdx.x & 31, row_tiles = (rows + TR - 1) / TR;
     const int j0 = (blockIdx.x / row_tiles * MMQ_WARPS + (threadIdx.x >> 5)) * TN, r0 = blockIdx.x % row_tiles * TR;
     if (j0 >= n) return;
@@ -422,7 +422,7 @@ __device__ void mmq(const u8* __restrict__ w, const u8* __restrict__ xq, float* 
         const int t = (first + i) / TR, r = (first + i) % TR;
         if (j0 + t < n && r0 + r < rows) {
             const size_t at = (size_t)(r0 + r) * n + j0 + t;
-            y[at] = add ? v[i] + add[at] : v[i];
+            y[at] = add ? v[i] + add[(size_t)(r0 + r) * add_stride + j0 + t] : v[i];
         }
     }
 }
@@ -431,16 +431,16 @@ __device__ void mmq(const u8* __restrict__ w, const u8* __restrict__ xq, float* 
 // large prefills; the sums are the same in each.
 #define MMQ(name, D)                                                                                                 \
     extern "C" __global__ void mmq_##name##_1x4(const u8* w, const u8* x, float* y, int k, int n, int rows,          \
-                                                int row_bytes, const float* add) {                                   \
-        mmq<D, 1, 4>(w, x, y, k, n, rows, row_bytes, add);                                                           \
+                                                int row_bytes, const float* add, int add_stride) {                   \
+        mmq<D, 1, 4>(w, x, y, k, n, rows, row_bytes, add, add_stride);                                               \
     }                                                                                                                \
     extern "C" __global__ void mmq_##name##_2x8(const u8* w, const u8* x, float* y, int k, int n, int rows,          \
-                                                int row_bytes, const float* add) {                                   \
-        mmq<D, 2, 8>(w, x, y, k, n, rows, row_bytes, add);                                                           \
+                                                int row_bytes, const float* add, int add_stride) {                   \
+        mmq<D, 2, 8>(w, x, y, k, n, rows, row_bytes, add, add_stride);                                               \
     }                                                                                                                \
     extern "C" __global__ void mmq_##name##_4x16(const u8* w, const u8* x, float* y, int k, int n, int rows,         \
-                                                 int row_bytes, const float* add) {                                  \
-        mmq<D, 4, 16>(w, x, y, k, n, rows, row_bytes, add);                                                          \
+                                                 int row_bytes, const float* add, int add_stride) {                  \
+        mmq<D, 4, 16>(w, x, y, k, n, rows, row_bytes, add, add_stride);                                              \
     }
 
 MMQ(q4_0, Q4_0)

@@ -47,6 +47,16 @@ const QUANT_TYPES: [(GgmlType, &str); 10] = [
 /// A device pointer, as the kernels take it.
 pub type Ptr = u64;
 
+/// What a quantized matmul adds to its output as it writes it, in place of
+/// the add that would follow it (the same f32 sums).
+#[derive(Clone, Copy, Debug)]
+pub enum Addend {
+    /// `[rows, n]` f32s: a residual.
+    Rows(Ptr),
+    /// `n` f32s added to every row: a bias.
+    Row(Ptr),
+}
+
 /// How a matmul with weights of a type takes its activations, made from f32
 /// rows as the CPU backend (and llama.cpp) makes them.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -167,9 +177,9 @@ impl Kernels {
         self.mmq.iter().any(|(t, _)| *t == ty)
     }
 
-    /// `y[rows, n] = x[rows, k] . w[n, k]^T (+ add[rows, n])` for weights of
-    /// type `ty`, with `x` as `prepare` made it for `Activations::of(ty)`;
-    /// `add` only where `is_int8(ty)`.
+    /// `y[rows, n] = x[rows, k] . w[n, k]^T (+ add)` for weights of type
+    /// `ty`, with `x` as `prepare` made it for `Activations::of(ty)`; `add`
+    /// only where `is_int8(ty)`.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,
@@ -180,12 +190,14 @@ impl Kernels {
         y: Ptr,
         (rows, k, n): (usize, usize, usize),
         row_bytes: usize,
-        add: Option<Ptr>,
+        add: Option<Addend>,
     ) -> Result<(), ComputeError> {
         let unsupported = || ComputeError::Unsupported(format!("the CUDA backend has no matmul for {ty}"));
         let quantized = self.mmq.iter().find(|(t, _)| *t == ty);
         if add.is_some() && quantized.is_none() {
-            return Err(ComputeError::Internal(format!("the {ty} matmul adds no residual")));
+            return Err(ComputeError::Internal(format!(
+                "the {ty} matmul adds nothing to its output"
+            )));
         }
         let (f, cfg) = if let Some((_, kernels)) = quantized {
             let tile = MMQ_TILES
@@ -218,14 +230,19 @@ impl Kernels {
             (f, cfg)
         };
         let (k, n, rows_i, row_bytes) = (k as i32, n as i32, rows as i32, row_bytes as i32);
-        let add = add.unwrap_or(0);
+        let (add, add_stride) = match add {
+            None => (0, 0),
+            Some(Addend::Rows(at)) => (at, n),
+            Some(Addend::Row(at)) => (at, 0),
+        };
         let mut b = s.launch_builder(f);
         b.arg(&w).arg(&x).arg(&y).arg(&k).arg(&n).arg(&rows_i).arg(&row_bytes);
         if quantized.is_some() {
-            b.arg(&add);
+            b.arg(&add).arg(&add_stride);
         }
         // SAFETY: the pointers hold [n, k] weights of `ty`, [rows, k] activations
-        // prepared for them and [rows, n] f32s (y and add).
+        // prepared for them, [rows, n] f32s for y and `add`'s rows or n f32s
+        // for its row.
         unsafe { b.launch(cfg) }.map(drop).map_err(driver)
     }
 

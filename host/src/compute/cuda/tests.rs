@@ -7,7 +7,7 @@ use std::sync::Arc;
 use half::{bf16, f16};
 
 use super::CudaBackend;
-use super::kernels::Activations;
+use super::kernels::{Activations, Addend, Ptr};
 use super::resident::ptr;
 use crate::compute::cpu::{CpuBackend, kquants, quant};
 use crate::compute::gguf::GgmlType;
@@ -90,6 +90,21 @@ fn prepared_values(form: Activations, slots: &[f32], n: usize) -> Vec<f32> {
 }
 
 fn gpu_matmul(b: &CudaBackend, ty: GgmlType, w: &[u8], x: &[f32], k: usize, n: usize) -> Vec<f32> {
+    gpu_matmul_adding(b, ty, w, x, (k, n), None)
+}
+
+/// Host values to add, and the `Addend` that passes them once uploaded.
+type HostAddend<'a> = (&'a [f32], fn(Ptr) -> Addend);
+
+/// The matmul plus `add`.
+fn gpu_matmul_adding(
+    b: &CudaBackend,
+    ty: GgmlType,
+    w: &[u8],
+    x: &[f32],
+    (k, n): (usize, usize),
+    add: Option<HostAddend>,
+) -> Vec<f32> {
     let s = &b.stream;
     let rows = x.len() / k;
     let (_, prepared) = gpu_prepared(b, ty, x, k);
@@ -100,6 +115,8 @@ fn gpu_matmul(b: &CudaBackend, ty: GgmlType, w: &[u8], x: &[f32], k: usize, n: u
     // Poisoned, so that a value the kernel does not write shows.
     let yd = s.clone_htod(&vec![f32::NAN; rows * n]).expect("upload");
     let row_bytes = ty.row_bytes(k).expect("whole blocks");
+    let add = add.map(|(values, addend)| (s.clone_htod(values).expect("upload"), addend));
+    let addend = add.as_ref().map(|(d, addend)| addend(ptr(d, s)));
     b.kernels
         .matmul(
             s,
@@ -109,10 +126,41 @@ fn gpu_matmul(b: &CudaBackend, ty: GgmlType, w: &[u8], x: &[f32], k: usize, n: u
             ptr(&yd, s),
             (rows, k, n),
             row_bytes,
-            None,
+            addend,
         )
         .expect("launch");
     s.clone_dtoh(&yd).expect("download")
+}
+
+#[test]
+fn a_matmul_adding_a_residual_or_a_bias_gives_the_separate_adds_bits() {
+    let Some(b) = backend() else { return };
+    let (k, n) = (512, 40);
+    for (seed, ty) in [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4K].into_iter().enumerate() {
+        let seed = seed as u64;
+        let w = weights(ty, k, n, seed + 1);
+        for rows in [1, 5, 16, 37] {
+            let x = values(seed + 20, rows * k);
+            let plain = gpu_matmul(&b, ty, &w, &x, k, n);
+            let residual = values(seed + 40, rows * n);
+            let bias = values(seed + 60, n);
+            let with_residual = gpu_matmul_adding(&b, ty, &w, &x, (k, n), Some((&residual, Addend::Rows)));
+            let with_bias = gpu_matmul_adding(&b, ty, &w, &x, (k, n), Some((&bias, Addend::Row)));
+            for (i, y) in plain.iter().enumerate() {
+                let bits = |v: f32| v.to_bits();
+                assert_eq!(
+                    bits(with_residual[i]),
+                    bits(y + residual[i]),
+                    "{ty}, {rows} rows: residual at {i}"
+                );
+                assert_eq!(
+                    bits(with_bias[i]),
+                    bits(y + bias[i % n]),
+                    "{ty}, {rows} rows: bias at {i}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use crate::bindings::exports::realm::engine::engine::GuestGeneration;
 use crate::compute::{KvCache, StepOutput, StepOutputKind};
 use crate::realm::{Model, from_compute};
-use crate::sampler::Sampler;
+use crate::sampler::{Sampler, logprobs};
 use crate::{Chunk, CompletionRequest, Error, FinishReason, Usage};
 
 /// Prompt tokens per prefill step.
@@ -29,6 +29,8 @@ struct State {
     completion_tokens: u32,
     max_tokens: u32,
     ignore_eos: bool,
+    /// Alternatives per token when log-probabilities were asked for.
+    logprobs: Option<u32>,
     /// Bytes of a UTF-8 character split across tokens.
     partial_utf8: Vec<u8>,
     stops: StopMatcher,
@@ -49,6 +51,7 @@ impl Generation {
         }
         let sampler = Sampler::new(request.sampling, model.tokenizer.vocab_size())?;
         let stops = StopMatcher::new(request.stop)?;
+        logprobs::check(request.logprobs)?;
         let hp = &model.hyperparameters;
         // The cache holds what this request can reach, so a tenant's KV-token
         // limit counts real demand rather than whole contexts.
@@ -67,6 +70,7 @@ impl Generation {
             completion_tokens: 0,
             max_tokens: request.max_tokens,
             ignore_eos: request.ignore_eos,
+            logprobs: request.logprobs,
             partial_utf8: Vec::new(),
             stops,
             finished: false,
@@ -93,7 +97,11 @@ impl GuestGeneration for Generation {
 
 impl State {
     fn step(&mut self) -> Result<Chunk, Error> {
-        let kind = self.sampler.output_kind();
+        // Log-probabilities need every logit.
+        let kind = match self.logprobs {
+            Some(_) => StepOutputKind::Logits,
+            None => self.sampler.output_kind(),
+        };
         // Every chunk but the last of a long prompt only fills the cache.
         while self.pending.len() > PREFILL_CHUNK {
             let chunk: Vec<u32> = self.pending.drain(..PREFILL_CHUNK).collect();
@@ -103,18 +111,22 @@ impl State {
         let output = self.run(&tokens, kind)?;
         let token = self
             .sampler
-            .sample(output)
+            .sample(&output)
             .ok_or_else(|| Error::Internal("the step returned no candidates".into()))?;
         self.completion_tokens += 1;
         self.sampler.accept(token);
 
         let tokenizer = &self.model.tokenizer;
         let mut finish = None;
+        let mut logprobs = Vec::new();
         if !self.ignore_eos && tokenizer.is_end_of_generation(token) {
             finish = Some(FinishReason::Stop);
         } else {
             self.partial_utf8.extend(tokenizer.piece(token, false));
             self.pending.push(token);
+            if let (Some(n), StepOutput::Logits(logits)) = (self.logprobs, &output) {
+                logprobs.push(logprobs::step(logits, token, n, tokenizer));
+            }
         }
         let full = self.position + 1 >= self.model.info.context_length;
         if finish.is_none() && (self.completion_tokens == self.max_tokens || full) {
@@ -137,6 +149,7 @@ impl State {
         Ok(Chunk {
             text,
             tokens: vec![token],
+            logprobs,
             finish,
             usage: Usage {
                 prompt_tokens: self.prompt_tokens,

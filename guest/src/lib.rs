@@ -22,7 +22,8 @@ pub mod sampler;
 pub mod tokenizer;
 
 pub use bindings::exports::realm::engine::engine::{
-    ChatRequest, Chunk, CompletionRequest, Error, FinishReason, Message, ModelInfo, RealmConfig, Sampling, Usage,
+    ChatRequest, Chunk, CompletionRequest, Error, FinishReason, Message, ModelInfo, RealmConfig, Sampling,
+    StepLogprobs, TokenLogprob, Usage,
 };
 pub use bindings::realm::engine::compute;
 

@@ -96,6 +96,7 @@ impl GuestRealm for Realm {
             sampling: request.sampling,
             ignore_eos: request.ignore_eos,
             stop: request.stop,
+            logprobs: request.logprobs,
         })
     }
 

@@ -23,6 +23,7 @@ fn greedy(prompt: &str, max_tokens: u32) -> CompletionRequest {
         },
         ignore_eos: true,
         stop: Vec::new(),
+        logprobs: None,
     }
 }
 
@@ -344,6 +345,7 @@ fn stop_strings_penalties_and_logit_bias_change_the_output() {
         DEFAULT_MODEL,
         CompletionRequest {
             stop: vec!["The".into()],
+            logprobs: None,
             ..greedy(prompt, 32)
         },
     );
@@ -440,6 +442,7 @@ fn chat_replies_as_the_assistant_and_ends_at_end_of_turn() {
         },
         ignore_eos: false,
         stop: Vec::new(),
+        logprobs: None,
     };
     let mut events = instance.chat(DEFAULT_MODEL, request);
     let (mut text, mut finish, mut usage) = (String::new(), None, None);

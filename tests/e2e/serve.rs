@@ -262,3 +262,112 @@ fn completions_give_llama_cpps_greedy_text_on_every_model() {
         }
     }
 }
+
+/// `logprobs` against llama.cpp's first-step logits (the goldens): the
+/// log-softmax of the whole vocabulary at the chosen token and the top 5.
+#[test]
+fn logprobs_are_the_log_softmax_of_llama_cpps_logits() {
+    let on_cpu = support::device() == realm_host::compute::Device::Cpu;
+    // The CPU backend's logits are llama.cpp's bits; the GPU's differ by up
+    // to the e2e engine tests' logit tolerance, and so may the log-sum.
+    let tolerance = if on_cpu { 1e-3 } else { 2.0 };
+    let server = Server::start(&support::component(), &[]);
+    for model in support::golden_models() {
+        for case in support::golden(model, "greedy.json").as_array().expect("array") {
+            let Some(file) = case["logits_file"].as_str() else {
+                continue;
+            };
+            let bytes =
+                std::fs::read(support::workspace().join("tests/golden").join(model).join(file)).expect("logits");
+            let logits: Vec<f64> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect();
+            let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let log_total = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
+            let mut expected: Vec<f64> = logits.iter().map(|l| l - log_total).collect();
+            expected.sort_by(|a, b| b.total_cmp(a));
+
+            let prompt = case["prompt"].as_str().expect("prompt");
+            let request = json!({ "model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 5 });
+            let (status, body) = server.post("/v1/completions", request);
+            assert_eq!(status, 200, "{body}");
+            let logprobs = &body["choices"][0]["logprobs"];
+            let chosen = logprobs["token_logprobs"][0].as_f64().expect("a logprob");
+            assert!(
+                (chosen - expected[0]).abs() <= tolerance,
+                "{model} {prompt:?}: {chosen} vs {}",
+                expected[0]
+            );
+            assert_eq!(logprobs["tokens"][0], body["choices"][0]["text"], "{model} {prompt:?}");
+            let mut top: Vec<f64> = logprobs["top_logprobs"][0]
+                .as_object()
+                .expect("alternatives")
+                .values()
+                .map(|v| v.as_f64().expect("a logprob"))
+                .collect();
+            top.sort_by(|a, b| b.total_cmp(a));
+            // Alternatives with the same text share a key.
+            assert!((1..=5).contains(&top.len()), "{model} {prompt:?}: {top:?}");
+            for (got, want) in top.iter().zip(&expected) {
+                assert!(
+                    (got - want).abs() <= tolerance,
+                    "{model} {prompt:?}: top {got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+/// Chat's `logprobs.content`, whole and streamed: one entry per token of the
+/// reply, whose bytes make up the reply's text, each with its alternatives.
+#[test]
+fn chat_logprobs_cover_every_token_of_the_reply() {
+    let server = Server::start(&support::component(), &[]);
+    let request = |stream: bool| {
+        json!({
+            "model": DEFAULT_MODEL, "messages": [{ "role": "user", "content": "Name three colours." }],
+            "max_tokens": 12, "temperature": 0, "logprobs": true, "top_logprobs": 3, "stream": stream
+        })
+    };
+    let entries_text = |entries: &[serde_json::Value]| -> Vec<u8> {
+        entries
+            .iter()
+            .flat_map(|e| {
+                e["bytes"]
+                    .as_array()
+                    .expect("bytes")
+                    .iter()
+                    .map(|b| b.as_u64().expect("byte") as u8)
+            })
+            .collect()
+    };
+    let (status, body) = server.post("/v1/chat/completions", request(false));
+    assert_eq!(status, 200, "{body}");
+    let text = body["choices"][0]["message"]["content"].as_str().expect("content");
+    let entries = body["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("content logprobs");
+    assert_eq!(String::from_utf8(entries_text(entries)).expect("utf-8"), text);
+    for entry in entries {
+        let top = entry["top_logprobs"].as_array().expect("alternatives");
+        assert_eq!(top.len(), 3, "{entry}");
+        let best = top[0]["logprob"].as_f64().expect("logprob");
+        assert_eq!(
+            entry["logprob"].as_f64(),
+            Some(best),
+            "greedy takes the most likely: {entry}"
+        );
+        assert!(best <= 0.0 && top[2]["logprob"].as_f64() <= Some(best), "{entry}");
+    }
+
+    let (status, events) = server.post_stream("/v1/chat/completions", request(true));
+    assert_eq!(status, 200);
+    let streamed: Vec<serde_json::Value> = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["logprobs"]["content"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+    assert_eq!(&streamed, entries, "the stream's entries are the whole response's");
+}

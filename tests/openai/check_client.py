@@ -98,6 +98,16 @@ def check(base):
     assert legacy.choices[0].text.startswith(" Paris"), legacy
     print(f"completions.create: {legacy.choices[0].text!r}")
 
+    scored = client.chat.completions.create(messages=messages, logprobs=True, top_logprobs=2, **greedy)
+    entries = scored.choices[0].logprobs.content
+    assert b"".join(bytes(e.bytes) for e in entries).decode() == scored.choices[0].message.content, entries
+    assert all(len(e.top_logprobs) == 2 and e.logprob == e.top_logprobs[0].logprob <= 0 for e in entries)
+    legacy = client.completions.create(prompt="The capital of France is", logprobs=3, **greedy)
+    lp = legacy.choices[0].logprobs
+    assert "".join(lp.tokens) == legacy.choices[0].text and len(lp.top_logprobs[0]) == 3, lp
+    print(f"logprobs: chat {len(entries)} tokens, first {entries[0].token!r} at {entries[0].logprob:.3f}; "
+          f"completions first {lp.tokens[0]!r} at {lp.token_logprobs[0]:.3f}")
+
     bad_key = OpenAI(base_url=base + "/v1", api_key="wrong", max_retries=0)
     expect_error(openai.AuthenticationError, lambda: bad_key.models.list())
     expect_error(openai.NotFoundError,

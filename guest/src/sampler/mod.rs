@@ -2,6 +2,7 @@
 //! bias, penalties, then either the argmax (greedy) or top-k, top-p, min-p,
 //! temperature and a draw from a seeded ChaCha8 stream.
 
+pub mod logprobs;
 mod penalties;
 
 use rand_chacha::ChaCha8Rng;
@@ -79,14 +80,14 @@ impl Sampler {
         self.penalties.accept(token);
     }
 
-    pub fn sample(&mut self, output: StepOutput) -> Option<u32> {
+    pub fn sample(&mut self, output: &StepOutput) -> Option<u32> {
         let mut candidates = match output {
             StepOutput::Logits(logits) => logits
-                .into_iter()
+                .iter()
                 .enumerate()
-                .map(|(id, logit)| Candidate { id: id as u32, logit })
+                .map(|(id, &logit)| Candidate { id: id as u32, logit })
                 .collect(),
-            StepOutput::TopK(candidates) => candidates,
+            StepOutput::TopK(candidates) => candidates.clone(),
         };
         if !self.params.logit_bias.is_empty() {
             for &(id, bias) in &self.params.logit_bias {
@@ -192,14 +193,14 @@ pub(crate) mod tests {
     #[test]
     fn greedy_takes_the_first_maximum() {
         let mut s = Sampler::new(params(0.0, 1), 5).expect("valid");
-        assert_eq!(s.sample(logits()), Some(1));
+        assert_eq!(s.sample(&logits()), Some(1));
     }
 
     #[test]
     fn same_seed_same_draws_and_other_seeds_differ() {
         let draws = |seed| {
             let mut s = Sampler::new(params(1.5, seed), 5).expect("valid");
-            (0..64).map(|_| s.sample(logits()).expect("token")).collect::<Vec<_>>()
+            (0..64).map(|_| s.sample(&logits()).expect("token")).collect::<Vec<_>>()
         };
         assert_eq!(draws(7), draws(7));
         assert_ne!(draws(7), draws(8));
@@ -210,7 +211,7 @@ pub(crate) mod tests {
         let mut p = params(5.0, 3);
         p.top_k = 1;
         let mut s = Sampler::new(p, 5).expect("valid");
-        assert!((0..32).all(|_| s.sample(logits()) == Some(1)));
+        assert!((0..32).all(|_| s.sample(&logits()) == Some(1)));
     }
 
     #[test]
@@ -219,9 +220,9 @@ pub(crate) mod tests {
         p.logit_bias = vec![(1, -100.0), (4, -100.0)];
         let mut s = Sampler::new(p.clone(), 5).expect("valid");
         assert!(matches!(s.output_kind(), StepOutputKind::Logits));
-        assert_eq!(s.sample(logits()), Some(2));
+        assert_eq!(s.sample(&logits()), Some(2));
         p.logit_bias = vec![(3, 10.0)];
-        assert_eq!(Sampler::new(p, 5).expect("valid").sample(logits()), Some(3));
+        assert_eq!(Sampler::new(p, 5).expect("valid").sample(&logits()), Some(3));
     }
 
     #[test]

@@ -13,10 +13,11 @@ use tracing::Instrument;
 use super::App;
 use super::body::{ApiBody, EventSender, event_stream, json_response};
 use super::error::ApiError;
+use super::logprobs::LogprobsJson;
 use super::metrics::{ErrorLabels, Metrics, RequestLabels};
 use super::request::{DEFAULT_COMPLETION_TOKENS, GenerationBody};
 use crate::runtime::instance::GenerationRequest;
-use crate::runtime::wit::{ChatRequest, Chunk, CompletionRequest, FinishReason, Usage};
+use crate::runtime::wit::{ChatRequest, Chunk, CompletionRequest, FinishReason, StepLogprobs, Usage};
 use crate::runtime::{Failure, GenerationEvent};
 use crate::tenants::{Permit, Tenant};
 
@@ -80,6 +81,7 @@ async fn admit_and_start(
     }
     let max_tokens = max_tokens(endpoint, body.max_tokens(), tenant.max_tokens_per_request)?;
     let sampling = body.sampling()?;
+    let logprobs = body.logprobs(endpoint)?;
     let stop = body.stop();
     let request = match endpoint {
         Endpoint::Completions => {
@@ -98,6 +100,7 @@ async fn admit_and_start(
                 sampling,
                 ignore_eos: body.ignore_eos.unwrap_or(false),
                 stop,
+                logprobs,
             })
         }
         Endpoint::ChatCompletions => {
@@ -120,6 +123,7 @@ async fn admit_and_start(
                 sampling,
                 ignore_eos: body.ignore_eos.unwrap_or(false),
                 stop,
+                logprobs,
             })
         }
     };
@@ -142,7 +146,7 @@ async fn admit_and_start(
             status: None,
         },
     };
-    let meta = Meta::new(endpoint, body.model.clone(), request_id);
+    let meta = Meta::new(endpoint, body.model.clone(), request_id, logprobs.is_some());
     let first = run.next().await?;
     run.accounting.first_chunk();
     if body.stream == Some(true) {
@@ -153,12 +157,14 @@ async fn admit_and_start(
         return Ok(response);
     }
     let mut text = String::new();
+    let mut logprobs = Vec::new();
     let mut chunk = first;
     loop {
         text.push_str(&chunk.text);
+        logprobs.append(&mut chunk.logprobs);
         if let Some(finish) = chunk.finish {
             run.accounting.status = Some(200);
-            return Ok(json_response(meta.whole(text, finish, chunk.usage)));
+            return Ok(json_response(meta.whole(text, &logprobs, finish, chunk.usage)));
         }
         chunk = run.next().await?;
     }
@@ -292,8 +298,9 @@ async fn stream(meta: Meta, first: Chunk, mut run: Run, sender: EventSender, inc
         return gone(run);
     }
     let mut chunk = first;
+    let mut logprobs = LogprobsJson::new(meta.endpoint);
     loop {
-        let event = meta.delta(&chunk.text, chunk.finish, include_usage);
+        let event = meta.delta(&chunk, &mut logprobs, include_usage);
         if !sender.data(&event).await {
             return gone(run);
         }
@@ -322,11 +329,13 @@ struct Meta {
     id: String,
     created: u64,
     model: String,
+    /// Whether the choices carry log-probabilities (else `logprobs: null`).
+    logprobs: bool,
 }
 
 impl Meta {
     /// The response id carries the request id, so logs and answers line up.
-    fn new(endpoint: Endpoint, model: String, request_id: &str) -> Self {
+    fn new(endpoint: Endpoint, model: String, request_id: &str, logprobs: bool) -> Self {
         let prefix = match endpoint {
             Endpoint::Completions => "cmpl",
             Endpoint::ChatCompletions => "chatcmpl",
@@ -336,6 +345,7 @@ impl Meta {
             id: format!("{prefix}-{request_id}"),
             created: unix_seconds(),
             model,
+            logprobs,
         }
     }
 
@@ -347,15 +357,16 @@ impl Meta {
         }
     }
 
-    fn whole(&self, text: String, finish: FinishReason, usage: Usage) -> serde_json::Value {
+    fn whole(&self, text: String, steps: &[StepLogprobs], finish: FinishReason, usage: Usage) -> serde_json::Value {
+        let logprobs = self.logprobs_json(&mut LogprobsJson::new(self.endpoint), steps);
         let choice = match self.endpoint {
             Endpoint::Completions => {
-                json!({ "text": text, "index": 0, "logprobs": null, "finish_reason": reason(finish) })
+                json!({ "text": text, "index": 0, "logprobs": logprobs, "finish_reason": reason(finish) })
             }
             Endpoint::ChatCompletions => json!({
                 "index": 0,
                 "message": { "role": "assistant", "content": text },
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": reason(finish),
             }),
         };
@@ -371,21 +382,30 @@ impl Meta {
         self.event(choice, include_usage)
     }
 
-    /// The event carrying one chunk's text (and the finish reason on the last).
-    fn delta(&self, text: &str, finish: Option<FinishReason>, include_usage: bool) -> serde_json::Value {
-        let finish = finish.map(reason);
+    /// The event carrying one chunk's text and log-probabilities (and the
+    /// finish reason on the last).
+    fn delta(&self, chunk: &Chunk, logprobs: &mut LogprobsJson, include_usage: bool) -> serde_json::Value {
+        let (text, finish) = (&chunk.text, chunk.finish.map(reason));
+        let logprobs = self.logprobs_json(logprobs, &chunk.logprobs);
         let choice = match self.endpoint {
-            Endpoint::Completions => json!({ "text": text, "index": 0, "logprobs": null, "finish_reason": finish }),
+            Endpoint::Completions => json!({ "text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish }),
             Endpoint::ChatCompletions => {
                 let delta = if finish.is_some() && text.is_empty() {
                     json!({})
                 } else {
                     json!({ "content": text })
                 };
-                json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish })
+                json!({ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish })
             }
         };
         self.event(choice, include_usage)
+    }
+
+    fn logprobs_json(&self, json: &mut LogprobsJson, steps: &[StepLogprobs]) -> serde_json::Value {
+        match self.logprobs {
+            true => json.render(steps),
+            false => serde_json::Value::Null,
+        }
     }
 
     /// A stream event around one choice; `usage: null` when a usage event follows at the end.

@@ -4,6 +4,7 @@
 mod body;
 mod completions;
 mod error;
+mod logprobs;
 mod metrics;
 mod request;
 mod routes;

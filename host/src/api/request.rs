@@ -6,11 +6,16 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
+use super::completions::Endpoint;
 use super::error::ApiError;
 use crate::runtime::wit::{Message, Sampling};
 
 /// OpenAI's default `max_tokens` for completions; chat defaults to the context.
 pub const DEFAULT_COMPLETION_TOKENS: u32 = 16;
+
+/// Most alternatives per token: OpenAI's limits for each endpoint.
+const MOST_TOP_LOGPROBS_CHAT: u32 = 20;
+const MOST_LOGPROBS_COMPLETIONS: u32 = 5;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +38,11 @@ pub struct GenerationBody {
     repeat_penalty: Option<f32>,
     /// Token id (a string, as OpenAI sends it) to a bias in [-100, 100].
     logit_bias: Option<HashMap<String, f32>>,
+    /// Chat: `true` for log-probabilities; completions: how many alternatives
+    /// per token, which turns them on.
+    logprobs: Option<Logprobs>,
+    /// Chat only: alternatives per token, with `logprobs: true`.
+    top_logprobs: Option<u32>,
     /// Extension: generate through end-of-sequence tokens until `max_tokens`.
     pub ignore_eos: Option<bool>,
     pub stream: Option<bool>,
@@ -58,6 +68,14 @@ pub struct ChatMessage {
 struct StreamOptions {
     /// Send a last event with the token usage (and `usage: null` on the others).
     include_usage: Option<bool>,
+}
+
+/// OpenAI's `logprobs`: a flag on chat, a count on completions.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Logprobs {
+    Flag(bool),
+    Count(u32),
 }
 
 /// OpenAI's `stop`: one string or a list.
@@ -129,6 +147,42 @@ impl GenerationBody {
         })
     }
 
+    /// How many alternatives per token to report, if log-probabilities were
+    /// asked for in `endpoint`'s way.
+    pub fn logprobs(&self, endpoint: Endpoint) -> Result<Option<u32>, ApiError> {
+        let invalid = |message: String, param| Err(ApiError::invalid_request(message, Some(param)));
+        match (endpoint, &self.logprobs, self.top_logprobs) {
+            (Endpoint::ChatCompletions, Some(Logprobs::Count(_)), _) => invalid(
+                "`logprobs` is `true` or `false` here; `top_logprobs` counts alternatives".into(),
+                "logprobs",
+            ),
+            (Endpoint::ChatCompletions, Some(Logprobs::Flag(true)), top) => match top.unwrap_or(0) {
+                n if n > MOST_TOP_LOGPROBS_CHAT => invalid(
+                    format!("`top_logprobs` must be 0 to {MOST_TOP_LOGPROBS_CHAT}"),
+                    "top_logprobs",
+                ),
+                n => Ok(Some(n)),
+            },
+            (Endpoint::ChatCompletions, _, Some(_)) => {
+                invalid("`top_logprobs` needs `logprobs: true`".into(), "top_logprobs")
+            }
+            (Endpoint::ChatCompletions, _, None) => Ok(None),
+            (Endpoint::Completions, _, Some(_)) => {
+                invalid("`top_logprobs` belongs to /v1/chat/completions".into(), "top_logprobs")
+            }
+            (Endpoint::Completions, Some(Logprobs::Flag(_)), None) => invalid(
+                format!("`logprobs` counts alternatives per token here: 0 to {MOST_LOGPROBS_COMPLETIONS}"),
+                "logprobs",
+            ),
+            (Endpoint::Completions, Some(Logprobs::Count(n)), None) if *n > MOST_LOGPROBS_COMPLETIONS => invalid(
+                format!("`logprobs` must be 0 to {MOST_LOGPROBS_COMPLETIONS}"),
+                "logprobs",
+            ),
+            (Endpoint::Completions, Some(Logprobs::Count(n)), None) => Ok(Some(*n)),
+            (Endpoint::Completions, None, None) => Ok(None),
+        }
+    }
+
     pub fn stop(&mut self) -> Vec<String> {
         match self.stop.take() {
             None => Vec::new(),
@@ -189,5 +243,46 @@ mod tests {
             Some("messages[0]")
         );
         assert!(GenerationBody::parse(br#"{"model":"m"} trailing"#).is_err());
+    }
+
+    #[test]
+    fn logprobs_are_a_flag_on_chat_and_a_count_on_completions() {
+        let asked = |endpoint, body: &str| {
+            GenerationBody::parse(body.as_bytes())
+                .expect("parses")
+                .logprobs(endpoint)
+                .map_err(|e| e.param.unwrap_or_default())
+        };
+        let (chat, completions) = (Endpoint::ChatCompletions, Endpoint::Completions);
+        assert_eq!(asked(chat, r#"{"model":"m"}"#), Ok(None));
+        assert_eq!(asked(chat, r#"{"model":"m","logprobs":false}"#), Ok(None));
+        assert_eq!(asked(chat, r#"{"model":"m","logprobs":true}"#), Ok(Some(0)));
+        assert_eq!(
+            asked(chat, r#"{"model":"m","logprobs":true,"top_logprobs":20}"#),
+            Ok(Some(20))
+        );
+        assert_eq!(
+            asked(chat, r#"{"model":"m","logprobs":true,"top_logprobs":21}"#),
+            Err("top_logprobs".into())
+        );
+        assert_eq!(
+            asked(chat, r#"{"model":"m","top_logprobs":2}"#),
+            Err("top_logprobs".into())
+        );
+        assert_eq!(asked(chat, r#"{"model":"m","logprobs":3}"#), Err("logprobs".into()));
+        assert_eq!(asked(completions, r#"{"model":"m","logprobs":3}"#), Ok(Some(3)));
+        assert_eq!(asked(completions, r#"{"model":"m","logprobs":0}"#), Ok(Some(0)));
+        assert_eq!(
+            asked(completions, r#"{"model":"m","logprobs":6}"#),
+            Err("logprobs".into())
+        );
+        assert_eq!(
+            asked(completions, r#"{"model":"m","logprobs":true}"#),
+            Err("logprobs".into())
+        );
+        assert_eq!(
+            asked(completions, r#"{"model":"m","top_logprobs":1}"#),
+            Err("top_logprobs".into())
+        );
     }
 }

@@ -76,6 +76,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         ignore_eos: args.ignore_eos,
         stop: args.stop,
+        logprobs: None,
     };
     let started = Instant::now();
     let mut events = instance.complete(&args.model, request);

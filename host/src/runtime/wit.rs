@@ -30,7 +30,7 @@ pub use generated::RealmPre as RealmWorldPre;
 pub use generated::exports::realm::engine::engine::GuestRealm;
 pub use generated::exports::realm::engine::engine::{
     ChatRequest, Chunk, CompletionRequest, Error as EngineError, FinishReason, Message, ModelInfo, RealmConfig,
-    Sampling, Usage,
+    Sampling, StepLogprobs, TokenLogprob, Usage,
 };
 pub use generated::realm::engine::compute::{
     self, AttentionOp, Candidate, ComputeError as WitComputeError, MetadataEntry, MetadataValue, Op, RopeStyle,

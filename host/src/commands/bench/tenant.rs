@@ -134,6 +134,7 @@ impl Tenant {
             },
             ignore_eos: true,
             stop: Vec::new(),
+            logprobs: None,
         };
         let realms = self.bindings.realm_engine_engine().realm();
         let call = realms.call_complete(&mut self.store, realm, &request);

@@ -109,6 +109,7 @@ impl GuestGeneration for Generation {
         Ok(Some(Chunk {
             text: "ok".into(),
             tokens: vec![0],
+            logprobs: Vec::new(),
             finish: last.then_some(FinishReason::Stop),
             usage: Usage {
                 prompt_tokens: 1,

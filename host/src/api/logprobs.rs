@@ -1,0 +1,115 @@
+//! Log-probabilities in OpenAI's two shapes: chat's `logprobs.content` (one
+//! entry per token, with its bytes and alternatives) and the legacy
+//! completions' parallel lists (`tokens`, `token_logprobs`, `top_logprobs`,
+//! `text_offset`).
+
+use serde_json::{Map, Value, json};
+
+use super::completions::Endpoint;
+use crate::runtime::wit::{StepLogprobs, TokenLogprob};
+
+/// Renders the log-probabilities of a response, or of each event of a
+/// stream in turn: completions' `text_offset` counts on across events.
+pub struct LogprobsJson {
+    endpoint: Endpoint,
+    /// Characters of token text before the next token.
+    offset: usize,
+}
+
+impl LogprobsJson {
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self { endpoint, offset: 0 }
+    }
+
+    pub fn render(&mut self, steps: &[StepLogprobs]) -> Value {
+        match self.endpoint {
+            Endpoint::ChatCompletions => {
+                let content: Vec<Value> = steps
+                    .iter()
+                    .map(|s| {
+                        let mut entry = chat_entry(&s.chosen);
+                        entry["top_logprobs"] = s.top.iter().map(chat_entry).collect();
+                        entry
+                    })
+                    .collect();
+                json!({ "content": content, "refusal": null })
+            }
+            Endpoint::Completions => {
+                let mut offsets = Vec::with_capacity(steps.len());
+                for s in steps {
+                    offsets.push(self.offset);
+                    self.offset += text(&s.chosen).chars().count();
+                }
+                let top: Vec<Value> = steps
+                    .iter()
+                    .map(|s| {
+                        let alternatives: Map<String, Value> =
+                            s.top.iter().map(|t| (text(t), json!(t.logprob))).collect();
+                        Value::Object(alternatives)
+                    })
+                    .collect();
+                json!({
+                    "tokens": steps.iter().map(|s| text(&s.chosen)).collect::<Vec<_>>(),
+                    "token_logprobs": steps.iter().map(|s| s.chosen.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": top,
+                    "text_offset": offsets,
+                })
+            }
+        }
+    }
+}
+
+fn chat_entry(t: &TokenLogprob) -> Value {
+    json!({ "token": text(t), "logprob": t.logprob, "bytes": t.bytes })
+}
+
+/// A token's text; a piece that holds part of a character shows U+FFFD.
+fn text(t: &TokenLogprob) -> String {
+    String::from_utf8_lossy(&t.bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(token: u32, text: &str, logprob: f32) -> TokenLogprob {
+        TokenLogprob {
+            token,
+            bytes: text.as_bytes().to_vec(),
+            logprob,
+        }
+    }
+
+    fn steps() -> Vec<StepLogprobs> {
+        vec![
+            StepLogprobs {
+                chosen: token(1, "Hé", -0.5),
+                top: vec![token(1, "Hé", -0.5), token(2, " x", -1.0)],
+            },
+            StepLogprobs {
+                chosen: token(3, "llo", -0.25),
+                top: vec![token(3, "llo", -0.25)],
+            },
+        ]
+    }
+
+    #[test]
+    fn chat_lists_each_token_with_its_bytes_and_alternatives() {
+        let v = LogprobsJson::new(Endpoint::ChatCompletions).render(&steps());
+        assert_eq!(v["content"][0]["token"], "Hé");
+        assert_eq!(v["content"][0]["bytes"], json!([72, 195, 169]));
+        assert_eq!(v["content"][0]["top_logprobs"][1]["token"], " x");
+        assert_eq!(v["content"][1]["logprob"], json!(-0.25));
+    }
+
+    #[test]
+    fn completions_offsets_count_on_across_a_stream() {
+        let mut json = LogprobsJson::new(Endpoint::Completions);
+        let first = json.render(&steps());
+        assert_eq!(first["tokens"], json!(["Hé", "llo"]));
+        assert_eq!(first["text_offset"], json!([0, 2]));
+        assert_eq!(first["top_logprobs"][0][" x"], json!(-1.0));
+        let next = json.render(&steps()[..1]);
+        assert_eq!(next["text_offset"], json!([5]));
+    }
+}

@@ -371,3 +371,37 @@ fn chat_logprobs_cover_every_token_of_the_reply() {
         .collect();
     assert_eq!(&streamed, entries, "the stream's entries are the whole response's");
 }
+
+/// A stop string that ends on a token boundary drops the entries of the
+/// tokens it cuts off: the listed tokens spell the returned text, whole and
+/// streamed alike.
+#[test]
+fn logprobs_stop_where_a_stop_string_cuts_the_text() {
+    let server = Server::start(&support::component(), &[]);
+    let request = |stream: bool| {
+        json!({
+            "model": DEFAULT_MODEL, "prompt": "The capital of France is", "max_tokens": 24,
+            "temperature": 0, "logprobs": 1, "stop": [" United"], "stream": stream
+        })
+    };
+    let (status, body) = server.post("/v1/completions", request(false));
+    assert_eq!(status, 200, "{body}");
+    let text = body["choices"][0]["text"].as_str().expect("text");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
+    let tokens: Vec<&str> = body["choices"][0]["logprobs"]["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t.as_str().expect("a token"))
+        .collect();
+    assert_eq!(tokens.concat(), text, "{tokens:?}");
+    let (status, events) = server.post_stream("/v1/completions", request(true));
+    assert_eq!(status, 200);
+    let streamed: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["logprobs"]["tokens"].as_array())
+        .flatten()
+        .map(|t| t.as_str().expect("a token"))
+        .collect();
+    assert_eq!(streamed, tokens);
+}

@@ -386,7 +386,11 @@ impl Meta {
     /// finish reason on the last).
     fn delta(&self, chunk: &Chunk, logprobs: &mut LogprobsJson, include_usage: bool) -> serde_json::Value {
         let (text, finish) = (&chunk.text, chunk.finish.map(reason));
-        let logprobs = self.logprobs_json(logprobs, &chunk.logprobs);
+        // An event without tokens (the end of a turn) has none to list.
+        let logprobs = match chunk.logprobs.is_empty() {
+            true => serde_json::Value::Null,
+            false => self.logprobs_json(logprobs, &chunk.logprobs),
+        };
         let choice = match self.endpoint {
             Endpoint::Completions => json!({ "text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish }),
             Endpoint::ChatCompletions => {

@@ -170,7 +170,8 @@ impl GenerationBody {
             (Endpoint::Completions, _, Some(_)) => {
                 invalid("`top_logprobs` belongs to /v1/chat/completions".into(), "top_logprobs")
             }
-            (Endpoint::Completions, Some(Logprobs::Flag(_)), None) => invalid(
+            (Endpoint::Completions, Some(Logprobs::Flag(false)), None) => Ok(None),
+            (Endpoint::Completions, Some(Logprobs::Flag(true)), None) => invalid(
                 format!("`logprobs` counts alternatives per token here: 0 to {MOST_LOGPROBS_COMPLETIONS}"),
                 "logprobs",
             ),
@@ -280,6 +281,7 @@ mod tests {
             asked(completions, r#"{"model":"m","logprobs":true}"#),
             Err("logprobs".into())
         );
+        assert_eq!(asked(completions, r#"{"model":"m","logprobs":false}"#), Ok(None));
         assert_eq!(
             asked(completions, r#"{"model":"m","top_logprobs":1}"#),
             Err("top_logprobs".into())

@@ -172,7 +172,7 @@ impl Kernels {
     }
 
     /// Whether weights of `ty` take the int8 matmul (over q8 rows, able to
-    /// add a residual to its output) rather than the f32 one.
+    /// add a residual or a bias to its output) rather than the f32 one.
     pub fn is_int8(&self, ty: GgmlType) -> bool {
         self.mmq.iter().any(|(t, _)| *t == ty)
     }

@@ -419,7 +419,6 @@ fn a_padded_decode_batch_gives_each_row_its_bits_alone() {
     }
 }
 
-/// What the CPU backend's quantized activations stand for, value by value.
 #[test]
 fn caches_dropped_on_other_threads_during_captures_break_none() {
     let Some(gpu) = backend() else { return };
@@ -451,6 +450,7 @@ fn caches_dropped_on_other_threads_during_captures_break_none() {
     assert_eq!(gpu.failed_captures(), 0, "captures failed over {round} rounds of 4");
 }
 
+/// What the CPU backend's quantized activations stand for, value by value.
 fn cpu_rounded(ty: GgmlType, x: &[f32]) -> Vec<f32> {
     use crate::compute::cpu::activations::{Activations, quantize};
     match quantize(ty, x) {

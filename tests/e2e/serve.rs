@@ -191,7 +191,8 @@ fn bad_requests_get_openai_shaped_errors() {
             400,
             "frobnicate",
         ),
-        (json!({"model": DEFAULT_MODEL, "prompt": "x", "n": 2}), 400, "n"),
+        (json!({"model": DEFAULT_MODEL, "prompt": "x", "n": 17}), 400, "n"),
+        (json!({"model": DEFAULT_MODEL, "prompt": "x", "n": 0}), 400, "n"),
         (
             json!({"model": DEFAULT_MODEL, "prompt": "x", "temperature": -2}),
             400,
@@ -404,4 +405,54 @@ fn logprobs_stop_where_a_stop_string_cuts_the_text() {
         .map(|t| t.as_str().expect("a token"))
         .collect();
     assert_eq!(streamed, tokens);
+}
+
+/// `n` choices: each its own generation, choice i drawing from seed + i (so
+/// it is what `n: 1` with that seed gives), streamed interleaved by index,
+/// with the usage of all of them.
+#[test]
+fn several_choices_are_each_a_seeded_generation_of_their_own() {
+    let server = Server::start(&support::component(), &[]);
+    let request = |n: u32, seed: u64, stream: bool| {
+        json!({
+            "model": DEFAULT_MODEL, "prompt": "Once upon a time", "max_tokens": 12, "temperature": 1.0,
+            "seed": seed, "n": n, "stream": stream, "ignore_eos": true,
+            "stream_options": if stream { json!({ "include_usage": true }) } else { json!(null) }
+        })
+    };
+    let (status, body) = server.post("/v1/completions", request(3, 40, false));
+    assert_eq!(status, 200, "{body}");
+    let choices = body["choices"].as_array().expect("choices");
+    let texts: Vec<&str> = choices.iter().map(|c| c["text"].as_str().expect("text")).collect();
+    assert_eq!(
+        choices.iter().map(|c| c["index"].as_u64()).collect::<Vec<_>>(),
+        [Some(0), Some(1), Some(2)]
+    );
+    assert!(
+        texts[0] != texts[1] || texts[1] != texts[2],
+        "three draws, all alike: {texts:?}"
+    );
+    assert_eq!(body["usage"]["completion_tokens"], 36, "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"], 4, "the prompt, counted once");
+    for (i, text) in texts.iter().enumerate() {
+        let (status, alone) = server.post("/v1/completions", request(1, 40 + i as u64, false));
+        assert_eq!(status, 200, "{alone}");
+        assert_eq!(alone["choices"][0]["text"].as_str(), Some(*text), "choice {i} alone");
+    }
+
+    let (status, events) = server.post_stream("/v1/completions", request(3, 40, true));
+    assert_eq!(status, 200);
+    let mut streamed = vec![String::new(); 3];
+    for event in &events {
+        if let Some(choice) = event["choices"].as_array().and_then(|c| c.first()) {
+            let index = choice["index"].as_u64().expect("index") as usize;
+            streamed[index].push_str(choice["text"].as_str().expect("text"));
+        }
+    }
+    assert_eq!(streamed, texts, "the stream's choices are the whole response's");
+    let usage = events
+        .iter()
+        .find(|e| e["choices"].as_array().is_some_and(|c| c.is_empty()))
+        .expect("a usage event");
+    assert_eq!(usage["usage"]["completion_tokens"], 36, "{usage}");
 }

@@ -105,6 +105,11 @@ def check(base):
     legacy = client.completions.create(prompt="The capital of France is", logprobs=3, **greedy)
     lp = legacy.choices[0].logprobs
     assert "".join(lp.tokens) == legacy.choices[0].text and len(lp.top_logprobs[0]) == 3, lp
+    several = client.chat.completions.create(messages=messages, n=3, seed=11, model=MODEL, max_tokens=8)
+    assert [c.index for c in several.choices] == [0, 1, 2], several
+    one = client.chat.completions.create(messages=messages, n=1, seed=12, model=MODEL, max_tokens=8)
+    assert one.choices[0].message.content == several.choices[1].message.content, (one, several)
+    print(f"n=3: {[c.message.content for c in several.choices]}")
     print(f"logprobs: chat {len(entries)} tokens, first {entries[0].token!r} at {entries[0].logprob:.3f}; "
           f"completions first {lp.tokens[0]!r} at {lp.token_logprobs[0]:.3f}")
 
@@ -113,7 +118,7 @@ def check(base):
     expect_error(openai.NotFoundError,
                  lambda: client.chat.completions.create(model="no-such-model", messages=messages))
     expect_error(openai.BadRequestError,
-                 lambda: client.chat.completions.create(messages=messages, n=2, **greedy))
+                 lambda: client.chat.completions.create(messages=messages, n=17, **greedy))
     expect_error(openai.BadRequestError,
                  lambda: client.chat.completions.create(messages=messages, model=MODEL, max_tokens=65))
     expect_error(openai.BadRequestError,

@@ -2,6 +2,7 @@
 //! server-sent events ending in `data: [DONE]`.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use super::logprobs::LogprobsJson;
 use super::metrics::{ErrorLabels, Metrics, RequestLabels};
 use super::request::{DEFAULT_COMPLETION_TOKENS, GenerationBody};
 use crate::runtime::instance::GenerationRequest;
-use crate::runtime::wit::{ChatRequest, Chunk, CompletionRequest, FinishReason, StepLogprobs, Usage};
+use crate::runtime::wit::{ChatRequest, Chunk, CompletionRequest, FinishReason, Sampling, StepLogprobs, Usage};
 use crate::runtime::{Failure, GenerationEvent};
 use crate::tenants::{Permit, Tenant};
 
@@ -134,8 +135,12 @@ async fn admit_and_start(
         .instance()
         .await
         .map_err(|e| ApiError::internal(format!("could not start the tenant's engine instance: {e:#}")))?;
+    let choices = (0..body.choices())
+        .map(|i| Choice::new(instance.generate(&body.model, for_choice(&request, i))))
+        .collect();
     let mut run = Run {
-        events: instance.generate(&body.model, request),
+        choices,
+        next_first: 0,
         deadline: tenant.request_deadline.map(|d| Instant::now() + d),
         accounting: Accounting {
             metrics: app.metrics.clone(),
@@ -143,6 +148,7 @@ async fn admit_and_start(
             permit,
             started: Instant::now(),
             usage: None,
+            prompt_passes: body.choices(),
             status: None,
         },
     };
@@ -156,18 +162,48 @@ async fn admit_and_start(
         tokio::spawn(stream(meta, first, run, sender, include_usage).instrument(span));
         return Ok(response);
     }
-    let mut text = String::new();
-    let mut logprobs = Vec::new();
-    let mut chunk = first;
-    loop {
-        text.push_str(&chunk.text);
-        logprobs.append(&mut chunk.logprobs);
-        if let Some(finish) = chunk.finish {
-            run.accounting.status = Some(200);
-            return Ok(json_response(meta.whole(text, &logprobs, finish, chunk.usage)));
-        }
-        chunk = run.next().await?;
+    let mut answers: Vec<Answer> = (0..run.choices.len()).map(|_| Answer::default()).collect();
+    let mut next = first;
+    while let Some((index, mut chunk)) = next {
+        let answer = &mut answers[index];
+        answer.text.push_str(&chunk.text);
+        answer.logprobs.append(&mut chunk.logprobs);
+        answer.finish = chunk.finish.or(answer.finish);
+        next = run.next().await?;
     }
+    run.accounting.status = Some(200);
+    let usage = run.accounting.usage.unwrap_or(Usage {
+        prompt_tokens: 0,
+        completion_tokens: 0,
+    });
+    Ok(json_response(meta.whole(&answers, usage)))
+}
+
+/// Choice `index` of `request`: with a seed, each choice draws from its own
+/// (the seed plus its index), so that choices differ and repeat alike.
+fn for_choice(request: &GenerationRequest, index: u32) -> GenerationRequest {
+    let reseed = |mut sampling: Sampling| {
+        sampling.seed = sampling.seed.map(|seed| seed.wrapping_add(u64::from(index)));
+        sampling
+    };
+    match request {
+        GenerationRequest::Completion(r) => GenerationRequest::Completion(CompletionRequest {
+            sampling: reseed(r.sampling.clone()),
+            ..r.clone()
+        }),
+        GenerationRequest::Chat(r) => GenerationRequest::Chat(ChatRequest {
+            sampling: reseed(r.sampling.clone()),
+            ..r.clone()
+        }),
+    }
+}
+
+/// One choice of a whole response, gathered from its chunks.
+#[derive(Default)]
+struct Answer {
+    text: String,
+    logprobs: Vec<StepLogprobs>,
+    finish: Option<FinishReason>,
 }
 
 /// The completion's token limit: the client's, within the tenant's limit.
@@ -191,28 +227,69 @@ fn max_tokens(endpoint: Endpoint, asked: Option<u32>, limit: Option<u32>) -> Res
     }
 }
 
-/// A running generation: its chunks, its deadline, and what it is charged.
+/// A request's running generations (one per choice): their chunks, the
+/// deadline, and what the request is charged.
 struct Run {
-    events: UnboundedReceiver<GenerationEvent>,
+    choices: Vec<Choice>,
+    /// The choice polled first next time, so that no choice waits behind
+    /// another's ready chunks.
+    next_first: usize,
     deadline: Option<Instant>,
     accounting: Accounting,
 }
 
+struct Choice {
+    events: UnboundedReceiver<GenerationEvent>,
+    usage: Option<Usage>,
+    finished: bool,
+}
+
+impl Choice {
+    fn new(events: UnboundedReceiver<GenerationEvent>) -> Self {
+        Self {
+            events,
+            usage: None,
+            finished: false,
+        }
+    }
+}
+
 impl Run {
-    /// The next chunk, or the request's error (its status is the request's
-    /// outcome). Past the deadline the events are dropped with the run, which
-    /// cancels the generation.
-    async fn next(&mut self) -> Result<Chunk, ApiError> {
-        let event = match self.deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), self.events.recv())
+    /// The next chunk of any unfinished choice, with the choice's index; none
+    /// once every choice has finished. An error of any choice is the
+    /// request's (its status is the request's outcome). Past the deadline the
+    /// events are dropped with the run, which cancels the generations.
+    async fn next(&mut self) -> Result<Option<(usize, Chunk)>, ApiError> {
+        if self.choices.iter().all(|c| c.finished) {
+            return Ok(None);
+        }
+        let ready = std::future::poll_fn(|cx| {
+            let n = self.choices.len();
+            for index in (0..n).map(|k| (self.next_first + k) % n) {
+                let choice = &mut self.choices[index];
+                if choice.finished {
+                    continue;
+                }
+                if let Poll::Ready(event) = choice.events.poll_recv(cx) {
+                    self.next_first = (index + 1) % n;
+                    return Poll::Ready((index, event));
+                }
+            }
+            Poll::Pending
+        });
+        let (index, event) = match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), ready)
                 .await
-                .unwrap_or(Some(GenerationEvent::Failed(Failure::Deadline))),
-            None => self.events.recv().await,
+                .unwrap_or((0, Some(GenerationEvent::Failed(Failure::Deadline)))),
+            None => ready.await,
         };
         let error = match event {
             Some(GenerationEvent::Chunk(chunk)) => {
-                self.accounting.usage = Some(chunk.usage);
-                return Ok(chunk);
+                let choice = &mut self.choices[index];
+                choice.usage = Some(chunk.usage);
+                choice.finished = chunk.finish.is_some();
+                self.accounting.usage = Some(self.usage());
+                return Ok(Some((index, chunk)));
             }
             Some(GenerationEvent::Failed(Failure::Deadline)) if self.deadline.is_some() => ApiError::timeout(),
             Some(GenerationEvent::Failed(failure)) => failure.into(),
@@ -220,6 +297,16 @@ impl Run {
         };
         self.accounting.status = Some(error.status.as_u16());
         Err(error)
+    }
+
+    /// The request's usage so far: the prompt once (as OpenAI counts it) and
+    /// every choice's completion tokens.
+    fn usage(&self) -> Usage {
+        let usages = self.choices.iter().filter_map(|c| c.usage);
+        Usage {
+            prompt_tokens: usages.clone().map(|u| u.prompt_tokens).max().unwrap_or(0),
+            completion_tokens: usages.map(|u| u.completion_tokens).sum(),
+        }
     }
 }
 
@@ -233,6 +320,8 @@ struct Accounting {
     permit: Permit,
     started: Instant,
     usage: Option<Usage>,
+    /// Times the prompt is processed: once per choice, each charged.
+    prompt_passes: u32,
     /// The answer's status; none when the client left before it was decided.
     status: Option<u16>,
 }
@@ -257,7 +346,8 @@ impl Drop for Accounting {
             prompt_tokens: 0,
             completion_tokens: 0,
         });
-        let (prompt, completion) = (usage.prompt_tokens as u64, usage.completion_tokens as u64);
+        let prompt = u64::from(usage.prompt_tokens) * u64::from(self.prompt_passes);
+        let completion = u64::from(usage.completion_tokens);
         self.permit.record_tokens(prompt + completion);
         self.metrics.prompt_tokens.get_or_create(&self.labels).inc_by(prompt);
         self.metrics
@@ -289,31 +379,30 @@ fn count_error(metrics: &Metrics, labels: &RequestLabels, status: u16) {
     metrics.errors.get_or_create(&labels).inc();
 }
 
-/// Forwards a generation as server-sent events until it finishes, fails, runs
-/// past its deadline, or the client goes away; each of the last three drops
-/// the events, which cancels the generation.
-async fn stream(meta: Meta, first: Chunk, mut run: Run, sender: EventSender, include_usage: bool) {
+/// Forwards a request's generations as server-sent events (each choice's
+/// chunks as they come, marked with its index) until all of them finish, one
+/// fails, the deadline passes, or the client goes away; each of the last
+/// three drops the events, which cancels the generations.
+async fn stream(meta: Meta, first: Option<(usize, Chunk)>, mut run: Run, sender: EventSender, include_usage: bool) {
     let gone = |run: Run| count_error(&run.accounting.metrics, &run.accounting.labels, CLIENT_GONE);
-    if meta.endpoint == Endpoint::ChatCompletions && !sender.data(&meta.role(include_usage)).await {
-        return gone(run);
+    if meta.endpoint == Endpoint::ChatCompletions {
+        for index in 0..run.choices.len() {
+            if !sender.data(&meta.role(index, include_usage)).await {
+                return gone(run);
+            }
+        }
     }
-    let mut chunk = first;
-    let mut logprobs = LogprobsJson::new(meta.endpoint);
-    loop {
-        let event = meta.delta(&chunk, &mut logprobs, include_usage);
+    let mut logprobs: Vec<LogprobsJson> = (0..run.choices.len())
+        .map(|_| LogprobsJson::new(meta.endpoint))
+        .collect();
+    let mut next = first;
+    while let Some((index, chunk)) = next {
+        let event = meta.delta(index, &chunk, &mut logprobs[index], include_usage);
         if !sender.data(&event).await {
             return gone(run);
         }
-        if chunk.finish.is_some() {
-            if include_usage && !sender.data(&meta.usage_only(chunk.usage)).await {
-                return gone(run);
-            }
-            sender.done().await;
-            run.accounting.status = Some(200);
-            return;
-        }
-        chunk = match run.next().await {
-            Ok(chunk) => chunk,
+        next = match run.next().await {
+            Ok(next) => next,
             Err(error) => {
                 count_error(&run.accounting.metrics, &run.accounting.labels, error.status.as_u16());
                 sender.data(&error.body()).await;
@@ -321,6 +410,11 @@ async fn stream(meta: Meta, first: Chunk, mut run: Run, sender: EventSender, inc
             }
         };
     }
+    if include_usage && !sender.data(&meta.usage_only(run.usage())).await {
+        return gone(run);
+    }
+    sender.done().await;
+    run.accounting.status = Some(200);
 }
 
 /// What every response and event of one request shares.
@@ -357,34 +451,47 @@ impl Meta {
         }
     }
 
-    fn whole(&self, text: String, steps: &[StepLogprobs], finish: FinishReason, usage: Usage) -> serde_json::Value {
-        let logprobs = self.logprobs_json(&mut LogprobsJson::new(self.endpoint), steps);
-        let choice = match self.endpoint {
-            Endpoint::Completions => {
-                json!({ "text": text, "index": 0, "logprobs": logprobs, "finish_reason": reason(finish) })
-            }
-            Endpoint::ChatCompletions => json!({
-                "index": 0,
-                "message": { "role": "assistant", "content": text },
-                "logprobs": logprobs,
-                "finish_reason": reason(finish),
-            }),
-        };
+    fn whole(&self, answers: &[Answer], usage: Usage) -> serde_json::Value {
+        let choices: Vec<serde_json::Value> = answers
+            .iter()
+            .enumerate()
+            .map(|(index, answer)| {
+                let logprobs = self.logprobs_json(&mut LogprobsJson::new(self.endpoint), &answer.logprobs);
+                let (text, finish) = (&answer.text, answer.finish.map(reason));
+                match self.endpoint {
+                    Endpoint::Completions => {
+                        json!({ "text": text, "index": index, "logprobs": logprobs, "finish_reason": finish })
+                    }
+                    Endpoint::ChatCompletions => json!({
+                        "index": index,
+                        "message": { "role": "assistant", "content": text },
+                        "logprobs": logprobs,
+                        "finish_reason": finish,
+                    }),
+                }
+            })
+            .collect();
         json!({
             "id": self.id, "object": self.object(false), "created": self.created, "model": self.model,
-            "choices": [choice], "usage": usage_json(usage),
+            "choices": choices, "usage": usage_json(usage),
         })
     }
 
-    /// A chat stream's first event: the assistant's role.
-    fn role(&self, include_usage: bool) -> serde_json::Value {
-        let choice = json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null });
+    /// A chat stream's first event for choice `index`: the assistant's role.
+    fn role(&self, index: usize, include_usage: bool) -> serde_json::Value {
+        let choice = json!({ "index": index, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null });
         self.event(choice, include_usage)
     }
 
-    /// The event carrying one chunk's text and log-probabilities (and the
-    /// finish reason on the last).
-    fn delta(&self, chunk: &Chunk, logprobs: &mut LogprobsJson, include_usage: bool) -> serde_json::Value {
+    /// The event carrying one chunk of choice `index`: its text and
+    /// log-probabilities (and the finish reason on its last).
+    fn delta(
+        &self,
+        index: usize,
+        chunk: &Chunk,
+        logprobs: &mut LogprobsJson,
+        include_usage: bool,
+    ) -> serde_json::Value {
         let (text, finish) = (&chunk.text, chunk.finish.map(reason));
         // An event without tokens (the end of a turn) has none to list.
         let logprobs = match chunk.logprobs.is_empty() {
@@ -392,14 +499,16 @@ impl Meta {
             false => self.logprobs_json(logprobs, &chunk.logprobs),
         };
         let choice = match self.endpoint {
-            Endpoint::Completions => json!({ "text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish }),
+            Endpoint::Completions => {
+                json!({ "text": text, "index": index, "logprobs": logprobs, "finish_reason": finish })
+            }
             Endpoint::ChatCompletions => {
                 let delta = if finish.is_some() && text.is_empty() {
                     json!({})
                 } else {
                     json!({ "content": text })
                 };
-                json!({ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish })
+                json!({ "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish })
             }
         };
         self.event(choice, include_usage)

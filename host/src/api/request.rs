@@ -13,6 +13,9 @@ use crate::runtime::wit::{Message, Sampling};
 /// OpenAI's default `max_tokens` for completions; chat defaults to the context.
 pub const DEFAULT_COMPLETION_TOKENS: u32 = 16;
 
+/// Most choices per request: each is a generation of its own.
+pub const MOST_CHOICES: u32 = 16;
+
 /// Most alternatives per token: OpenAI's limits for each endpoint.
 const MOST_TOP_LOGPROBS_CHAT: u32 = 20;
 const MOST_LOGPROBS_COMPLETIONS: u32 = 5;
@@ -108,8 +111,11 @@ impl GenerationBody {
                 Some("stream_options"),
             ));
         }
-        if body.n.is_some_and(|n| n != 1) {
-            return Err(ApiError::invalid_request("only `n: 1` is supported", Some("n")));
+        if body.n.is_some_and(|n| !(1..=MOST_CHOICES).contains(&n)) {
+            return Err(ApiError::invalid_request(
+                format!("`n` must be 1 to {MOST_CHOICES}"),
+                Some("n"),
+            ));
         }
         if body.max_tokens.is_some() && body.max_completion_tokens.is_some() {
             return Err(ApiError::invalid_request(
@@ -118,6 +124,11 @@ impl GenerationBody {
             ));
         }
         Ok(body)
+    }
+
+    /// How many choices to generate.
+    pub fn choices(&self) -> u32 {
+        self.n.unwrap_or(1)
     }
 
     pub fn include_usage(&self) -> bool {

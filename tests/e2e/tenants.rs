@@ -205,6 +205,16 @@ fn each_limit_is_enforced() {
         assert_eq!(first.events().last(), Some(&json!("[DONE]")));
     });
     assert_eq!(post("one-at-a-time", completion(DEFAULT_MODEL, "Hi", 2)).status, 200);
+    // Each choice is a generation: more choices than the limit cannot run.
+    let mut several = completion(DEFAULT_MODEL, "Hi", 2);
+    several["n"] = json!(2);
+    let reply = post("one-at-a-time", several);
+    assert_eq!(
+        (reply.status, reply.json()["error"]["param"].as_str()),
+        (400, Some("n")),
+        "{}",
+        reply.text
+    );
 
     // Requests per minute.
     for _ in 0..2 {

@@ -128,16 +128,29 @@ async fn admit_and_start(
             })
         }
     };
-    let permit = tenant.admit()?;
+    let n = body.choices();
+    if let Some(most) = tenant.most_generations()
+        && n > most
+    {
+        return Err(ApiError::invalid_request(
+            format!("`n` is {n}; this API key runs at most {most} generations at once"),
+            Some("n"),
+        ));
+    }
+    let permit = tenant.admit(n)?;
     *admitted = true;
     app.metrics.requests.get_or_create(labels).inc();
-    let instance = tenant
-        .instance()
-        .await
-        .map_err(|e| ApiError::internal(format!("could not start the tenant's engine instance: {e:#}")))?;
-    let choices = (0..body.choices())
-        .map(|i| Choice::new(instance.generate(&body.model, for_choice(&request, i))))
-        .collect();
+    // Each choice on the least busy instance once the ones before have
+    // started: an instance steps its generations one after another, and
+    // choices on different instances share batches.
+    let mut choices = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let instance = tenant
+            .instance()
+            .await
+            .map_err(|e| ApiError::internal(format!("could not start the tenant's engine instance: {e:#}")))?;
+        choices.push(Choice::new(instance.generate(&body.model, for_choice(&request, i))));
+    }
     let mut run = Run {
         choices,
         next_first: 0,
@@ -148,7 +161,7 @@ async fn admit_and_start(
             permit,
             started: Instant::now(),
             usage: None,
-            prompt_passes: body.choices(),
+            prompt_processed: 0,
             status: None,
         },
     };
@@ -289,6 +302,12 @@ impl Run {
                 choice.usage = Some(chunk.usage);
                 choice.finished = chunk.finish.is_some();
                 self.accounting.usage = Some(self.usage());
+                self.accounting.prompt_processed = self
+                    .choices
+                    .iter()
+                    .filter_map(|c| c.usage)
+                    .map(|u| u64::from(u.prompt_tokens))
+                    .sum();
                 return Ok(Some((index, chunk)));
             }
             Some(GenerationEvent::Failed(Failure::Deadline)) if self.deadline.is_some() => ApiError::timeout(),
@@ -320,8 +339,9 @@ struct Accounting {
     permit: Permit,
     started: Instant,
     usage: Option<Usage>,
-    /// Times the prompt is processed: once per choice, each charged.
-    prompt_passes: u32,
+    /// Prompt tokens processed: the prompt once per choice that started
+    /// (usage counts it once), each charged.
+    prompt_processed: u64,
     /// The answer's status; none when the client left before it was decided.
     status: Option<u16>,
 }
@@ -346,8 +366,7 @@ impl Drop for Accounting {
             prompt_tokens: 0,
             completion_tokens: 0,
         });
-        let prompt = u64::from(usage.prompt_tokens) * u64::from(self.prompt_passes);
-        let completion = u64::from(usage.completion_tokens);
+        let (prompt, completion) = (self.prompt_processed, u64::from(usage.completion_tokens));
         self.permit.record_tokens(prompt + completion);
         self.metrics.prompt_tokens.get_or_create(&self.labels).inc_by(prompt);
         self.metrics

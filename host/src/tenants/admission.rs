@@ -83,20 +83,22 @@ impl Admission {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits a request now, or says why not. Tokens are counted when they are
-    /// used (`Permit::record_tokens`), so one admitted request may take a
-    /// tenant past its tokens-per-minute limit; the next one then waits.
-    pub fn admit(self: &Arc<Self>) -> Result<Permit, Refusal> {
-        self.admit_at(Instant::now())
+    /// Admits a request of `generations` generations (its choices) now, or
+    /// says why not; each counts against the concurrency limit. Tokens are
+    /// counted when they are used (`Permit::record_tokens`), so one admitted
+    /// request may take a tenant past its tokens-per-minute limit; the next
+    /// one then waits.
+    pub fn admit(self: &Arc<Self>, generations: u32) -> Result<Permit, Refusal> {
+        self.admit_at(Instant::now(), generations)
     }
 
-    fn admit_at(self: &Arc<Self>, now: Instant) -> Result<Permit, Refusal> {
+    fn admit_at(self: &Arc<Self>, now: Instant, generations: u32) -> Result<Permit, Refusal> {
         let mut state = self.state();
         if let Some(horizon) = now.checked_sub(WINDOW) {
             state.forget_before(horizon);
         }
         if let Some(limit) = self.limits.concurrent_requests
-            && state.running >= limit
+            && state.running.saturating_add(generations) > limit
         {
             return Err(Refusal::Concurrency { limit });
         }
@@ -123,13 +125,19 @@ impl Admission {
             let retry_after = wait_until(until, now);
             return Err(Refusal::Tokens { limit, retry_after });
         }
-        state.running += 1;
+        state.running += generations;
         if self.limits.requests_per_minute.is_some() {
             state.requests.push_back(now);
         }
         Ok(Permit {
             admission: self.clone(),
+            generations,
         })
+    }
+
+    /// The most generations one request may run, if limited.
+    pub fn most_generations(&self) -> Option<u32> {
+        self.limits.concurrent_requests
     }
 
     pub fn running(&self) -> u32 {
@@ -146,6 +154,7 @@ fn wait_until(when: Instant, now: Instant) -> Duration {
 /// A running request's place in its tenant's limits; dropping it ends the request.
 pub struct Permit {
     admission: Arc<Admission>,
+    generations: u32,
 }
 
 impl Permit {
@@ -162,7 +171,7 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.admission.state().running -= 1;
+        self.admission.state().running -= self.generations;
     }
 }
 
@@ -176,11 +185,27 @@ mod tests {
             concurrent_requests: Some(2),
             ..RateLimits::default()
         });
-        let a = admission.admit().expect("first");
-        let _b = admission.admit().expect("second");
-        assert_eq!(admission.admit().err(), Some(Refusal::Concurrency { limit: 2 }));
+        let a = admission.admit(1).expect("first");
+        let _b = admission.admit(1).expect("second");
+        assert_eq!(admission.admit(1).err(), Some(Refusal::Concurrency { limit: 2 }));
         drop(a);
-        assert!(admission.admit().is_ok());
+        assert!(admission.admit(1).is_ok());
+    }
+
+    #[test]
+    fn a_request_of_several_generations_holds_as_many_places() {
+        let admission = Admission::new(RateLimits {
+            concurrent_requests: Some(4),
+            ..RateLimits::default()
+        });
+        let three = admission.admit(3).expect("three of four");
+        assert_eq!(admission.admit(2).err(), Some(Refusal::Concurrency { limit: 4 }));
+        let one = admission.admit(1).expect("the fourth");
+        assert_eq!(admission.running(), 4);
+        drop(three);
+        assert_eq!(admission.running(), 1);
+        assert!(admission.admit(3).is_ok());
+        drop(one);
     }
 
     #[test]
@@ -190,13 +215,13 @@ mod tests {
             ..RateLimits::default()
         });
         let start = Instant::now();
-        drop(admission.admit_at(start).expect("1"));
-        drop(admission.admit_at(start + Duration::from_secs(10)).expect("2"));
-        match admission.admit_at(start + Duration::from_secs(20)) {
+        drop(admission.admit_at(start, 1).expect("1"));
+        drop(admission.admit_at(start + Duration::from_secs(10), 1).expect("2"));
+        match admission.admit_at(start + Duration::from_secs(20), 1) {
             Err(Refusal::Requests { retry_after, .. }) => assert_eq!(retry_after, Duration::from_secs(40)),
             other => panic!("expected a refusal, got {:?}", other.err()),
         }
-        assert!(admission.admit_at(start + Duration::from_secs(61)).is_ok());
+        assert!(admission.admit_at(start + Duration::from_secs(61), 1).is_ok());
     }
 
     #[test]
@@ -205,11 +230,11 @@ mod tests {
             tokens_per_minute: Some(100),
             ..RateLimits::default()
         });
-        let permit = admission.admit().expect("first");
+        let permit = admission.admit(1).expect("first");
         permit.record_tokens(60);
         permit.record_tokens(50);
         drop(permit);
-        match admission.admit() {
+        match admission.admit(1) {
             Err(Refusal::Tokens {
                 limit: 100,
                 retry_after,
@@ -220,7 +245,7 @@ mod tests {
         }
         assert!(
             admission
-                .admit_at(Instant::now() + WINDOW + Duration::from_secs(1))
+                .admit_at(Instant::now() + WINDOW + Duration::from_secs(1), 1)
                 .is_ok()
         );
     }

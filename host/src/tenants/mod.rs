@@ -79,8 +79,14 @@ impl Tenant {
         }
     }
 
-    pub fn admit(&self) -> Result<Permit, Refusal> {
-        self.admission.admit()
+    /// Admits a request of `generations` generations (its choices).
+    pub fn admit(&self, generations: u32) -> Result<Permit, Refusal> {
+        self.admission.admit(generations)
+    }
+
+    /// The most generations one request may run (the concurrency limit).
+    pub fn most_generations(&self) -> Option<u32> {
+        self.admission.most_generations()
     }
 
     pub fn running_requests(&self) -> u32 {

@@ -160,8 +160,7 @@ async fn admit_and_start(
             labels: labels.clone(),
             permit,
             started: Instant::now(),
-            usage: None,
-            prompt_processed: 0,
+            usages: vec![None; n as usize],
             status: None,
         },
     };
@@ -185,11 +184,7 @@ async fn admit_and_start(
         next = run.next().await?;
     }
     run.accounting.status = Some(200);
-    let usage = run.accounting.usage.unwrap_or(Usage {
-        prompt_tokens: 0,
-        completion_tokens: 0,
-    });
-    Ok(json_response(meta.whole(&answers, usage)))
+    Ok(json_response(meta.whole(&answers, run.accounting.usage())))
 }
 
 /// Choice `index` of `request`: with a seed, each choice draws from its own
@@ -253,7 +248,6 @@ struct Run {
 
 struct Choice {
     events: UnboundedReceiver<GenerationEvent>,
-    usage: Option<Usage>,
     finished: bool,
 }
 
@@ -261,7 +255,6 @@ impl Choice {
     fn new(events: UnboundedReceiver<GenerationEvent>) -> Self {
         Self {
             events,
-            usage: None,
             finished: false,
         }
     }
@@ -298,16 +291,8 @@ impl Run {
         };
         let error = match event {
             Some(GenerationEvent::Chunk(chunk)) => {
-                let choice = &mut self.choices[index];
-                choice.usage = Some(chunk.usage);
-                choice.finished = chunk.finish.is_some();
-                self.accounting.usage = Some(self.usage());
-                self.accounting.prompt_processed = self
-                    .choices
-                    .iter()
-                    .filter_map(|c| c.usage)
-                    .map(|u| u64::from(u.prompt_tokens))
-                    .sum();
+                self.choices[index].finished = chunk.finish.is_some();
+                self.accounting.usages[index] = Some(chunk.usage);
                 return Ok(Some((index, chunk)));
             }
             Some(GenerationEvent::Failed(Failure::Deadline)) if self.deadline.is_some() => ApiError::timeout(),
@@ -316,16 +301,6 @@ impl Run {
         };
         self.accounting.status = Some(error.status.as_u16());
         Err(error)
-    }
-
-    /// The request's usage so far: the prompt once (as OpenAI counts it) and
-    /// every choice's completion tokens.
-    fn usage(&self) -> Usage {
-        let usages = self.choices.iter().filter_map(|c| c.usage);
-        Usage {
-            prompt_tokens: usages.clone().map(|u| u.prompt_tokens).max().unwrap_or(0),
-            completion_tokens: usages.map(|u| u.completion_tokens).sum(),
-        }
     }
 }
 
@@ -338,10 +313,8 @@ struct Accounting {
     labels: RequestLabels,
     permit: Permit,
     started: Instant,
-    usage: Option<Usage>,
-    /// Prompt tokens processed: the prompt once per choice that started
-    /// (usage counts it once), each charged.
-    prompt_processed: u64,
+    /// Each choice's usage so far, once it has reported any.
+    usages: Vec<Option<Usage>>,
     /// The answer's status; none when the client left before it was decided.
     status: Option<u16>,
 }
@@ -350,6 +323,22 @@ struct Accounting {
 const CLIENT_GONE: u16 = 499;
 
 impl Accounting {
+    /// The request's usage so far: the prompt once (as OpenAI counts it) and
+    /// every choice's completion tokens.
+    fn usage(&self) -> Usage {
+        let usages = self.usages.iter().flatten();
+        Usage {
+            prompt_tokens: usages.clone().map(|u| u.prompt_tokens).max().unwrap_or(0),
+            completion_tokens: usages.map(|u| u.completion_tokens).sum(),
+        }
+    }
+
+    /// Prompt tokens processed: the prompt once per choice that started,
+    /// each charged.
+    fn prompt_processed(&self) -> u64 {
+        self.usages.iter().flatten().map(|u| u64::from(u.prompt_tokens)).sum()
+    }
+
     fn first_chunk(&self) {
         let ttft = self.started.elapsed().as_secs_f64();
         self.metrics
@@ -362,11 +351,7 @@ impl Accounting {
 impl Drop for Accounting {
     fn drop(&mut self) {
         let status = self.status.unwrap_or(CLIENT_GONE);
-        let usage = self.usage.unwrap_or(Usage {
-            prompt_tokens: 0,
-            completion_tokens: 0,
-        });
-        let (prompt, completion) = (self.prompt_processed, u64::from(usage.completion_tokens));
+        let (prompt, completion) = (self.prompt_processed(), u64::from(self.usage().completion_tokens));
         self.permit.record_tokens(prompt + completion);
         self.metrics.prompt_tokens.get_or_create(&self.labels).inc_by(prompt);
         self.metrics
@@ -429,7 +414,7 @@ async fn stream(meta: Meta, first: Option<(usize, Chunk)>, mut run: Run, sender:
             }
         };
     }
-    if include_usage && !sender.data(&meta.usage_only(run.usage())).await {
+    if include_usage && !sender.data(&meta.usage_only(run.accounting.usage())).await {
         return gone(run);
     }
     sender.done().await;

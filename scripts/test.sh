@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs every test: builds the engine component and the test components, fetches
+# Runs every test: checks the host's dependency rules (scripts/check-layers.py),
+# builds the engine component and the test components, fetches
 # the default model, runs the workspace's unit and end-to-end tests, then checks
 # the official OpenAI Python client against a multi-tenant server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+python3 scripts/check-layers.py
 scripts/build-component.sh
 scripts/build-test-components.sh
 scripts/fetch-models.sh

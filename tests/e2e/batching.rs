@@ -34,8 +34,8 @@ fn text_of(server: &Server, model: &str, tenant: &str, prompt: &str, max_tokens:
 }
 
 fn batch_totals(server: &Server) -> (f64, f64) {
-    let batches = metric(server, "realm_batches ").expect("realm_batches");
-    let sequences = metric(server, "realm_batched_sequences ").expect("realm_batched_sequences");
+    let batches = metric(server, "realm_batches_total ").expect("realm_batches_total");
+    let sequences = metric(server, "realm_batched_sequences_total ").expect("realm_batched_sequences_total");
     (batches, sequences)
 }
 

@@ -6,8 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use realm_host::compute::{self, BatchPolicy, Budget, Device, ModelCatalog, Scheduler, WeightsRegistry};
-use realm_host::runtime::{InstanceHandle, InstanceSettings, Runtime, SharedCompute, TenantCompute};
+use realm_host::compute::{self, BatchPolicy, Budget, Device, ModelCatalog, Scheduler};
+use realm_host::runtime::{InstanceHandle, InstanceSettings, Runtime, ServerContext, TenantCompute};
 
 pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
 
@@ -87,7 +87,7 @@ pub fn realm_host() -> Command {
     Command::new(env!("CARGO_BIN_EXE_realm-host"))
 }
 
-pub fn settings(context_length: u32, shared: Arc<SharedCompute>) -> InstanceSettings {
+pub fn settings(context_length: u32, shared: Arc<ServerContext>) -> InstanceSettings {
     InstanceSettings {
         compute: TenantCompute {
             tenant: "test".into(),
@@ -113,15 +113,12 @@ pub fn runtime() -> Arc<Runtime> {
         .clone()
 }
 
-pub fn shared_compute() -> Arc<SharedCompute> {
-    static SHARED: OnceLock<Arc<SharedCompute>> = OnceLock::new();
+pub fn shared_compute() -> Arc<ServerContext> {
+    static SHARED: OnceLock<Arc<ServerContext>> = OnceLock::new();
     SHARED
         .get_or_init(|| {
             let backend = compute::start_backend(device(), 2).expect("the test device's backend");
-            Arc::new(SharedCompute {
-                scheduler: Scheduler::new(backend, BatchPolicy::default()),
-                registry: WeightsRegistry::default(),
-            })
+            ServerContext::new(Scheduler::new(backend, BatchPolicy::default())).expect("a server context")
         })
         .clone()
 }

@@ -333,7 +333,7 @@ fn a_misbehaving_tenant_goes_unnoticed_by_its_neighbour() {
         let alone = server.call("POST", "/v1/completions", Some("key-good"), Some(request.clone()));
         assert_eq!(text_of(&events), text_of(&alone.events()));
     });
-    assert_eq!(metric(&server, "realm_replaced_instances"), Some(4.0));
+    assert_eq!(metric(&server, "realm_replaced_instances_total"), Some(4.0));
 }
 
 #[test]

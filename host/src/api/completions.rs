@@ -16,26 +16,11 @@ use super::body::{ApiBody, EventSender, event_stream, json_response};
 use super::error::ApiError;
 use super::logprobs::LogprobsJson;
 use super::metrics::{ErrorLabels, Metrics, RequestLabels};
-use super::request::{DEFAULT_COMPLETION_TOKENS, GenerationBody};
+use super::request::{DEFAULT_COMPLETION_TOKENS, Endpoint, GenerationBody};
 use crate::runtime::instance::GenerationRequest;
 use crate::runtime::wit::{ChatRequest, Chunk, CompletionRequest, FinishReason, Sampling, StepLogprobs, Usage};
 use crate::runtime::{Failure, GenerationEvent};
 use crate::tenants::{Permit, Tenant};
-
-#[derive(Clone, Copy, PartialEq)]
-pub enum Endpoint {
-    Completions,
-    ChatCompletions,
-}
-
-impl Endpoint {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Completions => "completions",
-            Self::ChatCompletions => "chat_completions",
-        }
-    }
-}
 
 /// Runs one generation request for `tenant`; every error is counted and logged.
 pub async fn generate(

@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::completions::Endpoint;
+use super::request::Endpoint;
 use crate::runtime::wit::{StepLogprobs, TokenLogprob};
 
 /// Renders the log-probabilities of a response, or of each event of a

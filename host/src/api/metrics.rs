@@ -1,6 +1,7 @@
 //! `/metrics`: Prometheus metrics in the OpenMetrics text format, which
 //! Prometheus scrapes natively. Per tenant and model: requests, errors, tokens,
-//! latency and time to first token; process-wide: live instances and KV memory.
+//! latency and time to first token; server-wide (from the server context):
+//! instances, KV memory, mapped files and batches.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -10,8 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::compute::kv;
-use crate::runtime;
+use crate::runtime::ServerContext;
 use crate::tenants::Tenants;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -42,6 +42,8 @@ type Histograms = Family<RequestLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     registry: Registry,
+    /// One scrape at a time: a total catches up with the server's once.
+    rendering: std::sync::Mutex<()>,
     pub requests: Family<RequestLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub prompt_tokens: Family<RequestLabels, Counter>,
@@ -51,12 +53,23 @@ pub struct Metrics {
     running: Family<TenantLabels, Gauge>,
     kv_tokens: Family<TenantLabels, Gauge>,
     live_instances: Gauge,
-    replaced_instances: Gauge,
+    replaced_instances: Total,
     kv_bytes: Gauge,
     model_files: Gauge,
-    batches: Gauge,
-    batched_sequences: Gauge,
-    batched_tokens: Gauge,
+    batches: Total,
+    batched_sequences: Total,
+    batched_tokens: Total,
+}
+
+/// A monotonic total kept elsewhere (by the server context), exported as a
+/// counter: `inc_by` the growth since the last scrape.
+type Total = Counter;
+
+fn catch_up(total: &Total, now: u64) {
+    let seen = total.get();
+    if now > seen {
+        total.inc_by(now - seen);
+    }
 }
 
 fn seconds() -> Histogram {
@@ -76,10 +89,10 @@ impl Default for Metrics {
         let running = Family::default();
         let kv_tokens = Family::default();
         let live_instances = Gauge::default();
-        let replaced_instances = Gauge::default();
+        let replaced_instances = Total::default();
         let kv_bytes = Gauge::default();
         let model_files = Gauge::default();
-        let (batches, batched_sequences, batched_tokens) = (Gauge::default(), Gauge::default(), Gauge::default());
+        let (batches, batched_sequences, batched_tokens) = (Total::default(), Total::default(), Total::default());
         registry.register("requests", "Generation requests admitted", requests.clone());
         registry.register("errors", "Requests answered with an error status", errors.clone());
         registry.register("prompt_tokens", "Prompt tokens processed", prompt_tokens.clone());
@@ -106,7 +119,7 @@ impl Default for Metrics {
             "Instances replaced after a trap or a deadline since start",
             replaced_instances.clone(),
         );
-        registry.register("kv_cache_bytes", "KV cache memory in use", kv_bytes.clone());
+        registry.register("kv_cache_bytes", "Host memory held by KV caches", kv_bytes.clone());
         registry.register(
             "model_files_mapped",
             "Model files memory-mapped, each once for every tenant",
@@ -129,6 +142,7 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            rendering: std::sync::Mutex::new(()),
             requests,
             errors,
             prompt_tokens,
@@ -149,8 +163,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The exposition, with the gauges read now.
-    pub fn render(&self, tenants: &Tenants) -> String {
+    /// The exposition, with the gauges and totals read now.
+    pub fn render(&self, tenants: &Tenants, server: &ServerContext) -> String {
+        let _one_at_a_time = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
         for tenant in tenants.all() {
             let labels = TenantLabels {
                 tenant: tenant.id.clone(),
@@ -162,19 +177,15 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(tenant.kv_tokens().used().try_into().unwrap_or(i64::MAX));
         }
-        self.live_instances
-            .set(runtime::live_instances().try_into().unwrap_or(i64::MAX));
-        self.replaced_instances
-            .set(runtime::replaced_instances().try_into().unwrap_or(i64::MAX));
-        self.kv_bytes
-            .set(kv::resident_bytes_in_use().try_into().unwrap_or(i64::MAX));
-        let mapped = tenants.all().first().map_or(0, |t| t.mapped_model_files());
-        self.model_files.set(mapped.try_into().unwrap_or(i64::MAX));
-        let totals = tenants.all().first().map(|t| t.batch_totals()).unwrap_or_default();
         let gauge = |v: u64| v.try_into().unwrap_or(i64::MAX);
-        self.batches.set(gauge(totals.batches));
-        self.batched_sequences.set(gauge(totals.sequences));
-        self.batched_tokens.set(gauge(totals.tokens));
+        self.live_instances.set(gauge(server.instances.live() as u64));
+        catch_up(&self.replaced_instances, server.instances.replaced());
+        self.kv_bytes.set(gauge(server.scheduler.backend().kv_host_bytes()));
+        self.model_files.set(gauge(server.registry.open_files() as u64));
+        let totals = server.scheduler.totals();
+        catch_up(&self.batches, totals.batches);
+        catch_up(&self.batched_sequences, totals.sequences);
+        catch_up(&self.batched_tokens, totals.tokens);
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);

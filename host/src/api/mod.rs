@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::runtime::ServerContext;
 use crate::tenants::Tenants;
 
 /// How long in-flight requests may run after a shutdown signal.
@@ -29,18 +30,20 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct App {
     tenants: Tenants,
+    server: Arc<ServerContext>,
     metrics: Arc<metrics::Metrics>,
     /// Set at a shutdown signal: new generations get a 503 while running ones finish.
     draining: Arc<AtomicBool>,
 }
 
-pub async fn serve(listen: SocketAddr, tenants: Tenants) -> anyhow::Result<()> {
+pub async fn serve(listen: SocketAddr, tenants: Tenants, server: Arc<ServerContext>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await?;
     // The bound address (port 0 picks one) on stdout, for scripts and tests.
     println!("listening on http://{}", listener.local_addr()?);
     tracing::info!(addr = %listener.local_addr()?, "serving");
     let app = App {
         tenants,
+        server,
         metrics: Arc::default(),
         draining: Arc::default(),
     };

@@ -6,9 +6,24 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::completions::Endpoint;
 use super::error::ApiError;
 use crate::runtime::wit::{Message, Sampling};
+
+/// Which completion endpoint a request came to.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Endpoint {
+    Completions,
+    ChatCompletions,
+}
+
+impl Endpoint {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Completions => "completions",
+            Self::ChatCompletions => "chat_completions",
+        }
+    }
+}
 
 /// OpenAI's default `max_tokens` for completions; chat defaults to the context.
 pub const DEFAULT_COMPLETION_TOKENS: u32 = 16;

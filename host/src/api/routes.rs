@@ -13,9 +13,10 @@ use tracing::Instrument;
 
 use super::App;
 use super::body::{ApiBody, json_response, text_response};
-use super::completions::{self, Endpoint};
+use super::completions;
 use super::error::ApiError;
 use super::metrics;
+use super::request::Endpoint;
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 4 << 20;
@@ -56,7 +57,7 @@ async fn dispatch(app: App, request: Request<Incoming>, id: &str) -> Result<Resp
             if !app.tenants.may_read_metrics(authorization) {
                 return Err(ApiError::metrics_unauthorized());
             }
-            let mut response = text_response(app.metrics.render(&app.tenants));
+            let mut response = text_response(app.metrics.render(&app.tenants, &app.server));
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::compute::{self, BatchPolicy, Budget, Device, ModelCatalog, Scheduler, WeightsRegistry};
-use crate::runtime::{InstanceHandle, InstanceSettings, Runtime, SharedCompute, TenantCompute};
+use crate::compute::{self, BatchPolicy, Budget, Device, ModelCatalog, Scheduler};
+use crate::runtime::{InstanceHandle, InstanceSettings, Runtime, ServerContext, TenantCompute};
 
 #[derive(Parser)]
 #[command(
@@ -99,7 +99,7 @@ impl EngineArgs {
     /// The runtime and a single local tenant's instance, as the one-shot commands use them.
     fn local_instance(&self, allow_paths: bool) -> anyhow::Result<InstanceHandle> {
         let runtime = Runtime::load(&self.component)?;
-        let shared = self.shared_compute()?;
+        let shared = self.server_context()?;
         let settings = self.local_settings(shared, allow_paths);
         // The worker runs on the engine executor; this only awaits its start.
         let starter = tokio::runtime::Builder::new_current_thread().build()?;
@@ -124,17 +124,14 @@ impl EngineArgs {
         })
     }
 
-    fn shared_compute(&self) -> anyhow::Result<Arc<SharedCompute>> {
+    fn server_context(&self) -> anyhow::Result<Arc<ServerContext>> {
         let policy = self.batch_policy()?;
         let backend = compute::start_backend(self.device, self.threads)?;
         tracing::info!(backend = backend.name(), ?policy, "compute backend ready");
-        Ok(Arc::new(SharedCompute {
-            scheduler: Scheduler::new(backend, policy),
-            registry: WeightsRegistry::default(),
-        }))
+        ServerContext::new(Scheduler::new(backend, policy))
     }
 
-    fn local_settings(&self, shared: Arc<SharedCompute>, allow_paths: bool) -> InstanceSettings {
+    fn local_settings(&self, shared: Arc<ServerContext>, allow_paths: bool) -> InstanceSettings {
         InstanceSettings {
             compute: TenantCompute {
                 tenant: "local".into(),

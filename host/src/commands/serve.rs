@@ -11,7 +11,7 @@ use clap::Args;
 use super::EngineArgs;
 use crate::api;
 use crate::compute::{Budget, ModelCatalog};
-use crate::runtime::{InstanceSettings, Runtime, SharedCompute, TenantCompute};
+use crate::runtime::{InstanceSettings, Runtime, ServerContext, TenantCompute};
 use crate::tenants::config::{Config, TenantConfig};
 use crate::tenants::{RateLimits, RequestLimits, Tenant, Tenants};
 
@@ -37,7 +37,7 @@ pub struct ServeArgs {
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=64).contains(&args.instances), "--instances must be in 1..=64");
     let runtime = Runtime::load(&args.engine.component)?;
-    let shared = args.engine.shared_compute()?;
+    let shared = args.engine.server_context()?;
     let catalog = ModelCatalog {
         dir: args.engine.models_dir.clone(),
         allow_paths: false,
@@ -51,7 +51,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     args.listen
                 );
             }
-            let settings = args.engine.local_settings(shared, false);
+            let settings = args.engine.local_settings(shared.clone(), false);
             let limits = RequestLimits {
                 instances: args.instances,
                 ..RequestLimits::default()
@@ -79,7 +79,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(api::serve(args.listen, tenants))
+        .block_on(api::serve(args.listen, tenants, shared))
 }
 
 fn configured_tenant(
@@ -87,7 +87,7 @@ fn configured_tenant(
     default_instances: usize,
     entry: &TenantConfig,
     runtime: Arc<Runtime>,
-    shared: Arc<SharedCompute>,
+    shared: Arc<ServerContext>,
     catalog: &ModelCatalog,
 ) -> Tenant {
     let limits = &entry.limits;

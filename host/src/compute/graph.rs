@@ -1,24 +1,18 @@
-//! Compiles a guest's step graph (WIT `op`s) against one model file: tensor
+//! Compiles a step graph (`ops::Op`s) against one model file: tensor
 //! names are resolved, shapes and types checked, and each value's last use is
 //! recorded so the executor frees activations early. Done once per realm.
 
 use std::sync::Arc;
 
 use super::ComputeError;
-use super::cpu::quant;
 use super::gguf::TensorEntry;
+use super::ops::{AttentionOp, Op, RopeStyle};
+use super::quant::{self, reference};
 use super::weights::ModelFile;
-use crate::runtime::wit::{self, Op};
 
 /// A tensor of the model file, by index.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TensorId(pub usize);
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum RopeStyle {
-    Normal,
-    Neox,
-}
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Node {
@@ -106,7 +100,7 @@ impl CompiledGraph {
     pub fn vector(&self, id: TensorId) -> Vec<f32> {
         let t = self.tensor(id);
         let mut out = vec![0.0; t.row_len()];
-        quant::dequantize_row(t.ggml_type, self.model.data(t), &mut out);
+        reference::dequantize_row(t.ggml_type, self.model.data(t), &mut out);
         out
     }
 
@@ -119,7 +113,7 @@ impl CompiledGraph {
         let mut out = vec![0.0; tokens.len() * cols];
         for (row, &token) in out.chunks_exact_mut(cols).zip(tokens) {
             let at = token as usize * row_bytes;
-            quant::dequantize_row(t.ggml_type, &all[at..at + row_bytes], row);
+            reference::dequantize_row(t.ggml_type, &all[at..at + row_bytes], row);
         }
         out
     }
@@ -234,9 +228,9 @@ impl Compiler<'_> {
             .position(|t| t.name == name)
             .ok_or_else(|| format!("tensor `{name}` is not in the model file"))?;
         let tensor = &self.model.gguf.tensors[index];
-        if !quant::supported(tensor.ggml_type) {
+        if quant::VecDotType::of(tensor.ggml_type).is_none() {
             return Err(format!(
-                "tensor `{name}` has type {}, which the CPU backend does not support yet",
+                "tensor `{name}` has type {}, which realm does not compute with",
                 tensor.ggml_type
             ));
         }
@@ -341,17 +335,13 @@ impl Compiler<'_> {
                         shape.cols
                     ));
                 }
-                let style = match r.style {
-                    wit::RopeStyle::Normal => RopeStyle::Normal,
-                    wit::RopeStyle::Neox => RopeStyle::Neox,
-                };
                 let node = Node::Rope {
                     input,
                     head_dim,
                     rotary_dims,
                     base: r.base,
                     freq_scale: r.freq_scale,
-                    style,
+                    style: r.style,
                 };
                 (node, shape)
             }
@@ -369,7 +359,7 @@ impl Compiler<'_> {
         })
     }
 
-    fn attention(&mut self, at: usize, a: &wit::AttentionOp) -> Result<(Node, Shape), String> {
+    fn attention(&mut self, at: usize, a: &AttentionOp) -> Result<(Node, Shape), String> {
         let ((q, sq), (k, sk), (v, sv)) = (self.value(at, a.q)?, self.value(at, a.k)?, self.value(at, a.v)?);
         let (n_head, n_kv_head, head_dim) = (a.n_head as usize, a.n_kv_head as usize, a.head_dim as usize);
         if n_head == 0 || n_kv_head == 0 || head_dim == 0 || n_head % n_kv_head != 0 {

@@ -8,10 +8,10 @@
 //! freeing returns the pages at once instead of leaving holes in the
 //! allocator's heap between tenants. Where the kernel refuses the mapping
 //! (strict overcommit), the allocation fails with a quota error for that
-//! tenant alone. A GPU backend keeps the cache on the device and never
-//! touches the mapping's pages.
+//! tenant alone. The CUDA backend makes its caches with device storage
+//! instead (`KvStorage::Device`), and no host mapping at all.
 
-use std::any::Any;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use half::f16;
@@ -24,13 +24,35 @@ pub struct KvCache {
     layers: u32,
     width: usize,
     capacity: u32,
-    /// Per layer, its keys then its values, each `capacity x width` f16.
-    store: MmapMut,
-    /// Positions written so far, the most over all layers.
+    storage: KvStorage,
+    /// The `Backend::name` of the backend that made it.
+    backend: &'static str,
+    /// Positions written so far, the most over all layers (host storage).
     filled: usize,
-    /// Where a GPU backend keeps this cache's keys and values instead.
-    device: Option<Box<dyn Any + Send + Sync>>,
+    /// The backend's count of host bytes its caches hold.
+    meter: Arc<AtomicU64>,
     _charge: Charge,
+}
+
+/// Where a cache's keys and values live; the backend that runs its steps
+/// made it (`Backend::new_kv`).
+pub enum KvStorage {
+    /// Per layer, its keys then its values, each `capacity x width` f16, in
+    /// one anonymous mapping (the CPU backend).
+    Host(MmapMut),
+    /// Device stores, which a device backend makes at the first step and grows.
+    Device(Option<DeviceKv>),
+}
+
+/// A cache's keys and values in a device backend's memory: the device
+/// addresses of its first `positions` positions (`[position][layer][width]`
+/// f16 each), and the allocation that holds them, which its backend frees
+/// when it is dropped. Nothing reads the allocation back.
+pub struct DeviceKv {
+    pub keys: u64,
+    pub values: u64,
+    pub positions: usize,
+    pub allocation: Box<dyn Send + Sync>,
 }
 
 impl KvCache {
@@ -43,7 +65,15 @@ impl KvCache {
             .fold(2u64, u64::saturating_mul)
     }
 
-    pub fn new(layers: u32, width: u32, capacity: u32, charge: Charge) -> Result<Self, ComputeError> {
+    /// A cache in host memory, for the CPU backend; `meter` counts the bytes
+    /// its positions take as they are written.
+    pub fn host(
+        layers: u32,
+        width: u32,
+        capacity: u32,
+        charge: Charge,
+        meter: Arc<AtomicU64>,
+    ) -> Result<Self, ComputeError> {
         let bytes = Self::bytes_for(layers, width, capacity);
         let store = usize::try_from(bytes)
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::OutOfMemory))
@@ -51,15 +81,49 @@ impl KvCache {
             .map_err(|e| {
                 ComputeError::QuotaExceeded(format!("the host cannot map a KV cache of {bytes} bytes: {e}"))
             })?;
-        Ok(Self {
+        let storage = KvStorage::Host(store);
+        Ok(Self::with((layers, width, capacity), storage, "cpu", charge, meter))
+    }
+
+    /// A cache whose storage `backend` makes on its device.
+    pub fn device(backend: &'static str, layers: u32, width: u32, capacity: u32, charge: Charge) -> Self {
+        let storage = KvStorage::Device(None);
+        Self::with((layers, width, capacity), storage, backend, charge, Arc::default())
+    }
+
+    fn with(
+        (layers, width, capacity): (u32, u32, u32),
+        storage: KvStorage,
+        backend: &'static str,
+        charge: Charge,
+        meter: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
             layers,
             width: width as usize,
             capacity,
-            store,
+            storage,
+            backend,
             filled: 0,
-            device: None,
+            meter,
             _charge: charge,
-        })
+        }
+    }
+
+    pub fn storage_mut(&mut self) -> &mut KvStorage {
+        &mut self.storage
+    }
+
+    /// The name of the backend whose storage this is (as `Backend::name`).
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    fn host_store(&self) -> &MmapMut {
+        match &self.storage {
+            KvStorage::Host(store) => store,
+            KvStorage::Device(_) => panic!("a device KV cache read as a host one"),
+        }
     }
 
     pub fn layers(&self) -> u32 {
@@ -75,17 +139,23 @@ impl KvCache {
     }
 
     /// Keys and values of `layer` for its first `positions` positions, to be
-    /// written. Panics past the capacity, which every step is checked against.
+    /// written. Panics past the capacity, which every step is checked
+    /// against, and on device storage, which the scheduler never hands the
+    /// CPU backend (`check`).
     pub fn layer_mut(&mut self, layer: usize, positions: usize) -> (&mut [f16], &mut [f16]) {
         assert!(positions <= self.capacity as usize, "KV positions past the capacity");
         if positions > self.filled {
             let before = self.resident_bytes();
             self.filled = positions;
-            RESIDENT_BYTES.fetch_add((self.resident_bytes() - before) as u64, Ordering::Relaxed);
+            self.meter
+                .fetch_add((self.resident_bytes() - before) as u64, Ordering::Relaxed);
         }
         let plane = self.capacity as usize * self.width;
         let len = positions * self.width;
-        let halves = halves_mut(&mut self.store);
+        let KvStorage::Host(store) = &mut self.storage else {
+            panic!("a device KV cache written as a host one");
+        };
+        let halves = halves_mut(store);
         let (keys, values) = halves[2 * layer * plane..(2 * layer + 2) * plane].split_at_mut(plane);
         (&mut keys[..len], &mut values[..len])
     }
@@ -96,14 +166,8 @@ impl KvCache {
         assert!(positions <= self.filled, "KV positions not yet written");
         let plane = self.capacity as usize * self.width;
         let len = positions * self.width;
-        let keys = &halves(&self.store)[2 * layer * plane..];
+        let keys = &halves(self.host_store())[2 * layer * plane..];
         (&keys[..len], &keys[plane..plane + len])
-    }
-
-    /// The backend's device-side storage for this cache, if it made one; it
-    /// is freed with the cache.
-    pub fn device_slot(&mut self) -> &mut Option<Box<dyn Any + Send + Sync>> {
-        &mut self.device
     }
 
     /// Bytes of the positions written (the pages they touched, to a page).
@@ -114,7 +178,7 @@ impl KvCache {
 
 impl Drop for KvCache {
     fn drop(&mut self) {
-        RESIDENT_BYTES.fetch_sub(self.resident_bytes() as u64, Ordering::Relaxed);
+        self.meter.fetch_sub(self.resident_bytes() as u64, Ordering::Relaxed);
     }
 }
 
@@ -140,14 +204,6 @@ fn halves_mut(store: &mut MmapMut) -> &mut [f16] {
     unsafe { store.align_to_mut::<f16>().1 }
 }
 
-/// Bytes held by every KV cache of the process.
-static RESIDENT_BYTES: AtomicU64 = AtomicU64::new(0);
-
-/// Bytes of KV cache memory in use, process-wide.
-pub fn resident_bytes_in_use() -> u64 {
-    RESIDENT_BYTES.load(Ordering::Relaxed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,7 +211,7 @@ mod tests {
 
     fn cache(layers: u32, width: u32, capacity: u32) -> KvCache {
         let charge = Budget::unlimited("test").charge(capacity as u64).expect("unlimited");
-        KvCache::new(layers, width, capacity, charge).expect("a small mapping")
+        KvCache::host(layers, width, capacity, charge, Arc::default()).expect("a small mapping")
     }
 
     #[test]
@@ -188,7 +244,7 @@ mod tests {
     #[test]
     fn a_cache_past_any_address_space_is_a_quota_error() {
         let charge = Budget::unlimited("test").charge(1).expect("unlimited");
-        match KvCache::new(u32::MAX, u32::MAX, u32::MAX, charge) {
+        match KvCache::host(u32::MAX, u32::MAX, u32::MAX, charge, Arc::default()) {
             Err(ComputeError::QuotaExceeded(m)) => assert!(m.contains("cannot map"), "{m}"),
             Err(e) => panic!("another error: {e:?}"),
             Ok(_) => panic!("mapped"),

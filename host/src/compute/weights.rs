@@ -11,14 +11,9 @@ use super::gguf::{GgufFile, TensorEntry};
 pub struct ModelFile {
     pub path: PathBuf,
     pub gguf: GgufFile,
-    index: HashMap<String, usize>,
 }
 
 impl ModelFile {
-    pub fn tensor(&self, name: &str) -> Option<&TensorEntry> {
-        self.index.get(name).map(|&i| &self.gguf.tensors[i])
-    }
-
     pub fn data(&self, tensor: &TensorEntry) -> &[u8] {
         self.gguf.data(tensor)
     }
@@ -43,16 +38,9 @@ impl WeightsRegistry {
             return Ok(file);
         }
         let gguf = GgufFile::open(&canonical).map_err(|e| ComputeError::InvalidFile(e.to_string()))?;
-        let index = gguf
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
         let file = Arc::new(ModelFile {
             path: canonical.clone(),
             gguf,
-            index,
         });
         files.retain(|_, weak| weak.strong_count() > 0);
         files.insert(canonical, Arc::downgrade(&file));

@@ -7,12 +7,14 @@ use std::time::Instant;
 use wasmtime::component::Resource;
 
 use super::state::StoreState;
+use super::wit::{AttentionOp, RopeStyle};
 use super::wit::{
     GraphHandle, KvHandle, MetadataEntry, MetadataValue, Op, StepOutput, StepOutputKind, TensorInfo, Texts,
     WeightsHandle, WitComputeError, compute,
 };
 use crate::compute::gguf::{Array, Value};
-use crate::compute::{self as host, CompiledGraph, ComputeError, KvCache, OutputKind, StepRequest};
+use crate::compute::ops;
+use crate::compute::{self as host, ComputeError, OutputKind, StepRequest};
 
 type Reply<T> = wasmtime::Result<Result<T, WitComputeError>>;
 
@@ -28,6 +30,56 @@ impl From<ComputeError> for WitComputeError {
             ComputeError::Unsupported(m) => Self::Unsupported(m),
             ComputeError::Internal(m) => Self::Internal(m),
         }
+    }
+}
+
+/// A WIT op as the compute layer's own op: the one place the two meet.
+fn op(op: Op) -> ops::Op {
+    match op {
+        Op::Embed(table) => ops::Op::Embed(table),
+        Op::RmsNorm(n) => ops::Op::RmsNorm(ops::RmsNormOp {
+            input: n.input,
+            weight: n.weight,
+            eps: n.eps,
+            group: n.group,
+        }),
+        Op::Matmul(m) => ops::Op::Matmul(ops::MatmulOp {
+            input: m.input,
+            weight: m.weight,
+        }),
+        Op::AddTensor(pair) => ops::Op::AddTensor(pair),
+        Op::Add(pair) => ops::Op::Add(pair),
+        Op::Mul(pair) => ops::Op::Mul(pair),
+        Op::Scale(pair) => ops::Op::Scale(pair),
+        Op::Rope(r) => ops::Op::Rope(ops::RopeOp {
+            input: r.input,
+            head_dim: r.head_dim,
+            rotary_dims: r.rotary_dims,
+            base: r.base,
+            freq_scale: r.freq_scale,
+            style: match r.style {
+                RopeStyle::Normal => ops::RopeStyle::Normal,
+                RopeStyle::Neox => ops::RopeStyle::Neox,
+            },
+        }),
+        Op::Attention(a) => ops::Op::Attention(attention(a)),
+        Op::Swiglu(pair) => ops::Op::Swiglu(pair),
+        Op::Geglu(pair) => ops::Op::Geglu(pair),
+        Op::LastRow(v) => ops::Op::LastRow(v),
+    }
+}
+
+fn attention(a: AttentionOp) -> ops::AttentionOp {
+    ops::AttentionOp {
+        q: a.q,
+        k: a.k,
+        v: a.v,
+        layer: a.layer,
+        n_head: a.n_head,
+        n_kv_head: a.n_kv_head,
+        head_dim: a.head_dim,
+        scale: a.scale,
+        window: a.window,
     }
 }
 
@@ -125,7 +177,8 @@ impl compute::HostKvCache for StoreState {
             Ok(charge) => charge,
             Err(e) => return Ok(Err(e.into())),
         };
-        let cache = match KvCache::new(layers, width, capacity, charge) {
+        let backend = self.compute.shared.scheduler.backend();
+        let cache = match backend.new_kv(layers, width, capacity, charge) {
             Ok(cache) => cache,
             Err(e) => return Ok(Err(e.into())),
         };
@@ -145,7 +198,8 @@ impl compute::HostKvCache for StoreState {
 impl compute::HostGraph for StoreState {
     fn compile(&mut self, weights: Resource<WeightsHandle>, ops: Vec<Op>) -> Reply<Resource<GraphHandle>> {
         let file = self.table.get(&weights)?.0.clone();
-        match CompiledGraph::compile(file, &ops) {
+        let ops: Vec<ops::Op> = ops.into_iter().map(op).collect();
+        match host::compile(&**self.compute.shared.scheduler.backend(), file, &ops) {
             Ok(graph) => Ok(Ok(self.table.push(GraphHandle(Arc::new(graph)))?)),
             Err(e) => Ok(Err(e.into())),
         }

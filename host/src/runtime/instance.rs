@@ -7,8 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc::{self as async_mpsc, UnboundedReceiver, UnboundedSender, error::SendError};
@@ -129,7 +128,8 @@ impl InstanceHandle {
     pub async fn spawn(runtime: Arc<Runtime>, settings: InstanceSettings) -> anyhow::Result<Self> {
         let worker = Worker::new(runtime, settings).await?;
         let (jobs, queue) = async_mpsc::unbounded_channel();
-        executor().spawn(worker.run(queue));
+        let executor = worker.settings.compute.shared.executor().clone();
+        executor.spawn(worker.run(queue));
         Ok(Self {
             jobs,
             generations: Arc::default(),
@@ -247,7 +247,7 @@ struct Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        LIVE_INSTANCES.fetch_sub(1, Ordering::Relaxed);
+        self.settings.compute.shared.instances.ended();
     }
 }
 
@@ -259,7 +259,7 @@ impl Worker {
         let seat = Seat::new(&settings.compute.tenant, settings.compute.batch_weight);
         let state = StoreState::new(settings.compute.clone(), seat.clone(), settings.guest_memory);
         let (store, bindings) = runtime.instantiate(state).await?;
-        LIVE_INSTANCES.fetch_add(1, Ordering::Relaxed);
+        settings.compute.shared.instances.started();
         Ok(Self {
             runtime,
             settings,
@@ -443,7 +443,7 @@ impl Worker {
     }
 
     async fn replace_instance(&mut self, failure: &Failure) {
-        REPLACEMENTS.fetch_add(1, Ordering::Relaxed);
+        self.settings.compute.shared.instances.replacing();
         let guest_stderr = self.store.data().stderr.contents();
         let guest_stderr = String::from_utf8_lossy(&guest_stderr);
         tracing::warn!(tenant = %self.settings.compute.tenant, %failure, %guest_stderr, "replacing the engine instance");
@@ -531,33 +531,4 @@ pub fn describe(error: &EngineError) -> String {
         EngineError::Internal(m) => ("internal error", m),
     };
     format!("{kind}: {message}")
-}
-
-/// The executor of every instance's worker: guest calls run here, and a guest
-/// awaiting its step leaves its thread to the others.
-fn executor() -> &'static tokio::runtime::Runtime {
-    static EXECUTOR: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    EXECUTOR.get_or_init(|| {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("realm-engine")
-            .enable_all()
-            .build()
-            .expect("the engine executor starts")
-    })
-}
-
-/// Engine instances (stores) alive in the process.
-static LIVE_INSTANCES: AtomicUsize = AtomicUsize::new(0);
-
-pub fn live_instances() -> usize {
-    LIVE_INSTANCES.load(Ordering::Relaxed)
-}
-
-/// Instances replaced after a trap or a deadline, process-wide.
-static REPLACEMENTS: AtomicU64 = AtomicU64::new(0);
-
-pub fn replaced_instances() -> u64 {
-    REPLACEMENTS.load(Ordering::Relaxed)
 }

@@ -10,5 +10,5 @@ pub mod state;
 pub mod wit;
 
 pub use engine::Runtime;
-pub use instance::{Failure, GenerationEvent, InstanceHandle, InstanceSettings, live_instances, replaced_instances};
-pub use state::{SharedCompute, TenantCompute};
+pub use instance::{Failure, GenerationEvent, InstanceHandle, InstanceSettings};
+pub use state::{InstanceCounters, ServerContext, TenantCompute};

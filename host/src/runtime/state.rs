@@ -2,6 +2,7 @@
 //! tenant's view of compute, and its memory limits.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
@@ -11,18 +12,88 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::compute::{Budget, ModelCatalog, Scheduler, Seat, WeightsRegistry};
 
-/// Compute shared by every tenant of the process: one backend behind one step
-/// scheduler, one registry of mapped model files.
-pub struct SharedCompute {
+/// What every tenant of a server shares: one backend behind one step
+/// scheduler, one registry of mapped model files, the executor that runs
+/// every instance's worker, and the server's instance counters.
+pub struct ServerContext {
     pub scheduler: Arc<Scheduler>,
     pub registry: WeightsRegistry,
+    pub instances: InstanceCounters,
+    /// Guest calls run here, and a guest awaiting its step leaves its thread
+    /// to the others. Always Some until dropped.
+    executor: Option<tokio::runtime::Runtime>,
+}
+
+impl ServerContext {
+    /// A server over `scheduler`, with an executor of a thread per core.
+    pub fn new(scheduler: Arc<Scheduler>) -> anyhow::Result<Arc<Self>> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
+        let executor = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("realm-engine")
+            .enable_all()
+            .build()?;
+        Ok(Arc::new(Self {
+            scheduler,
+            registry: WeightsRegistry::default(),
+            instances: InstanceCounters::default(),
+            executor: Some(executor),
+        }))
+    }
+
+    pub fn executor(&self) -> &tokio::runtime::Handle {
+        self.executor
+            .as_ref()
+            .expect("the executor lives as long as the server")
+            .handle()
+    }
+}
+
+impl Drop for ServerContext {
+    /// Without waiting for workers: the last reference may go on one of
+    /// the executor's own threads, or in another async context.
+    fn drop(&mut self) {
+        if let Some(executor) = self.executor.take() {
+            executor.shutdown_background();
+        }
+    }
+}
+
+/// Engine instances of a server: alive now, and replaced after a trap or a
+/// deadline since it started.
+#[derive(Default)]
+pub struct InstanceCounters {
+    live: AtomicUsize,
+    replaced: AtomicU64,
+}
+
+impl InstanceCounters {
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    pub fn replaced(&self) -> u64 {
+        self.replaced.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn started(&self) {
+        self.live.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn ended(&self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn replacing(&self) {
+        self.replaced.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A tenant's view of compute: which models it may open and what it may hold.
 #[derive(Clone)]
 pub struct TenantCompute {
     pub tenant: String,
-    pub shared: Arc<SharedCompute>,
+    pub shared: Arc<ServerContext>,
     pub catalog: ModelCatalog,
     /// Model names the tenant may open; None allows every model of the catalog.
     pub allowed_models: Option<Vec<String>>,

@@ -14,7 +14,7 @@ pub use admission::{Permit, RateLimits, Refusal};
 use config::Config;
 use keys::{KeyHash, KeyRing};
 
-use crate::compute::{BatchTotals, Budget, ModelCatalog};
+use crate::compute::{Budget, ModelCatalog};
 use crate::runtime::{InstanceHandle, InstanceSettings, Runtime};
 
 /// One tenant: its engine instance (created on first use) and its limits.
@@ -95,16 +95,6 @@ impl Tenant {
 
     pub fn kv_tokens(&self) -> &Arc<Budget> {
         &self.settings.compute.kv_tokens
-    }
-
-    /// Model files mapped in the process (shared by every tenant).
-    pub fn mapped_model_files(&self) -> usize {
-        self.settings.compute.shared.registry.open_files()
-    }
-
-    /// Batched steps run so far (by the scheduler every tenant shares).
-    pub fn batch_totals(&self) -> BatchTotals {
-        self.settings.compute.shared.scheduler.totals()
     }
 
     pub fn may_use(&self, model: &str) -> bool {

@@ -77,7 +77,7 @@ pub(crate) struct Bench {
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.repetitions > 0, "--repetitions must be at least 1");
     let runtime = Runtime::load(&args.engine.component)?;
-    let shared = args.engine.shared_compute()?;
+    let shared = args.engine.server_context()?;
     let device = shared.scheduler.backend().name();
     let settings = args.engine.local_settings(shared, true);
     let model_path = settings

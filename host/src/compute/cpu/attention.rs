@@ -173,7 +173,7 @@ pub fn attention(a: &Attention, q: &[f32], keys: &[f16], values: &[f16], start: 
 /// AVX2 and F16C, whole blocks of 64 for the scores and of 32 for the sums.
 fn reads_f16(head_dim: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2() && head_dim.is_multiple_of(LANES * VEC_DOT_ARR) {
+    if super::kernels::features::has_avx2() && head_dim.is_multiple_of(LANES * VEC_DOT_ARR) {
         return true;
     }
     let _ = head_dim;
@@ -223,7 +223,7 @@ fn to_f32(h: &[f16]) -> Vec<f32> {
         .for_each(|(o, h)| {
             let mut done = 0;
             #[cfg(target_arch = "x86_64")]
-            if super::simd::has_avx2() {
+            if super::kernels::features::has_avx2() {
                 // SAFETY: F16C is present (checked with AVX2).
                 done = unsafe { x86::widen(h, o) };
             }
@@ -250,7 +250,7 @@ pub fn head_attention(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2() {
+    if super::kernels::features::has_avx2() {
         // SAFETY: AVX2, FMA and F16C are present (checked above).
         return unsafe { head_attention_fma(a, kq, kqv, cache, query, position, head, out) };
     }
@@ -341,7 +341,7 @@ fn head_attention_impl<const SIMD: bool>(
     // AVX-512 code where the CPU has it (the same bits as `expf`).
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if SIMD && super::simd::has_avx512() {
+    if SIMD && super::kernels::features::has_avx512() {
         for chunk in p.chunks_exact_mut(LANES) {
             let mut xs = [0.0f32; LANES];
             for (x, &v) in xs.iter_mut().zip(chunk.iter()) {
@@ -620,6 +620,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compute::cpu::kernels::features::{Isa, can_test};
 
     /// `_mm512_reduce_add_ps` itself, as a reference.
     #[cfg(target_arch = "x86_64")]
@@ -663,7 +664,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn tiny_dots4_equal_the_portable_dot() {
-        if !crate::compute::cpu::simd::has_avx2() {
+        if !can_test(Isa::Avx2, "attention's AVX2 dots") {
             return;
         }
         for (seed, hd) in [(1u64, 64usize), (2, 256), (3, 128), (4, 16)] {
@@ -680,7 +681,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn vec_dot_equals_the_portable_dot() {
-        if !crate::compute::cpu::simd::has_avx2() {
+        if !can_test(Isa::Avx2, "attention's AVX2 dots") {
             return;
         }
         for (seed, hd) in [(1u64, 64usize), (2, 256), (3, 128), (4, 512)] {
@@ -871,6 +872,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn attention_to_one_position_returns_its_value() {
+        let a = Attention {
+            q: 0,
+            k: 0,
+            v: 0,
+            layer: 0,
+            n_head: 2,
+            n_kv_head: 1,
+            head_dim: 2,
+            scale: 1.0,
+            window: 0,
+        };
+        let keys: Vec<f16> = [1.0, 0.0].iter().map(|&v| f16::from_f32(v)).collect();
+        let values: Vec<f16> = [3.0, -2.0].iter().map(|&v| f16::from_f32(v)).collect();
+        let mut out = vec![0.0; 4];
+        attention(&a, &[0.5, 0.5, 1.0, 1.0], &keys, &values, 0, &mut out);
+        assert_eq!(out, vec![3.0, -2.0, 3.0, -2.0]);
+    }
+
+    #[test]
+    fn sliding_window_ignores_old_positions() {
+        let a = Attention {
+            q: 0,
+            k: 0,
+            v: 0,
+            layer: 0,
+            n_head: 1,
+            n_kv_head: 1,
+            head_dim: 1,
+            scale: 1.0,
+            window: 1,
+        };
+        let keys: Vec<f16> = [0.0, 0.0].iter().map(|&v| f16::from_f32(v)).collect();
+        let values: Vec<f16> = [5.0, 7.0].iter().map(|&v| f16::from_f32(v)).collect();
+        let mut out = vec![0.0; 1];
+        attention(&a, &[1.0], &keys, &values, 1, &mut out);
+        assert_eq!(out, vec![7.0]);
     }
 }
 

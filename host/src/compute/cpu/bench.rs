@@ -3,10 +3,9 @@
 
 use std::time::Instant;
 
-use super::kquants;
 use super::matmul_rows;
-use super::quant::tests::noise;
 use crate::compute::gguf::GgmlType;
+use crate::compute::quant::testing::noise;
 use half::f16;
 
 /// A random `[n, k]` weight of `ty` whose f16 scales are small and finite.
@@ -28,7 +27,6 @@ fn weight(ty: GgmlType, k: usize, n: usize) -> Vec<u8> {
             c.copy_from_slice(&f16::from_f32((c[0] as f32 - 128.0) / 256.0).to_le_bytes());
         }
     }
-    let _ = kquants::QK_K;
     for block in w.chunks_exact_mut(ty.block_bytes()) {
         for &at in offsets {
             let v = f16::from_f32(0.001 + block[at] as f32 / 65536.0);

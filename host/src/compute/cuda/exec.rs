@@ -12,7 +12,8 @@ use super::kernels::{Activations, Addend, AttentionArgs, Binary, Kernels, KvRows
 use super::resident::{BufferPool, DeviceWeights, ptr};
 use super::{driver, profile};
 use crate::compute::gguf::GgmlType;
-use crate::compute::graph::{CompiledGraph, Node, RopeStyle, TensorId};
+use crate::compute::graph::{CompiledGraph, Node, TensorId};
+use crate::compute::ops::RopeStyle;
 use crate::compute::{ComputeError, OutputKind, Rows, StepOutput, shape_output};
 
 /// How long a profiled step holds the device while its ops are queued (about
@@ -327,7 +328,7 @@ impl<'a, 'p> Exec<'a, 'p> {
             .map(|n| match n {
                 Node::Matmul { weight, .. } => {
                     let ty = g.tensor(*weight).ggml_type;
-                    Some(Activations::of(ty)).filter(|_| self.kernels.is_int8(ty))
+                    Activations::of(ty).filter(|_| self.kernels.is_int8(ty))
                 }
                 _ => None,
             });
@@ -365,7 +366,9 @@ impl<'a, 'p> Exec<'a, 'p> {
 
     /// `x` (value `id`) as the matmul with weights of `ty` takes it.
     fn prepared_input(&mut self, id: usize, x: &Value, ty: GgmlType) -> Result<Ptr, ComputeError> {
-        let form = Activations::of(ty);
+        // `CudaBackend::supports` admitted only types with a matmul.
+        let form =
+            Activations::of(ty).ok_or_else(|| ComputeError::Internal(format!("no activations form for {ty}")))?;
         if form == Activations::F32 {
             return Ok(x.at);
         }
@@ -392,12 +395,8 @@ impl<'a, 'p> Exec<'a, 'p> {
     ) -> Result<Value, ComputeError> {
         let x = read(values, input)?;
         let t = g.tensor(weight);
+        // `CudaBackend::supports` checked the type and that k is whole q8 blocks.
         let (k, n, ty) = (t.row_len(), t.rows(), t.ggml_type);
-        if k % 32 != 0 {
-            return Err(ComputeError::Unsupported(format!(
-                "the CUDA matmul takes rows of a multiple of 32 values, not {k}"
-            )));
-        }
         let row_bytes = ty.row_bytes(k).unwrap_or(0);
         let w = self.weights.stored(self.stream, g, weight)?;
         let xp = self.prepared_input(input, x, ty)?;
@@ -499,12 +498,7 @@ impl<'a, 'p> Exec<'a, 'p> {
                 y
             }
             Node::Attention(a) => {
-                if a.head_dim % 32 != 0 || a.head_dim > 256 {
-                    return Err(ComputeError::Unsupported(format!(
-                        "the CUDA attention kernel takes head dims that are multiples of 32 up to 256, not {}",
-                        a.head_dim
-                    )));
-                }
+                // `CudaBackend::supports` checked the head dim.
                 let (q, kv, v) = (get(a.q)?, get(a.k)?, get(a.v)?);
                 k.kv_append(s, p(kv), p(v), &inputs.kv, q.rows, a.layer, kv.cols)?;
                 let out = self.alloc(q.rows, q.cols)?;

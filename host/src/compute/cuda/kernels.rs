@@ -9,6 +9,7 @@ use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 use super::driver;
 use crate::compute::ComputeError;
 use crate::compute::gguf::GgmlType;
+use crate::compute::quant::VecDotType;
 
 const SOURCE: &str = include_str!("kernels.cu");
 
@@ -71,14 +72,16 @@ pub enum Activations {
 }
 
 impl Activations {
-    pub fn of(ty: GgmlType) -> Self {
-        match ty {
-            GgmlType::F32 => Self::F32,
-            GgmlType::F16 => Self::F16,
-            GgmlType::Bf16 => Self::Bf16,
-            _ if crate::compute::cpu::kquants::is_k_quant(ty) => Self::Q8K,
-            _ => Self::Q8_0,
-        }
+    /// The form of `quant::VecDotType` (the CPU's, llama.cpp's); None for a
+    /// type realm does not compute with, which `graph.compile` refused.
+    pub fn of(ty: GgmlType) -> Option<Self> {
+        Some(match VecDotType::of(ty)? {
+            VecDotType::F32 => Self::F32,
+            VecDotType::F16 => Self::F16,
+            VecDotType::Bf16 => Self::Bf16,
+            VecDotType::Q8 => Self::Q8_0,
+            VecDotType::Q8K => Self::Q8K,
+        })
     }
 
     /// The f32 slots a row of `k` values (a multiple of 32) takes: q8 rows
@@ -175,6 +178,11 @@ impl Kernels {
     /// add a residual or a bias to its output) rather than the f32 one.
     pub fn is_int8(&self, ty: GgmlType) -> bool {
         self.mmq.iter().any(|(t, _)| *t == ty)
+    }
+
+    /// Whether there is a matmul for weights of `ty` at all.
+    pub fn multiplies(&self, ty: GgmlType) -> bool {
+        self.is_int8(ty) || FLOAT_TYPES.iter().any(|(t, _)| *t == ty)
     }
 
     /// `y[rows, n] = x[rows, k] . w[n, k]^T (+ add)` for weights of type

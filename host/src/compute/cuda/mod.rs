@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, bail};
 use cudarc::driver::{CudaContext, CudaStream, DriverError};
 
-use super::graph::CompiledGraph;
-use super::{Backend, ComputeError, Sequence, StepOutput};
+use super::graph::{CompiledGraph, Node};
+use super::{Backend, Charge, ComputeError, KvCache, Sequence, StepOutput};
 use kernels::Kernels;
 use resident::{BufferPool, DeviceWeights, Retired};
 use step::Plans;
@@ -81,6 +81,50 @@ impl CudaBackend {
 impl Backend for CudaBackend {
     fn name(&self) -> &'static str {
         "cuda"
+    }
+
+    /// Matmuls of the float types or of a type with an int8 kernel, over rows
+    /// of a multiple of 32 values; attention heads of a multiple of 32 values
+    /// up to 256 (the kernels' warp layout). Embeddings and vectors are
+    /// dequantized on the host.
+    fn supports(&self, graph: &CompiledGraph) -> Result<(), ComputeError> {
+        for node in &graph.nodes {
+            match node {
+                Node::Matmul { weight, .. } => {
+                    let t = graph.tensor(*weight);
+                    if !self.kernels.multiplies(t.ggml_type) {
+                        return Err(ComputeError::Unsupported(format!(
+                            "the CUDA backend has no matmul for `{}` of type {}",
+                            t.name, t.ggml_type
+                        )));
+                    }
+                    if !t.row_len().is_multiple_of(32) {
+                        return Err(ComputeError::Unsupported(format!(
+                            "the CUDA matmul takes rows of a multiple of 32 values; `{}` has {}",
+                            t.name,
+                            t.row_len()
+                        )));
+                    }
+                }
+                Node::Attention(a) if a.head_dim % 32 != 0 || a.head_dim > 256 => {
+                    return Err(ComputeError::Unsupported(format!(
+                        "the CUDA attention kernel takes head dims that are multiples of 32 up to 256, not {}",
+                        a.head_dim
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn new_kv(&self, layers: u32, width: u32, capacity: u32, charge: Charge) -> Result<KvCache, ComputeError> {
+        Ok(KvCache::device(self.name(), layers, width, capacity, charge))
+    }
+
+    /// Its caches live on the device.
+    fn kv_host_bytes(&self) -> u64 {
+        0
     }
 
     fn run_batch(&self, graph: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<StepOutput>, ComputeError> {

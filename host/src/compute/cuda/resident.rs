@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, result};
 
 use super::driver;
 use super::kernels::Ptr;
 use crate::compute::graph::{CompiledGraph, TensorId};
+use crate::compute::kv::{DeviceKv, KvStorage};
 use crate::compute::weights::ModelFile;
 use crate::compute::{ComputeError, KvCache};
 
@@ -110,25 +111,22 @@ impl BufferPool {
     }
 }
 
-/// A sequence's keys and values on the device, [position][layer][width] f16,
-/// for the first `positions` positions; it grows by doubling.
-struct DeviceKv {
+/// The allocation behind a cache's `DeviceKv`: its keys and values, which
+/// `kv_stores` grows by doubling.
+struct DeviceStores {
     stores: Option<KvStores>,
-    positions: usize,
     retired: Arc<Retired>,
 }
 
-struct KvStores {
-    keys: CudaSlice<u16>,
-    values: CudaSlice<u16>,
-}
+/// Keys and values, held until freed (the step reads them by address).
+struct KvStores([CudaSlice<u16>; 2]);
 
 /// A cache is dropped on whichever thread drops its realm, maybe while the
 /// backend captures a step as a graph on the stream that a free would go to.
 /// A free from another thread would join that graph (to free the memory
 /// again at every replay) or break the capture, so its stores are retired
 /// and freed by the next step.
-impl Drop for DeviceKv {
+impl Drop for DeviceStores {
     fn drop(&mut self) {
         if let Some(stores) = self.stores.take() {
             self.retired.lock().push(stores);
@@ -158,7 +156,7 @@ impl Retired {
 impl Drop for Retired {
     fn drop(&mut self) {
         if let Some(any) = self.lock().first() {
-            let _ = any.keys.context().bind_to_thread();
+            let _ = any.0[0].context().bind_to_thread();
         }
     }
 }
@@ -176,43 +174,47 @@ pub fn kv_stores(
 ) -> Result<(Ptr, Ptr), ComputeError> {
     let per_position = cache.layers() as usize * cache.width();
     let capacity = cache.capacity() as usize;
-    let slot = cache.device_slot();
-    let have = slot
-        .as_ref()
-        .and_then(|b| b.downcast_ref::<DeviceKv>())
-        .map_or(0, |kv| kv.positions);
+    let KvStorage::Device(slot) = cache.storage_mut() else {
+        return Err(ComputeError::Internal(
+            "the KV cache holds another backend's storage".into(),
+        ));
+    };
+    let have = slot.as_ref().map_or(0, |kv| kv.positions);
     if have < needed {
         let positions = needed.max(2 * have).max(FIRST_POSITIONS).min(capacity);
         let len = positions * per_position;
         // SAFETY: positions past those written are never read (attention
         // stops at each row's own position).
-        let (mut keys, mut values) = unsafe {
+        let (keys, values) = unsafe {
             (
                 s.alloc::<u16>(len).map_err(driver)?,
                 s.alloc::<u16>(len).map_err(driver)?,
             )
         };
-        if let Some(old) = slot.take().and_then(|b| b.downcast::<DeviceKv>().ok())
-            && let Some(stores) = &old.stores
-        {
-            let old_len = old.positions * per_position;
-            s.memcpy_dtod(&stores.keys, &mut keys.slice_mut(..old_len))
-                .map_err(driver)?;
-            s.memcpy_dtod(&stores.values, &mut values.slice_mut(..old_len))
-                .map_err(driver)?;
-        }
-        *slot = Some(Box::new(DeviceKv {
-            stores: Some(KvStores { keys, values }),
+        let grown = DeviceKv {
+            keys: ptr(&keys, s),
+            values: ptr(&values, s),
             positions,
-            retired: retired.clone(),
-        }));
+            allocation: Box::new(DeviceStores {
+                stores: Some(KvStores([keys, values])),
+                retired: retired.clone(),
+            }),
+        };
+        if let Some(old) = slot.as_ref() {
+            let bytes = old.positions * per_position * size_of::<u16>();
+            // SAFETY: both stores hold at least the old positions; the old
+            // ones are freed, on this stream, after the copies (retired).
+            unsafe {
+                result::memcpy_dtod_async(grown.keys, old.keys, bytes, s.cu_stream()).map_err(driver)?;
+                result::memcpy_dtod_async(grown.values, old.values, bytes, s.cu_stream()).map_err(driver)?;
+            }
+        }
+        *slot = Some(grown);
     }
-    let stores = slot
+    let kv = slot
         .as_ref()
-        .and_then(|b| b.downcast_ref::<DeviceKv>())
-        .and_then(|kv| kv.stores.as_ref())
-        .ok_or_else(|| ComputeError::Internal("the KV cache holds another backend's storage".into()))?;
-    Ok((ptr(&stores.keys, s), ptr(&stores.values, s)))
+        .ok_or_else(|| ComputeError::Internal("the device KV cache has no stores".into()))?;
+    Ok((kv.keys, kv.values))
 }
 
 pub fn ptr<T>(slice: &CudaSlice<T>, s: &Arc<CudaStream>) -> Ptr {

@@ -150,7 +150,7 @@ fn run_padded(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> R
     while pads.len() < extra {
         let bytes = KvCache::bytes_for(layers, width as u32, 1);
         let charge = Budget::unlimited("padding rows").charge(bytes)?;
-        pads.push(KvCache::new(layers, width as u32, 1, charge)?);
+        pads.push(KvCache::device("cuda", layers, width as u32, 1, charge));
     }
     const PAD_TOKEN: [u32; 1] = [0];
     let mut all: Vec<Sequence<'_>> = batch

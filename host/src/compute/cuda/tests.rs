@@ -9,12 +9,13 @@ use half::{bf16, f16};
 use super::CudaBackend;
 use super::kernels::{Activations, Addend, Ptr};
 use super::resident::ptr;
-use crate::compute::cpu::{CpuBackend, kquants, quant};
+use crate::compute::cpu::CpuBackend;
 use crate::compute::gguf::GgmlType;
 use crate::compute::gguf::writer::GgufWriter;
 use crate::compute::graph::CompiledGraph;
+use crate::compute::ops::{AttentionOp, MatmulOp, Op, RmsNormOp, RopeOp, RopeStyle};
+use crate::compute::quant::{self, QK_K, q8, reference, testing};
 use crate::compute::{Backend, Budget, KvCache, OutputKind, Sequence, StepOutput, WeightsRegistry};
-use crate::runtime::wit::compute::{AttentionOp, MatmulOp, Op, RmsNormOp, RopeOp, RopeStyle};
 
 fn backend() -> Option<CudaBackend> {
     match CudaBackend::new() {
@@ -28,10 +29,7 @@ fn backend() -> Option<CudaBackend> {
 }
 
 fn values(seed: u64, n: usize) -> Vec<f32> {
-    quant::tests::noise(seed, n)
-        .iter()
-        .map(|&b| b as f32 / 64.0 - 2.0)
-        .collect()
+    testing::noise(seed, n).iter().map(|&b| b as f32 / 64.0 - 2.0).collect()
 }
 
 /// `n` rows of `k` random weights of type `ty`.
@@ -41,8 +39,8 @@ fn weights(ty: GgmlType, k: usize, n: usize, seed: u64) -> Vec<u8> {
         GgmlType::F32 => v().flat_map(f32::to_le_bytes).collect(),
         GgmlType::F16 => v().flat_map(|x| f16::from_f32(x).to_le_bytes()).collect(),
         GgmlType::Bf16 => v().flat_map(|x| bf16::from_f32(x).to_le_bytes()).collect(),
-        _ if kquants::is_k_quant(ty) => kquants::tests::random_k_row(ty, n * k / kquants::QK_K, seed),
-        _ => quant::tests::random_row(ty, n * k / quant::QK, seed),
+        _ if quant::is_k_quant(ty) => testing::random_k_row(ty, n * k / QK_K, seed),
+        _ => testing::random_row(ty, n * k / quant::QK, seed),
     }
 }
 
@@ -65,7 +63,7 @@ const ALL_TYPES: [GgmlType; 13] = [
 /// `x` prepared on the device for weights of `ty`, as the raw slots.
 fn gpu_prepared(b: &CudaBackend, ty: GgmlType, x: &[f32], k: usize) -> (Activations, Vec<f32>) {
     let s = &b.stream;
-    let form = Activations::of(ty);
+    let form = Activations::of(ty).expect("a known type");
     let xd = s.clone_htod(x).expect("upload");
     let yd = s
         .clone_htod(&vec![f32::NAN; x.len() / k * form.row_slots(k)])
@@ -169,7 +167,7 @@ fn matmul_of_every_type_equals_the_reference_dequantization() {
     // 100 rows take every tiling; k is not a multiple of the staged 256.
     let (k, n) = (768 + 256 + 32 * 3, 37);
     for (seed, ty) in ALL_TYPES.into_iter().enumerate() {
-        let k = if kquants::is_k_quant(ty) { 1024 } else { k };
+        let k = if quant::is_k_quant(ty) { 1024 } else { k };
         let w = weights(ty, k, n, seed as u64 + 1);
         let row_bytes = ty.row_bytes(k).expect("whole blocks");
         let x = values(seed as u64 + 50, 100 * k);
@@ -178,7 +176,7 @@ fn matmul_of_every_type_equals_the_reference_dequantization() {
         let x = cpu_rounded(ty, &x);
         let mut wrow = vec![0.0f32; k];
         for j in 0..n {
-            quant::dequantize_row(ty, &w[j * row_bytes..(j + 1) * row_bytes], &mut wrow);
+            reference::dequantize_row(ty, &w[j * row_bytes..(j + 1) * row_bytes], &mut wrow);
             for (r, xr) in x.chunks_exact(k).enumerate() {
                 let exact: f64 = wrow.iter().zip(xr).map(|(&a, &b)| a as f64 * b as f64).sum();
                 let magnitude: f64 = wrow.iter().zip(xr).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
@@ -308,9 +306,9 @@ fn tiny_program() -> (tempfile::NamedTempFile, Arc<CompiledGraph>) {
     (file, Arc::new(graph))
 }
 
-fn cache() -> KvCache {
+fn cache(backend: &dyn Backend) -> KvCache {
     let charge = Budget::unlimited("test").charge(64).expect("unlimited");
-    KvCache::new(1, HEAD_DIM, 64, charge).expect("a cache")
+    backend.new_kv(1, HEAD_DIM, 64, charge).expect("a cache")
 }
 
 /// Two sequences' steps: A's prompt of 9 and 3 decode steps, B's prompt of 5
@@ -319,7 +317,7 @@ fn steps_alone(backend: &dyn Backend, g: &CompiledGraph) -> Vec<Vec<f32>> {
     let (a, b) = (vec![3u32, 14, 15, 9, 2, 6, 5, 35, 8], vec![7u32, 1, 49, 0, 12]);
     let mut out = Vec::new();
     for (prompt, decode) in [(a, vec![11u32, 22, 33]), (b, vec![44, 4])] {
-        let mut kv = cache();
+        let mut kv = cache(backend);
         let mut start = 0;
         for step in std::iter::once(prompt).chain(decode.into_iter().map(|t| vec![t])) {
             let mut batch = [Sequence {
@@ -353,7 +351,7 @@ fn a_graph_on_the_gpu_matches_the_cpu_backend_and_its_rows_alone() {
         assert!(diff < 1e-3, "step {step}: max |cpu - gpu| {diff}");
     }
     // A's and B's prompts in one batch, then their decode steps together.
-    let mut caches = [cache(), cache()];
+    let mut caches = [cache(&gpu), cache(&gpu)];
     let (pa, pb) = ([3u32, 14, 15, 9, 2, 6, 5, 35, 8], [7u32, 1, 49, 0, 12]);
     let prompts = batch_logits(&gpu, &g, &mut caches, &[0, 0], &[&pa, &pb]);
     let decodes = batch_logits(&gpu, &g, &mut caches, &[9, 5], &[&[11], &[44]]);
@@ -395,8 +393,8 @@ fn a_padded_decode_batch_gives_each_row_its_bits_alone() {
     // Three sequences: their decode batches run padded to four rows.
     let prompts: [&[u32]; 3] = [&[3, 14, 15], &[7, 1], &[9, 2, 6, 5]];
     let (mut alone, mut together): (Vec<KvCache>, Vec<KvCache>) = (
-        prompts.iter().map(|_| cache()).collect(),
-        prompts.iter().map(|_| cache()).collect(),
+        prompts.iter().map(|_| cache(&gpu)).collect(),
+        prompts.iter().map(|_| cache(&gpu)).collect(),
     );
     for caches in [&mut alone, &mut together] {
         for (i, prompt) in prompts.into_iter().enumerate() {
@@ -426,7 +424,7 @@ fn caches_dropped_on_other_threads_during_captures_break_none() {
     // Caches with device stores (two-token prompts: not captured), dropped
     // one by one on another thread while decode steps are captured here.
     let (_file, g) = tiny_program();
-    let mut doomed: Vec<KvCache> = (0..400).map(|_| cache()).collect();
+    let mut doomed: Vec<KvCache> = (0..400).map(|_| cache(&*gpu)).collect();
     let (prompts, starts) = (vec![&[3u32, 14][..]; doomed.len()], vec![0; doomed.len()]);
     batch_logits(&gpu, &g, &mut doomed, &starts, &prompts);
     let dropper = std::thread::spawn(move || {
@@ -439,7 +437,7 @@ fn caches_dropped_on_other_threads_during_captures_break_none() {
     let mut round = 0;
     while !dropper.is_finished() && round < 200 {
         let (_file, g) = tiny_program();
-        let mut caches: Vec<KvCache> = (0..8).map(|_| cache()).collect();
+        let mut caches: Vec<KvCache> = (0..8).map(|_| cache(&*gpu)).collect();
         for n in [1, 2, 4, 8] {
             let tokens = vec![&[5u32][..]; n];
             batch_logits(&gpu, &g, &mut caches[..n], &vec![0; n], &tokens);
@@ -450,15 +448,23 @@ fn caches_dropped_on_other_threads_during_captures_break_none() {
     assert_eq!(gpu.failed_captures(), 0, "captures failed over {round} rounds of 4");
 }
 
-/// What the CPU backend's quantized activations stand for, value by value.
+/// What the reference quantizers' activations (the CPU backend's) stand
+/// for, value by value.
 fn cpu_rounded(ty: GgmlType, x: &[f32]) -> Vec<f32> {
-    use crate::compute::cpu::activations::{Activations, quantize};
-    match quantize(ty, x) {
-        Activations::F32(v) => v,
-        Activations::F16(v) => v.iter().map(|h| h.to_f32()).collect(),
-        Activations::Bf16(v) => v.iter().map(|h| h.to_f32()).collect(),
-        Activations::Q8(blocks) => blocks.iter().flat_map(|b| b.qs.map(|q| q as f32 * b.d)).collect(),
-        Activations::Q8K(blocks) => blocks.iter().flat_map(|b| b.qs.map(|q| q as f32 * b.d)).collect(),
+    match quant::VecDotType::of(ty).expect("a known type") {
+        quant::VecDotType::F32 => x.to_vec(),
+        quant::VecDotType::F16 => x.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
+        quant::VecDotType::Bf16 => x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
+        quant::VecDotType::Q8 => x
+            .chunks_exact(quant::QK)
+            .map(q8::quantize_block)
+            .flat_map(|b| b.qs.map(|q| q as f32 * b.d))
+            .collect(),
+        quant::VecDotType::Q8K => x
+            .chunks_exact(QK_K)
+            .map(q8::quantize_block_q8k)
+            .flat_map(|b| b.qs.map(|q| q as f32 * b.d))
+            .collect(),
     }
 }
 
@@ -502,7 +508,7 @@ fn top_k_on_the_device_ranks_as_the_host_does() {
     let s = &b.stream;
     let (rows, cols) = (3, 1000);
     // Eight levels only: ties everywhere, broken by the lower id.
-    let x: Vec<f32> = quant::tests::noise(21, rows * cols)
+    let x: Vec<f32> = testing::noise(21, rows * cols)
         .iter()
         .map(|&v| (v % 8) as f32 - 3.5)
         .collect();

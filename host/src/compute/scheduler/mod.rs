@@ -136,7 +136,13 @@ impl Scheduler {
     /// the steps of other seats on the same program; returns its output as it
     /// asked. The caller awaits its batch without holding a thread.
     pub async fn run(self: &Arc<Self>, seat: &Arc<Seat>, step: StepRequest) -> Result<StepOutput, ComputeError> {
-        super::check(&step.graph, &lock(&step.cache), &step.tokens, step.start)?;
+        super::check(
+            &*self.backend,
+            &step.graph,
+            &lock(&step.cache),
+            &step.tokens,
+            step.start,
+        )?;
         let key = step.graph.fingerprint;
         seat.lane.store(key, Ordering::Relaxed);
         let reply = {

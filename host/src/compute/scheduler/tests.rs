@@ -5,10 +5,11 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use super::*;
-use crate::compute::cpu::{CpuBackend, quant};
+use crate::compute::cpu::CpuBackend;
 use crate::compute::gguf::writer::GgufWriter;
+use crate::compute::ops::{AttentionOp, MatmulOp, Op, RmsNormOp, RopeOp, RopeStyle};
+use crate::compute::quant::testing;
 use crate::compute::{Budget, OutputKind, WeightsRegistry};
-use crate::runtime::wit::compute::{AttentionOp, MatmulOp, Op, RmsNormOp, RopeOp, RopeStyle};
 
 const VOCAB: u64 = 40;
 const DIM: u64 = 16;
@@ -16,7 +17,7 @@ const HEAD_DIM: u32 = 8;
 
 /// Weights in [-1, 1).
 fn noise(seed: u64, n: usize) -> Vec<f32> {
-    quant::tests::noise(seed, n)
+    testing::noise(seed, n)
         .iter()
         .map(|&b| b as f32 / 128.0 - 1.0)
         .collect()
@@ -97,7 +98,9 @@ fn tiny_program() -> (tempfile::NamedTempFile, Arc<CompiledGraph>) {
 
 fn cache() -> SharedKv {
     let charge = Budget::unlimited("test").charge(64).expect("unlimited");
-    Arc::new(Mutex::new(KvCache::new(1, HEAD_DIM, 64, charge).expect("a cache")))
+    Arc::new(Mutex::new(
+        KvCache::host(1, HEAD_DIM, 64, charge, Arc::default()).expect("a cache"),
+    ))
 }
 
 /// Sequence `i`'s steps: a prompt of `3 + 7i` tokens, then six single tokens.

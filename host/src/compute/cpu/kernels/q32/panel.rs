@@ -1,11 +1,11 @@
 //! Prefill kernels of the 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1,
 //! Q8_0) over panels of eight weight rows, on CPUs with AVX-512 VNNI.
 //!
-//! ggml's order (see `activations::dot_blocks`) keeps, per weight row and
+//! ggml's order (see `portable::dot_blocks`) keeps, per weight row and
 //! activation row, eight f32 lanes: lane `l` of a block is the exact integer
 //! sum of the products of values `4l..4l + 4`, fused with `d · y.d` into its
 //! accumulator; the lanes are summed once at the end (`hsum_float_8`). The
-//! row kernels (`simd::rows_dot4`) keep one row's eight lanes in one vector
+//! row kernels (`q32::kernels`) keep one row's eight lanes in one vector
 //! and pay a `vpdpbusd`, a conversion and an FMA per block and pair of rows.
 //! Here a `Panel` holds eight weight rows' quants per block with one weight
 //! row per i32 lane (as ggml's repacked `q4_0_8x8` kernels do): lane position
@@ -22,9 +22,10 @@
 
 use std::arch::x86_64::*;
 
-use super::x86::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, f16_pair, layout, unpack_nibbles, unpack_q5};
-use crate::compute::cpu::activations::BlockQ8;
+use super::x86::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, layout, unpack_nibbles, unpack_q5};
+use crate::compute::cpu::kernels::x86::f16_pair;
 use crate::compute::gguf::GgmlType;
+use crate::compute::quant::q8::BlockQ8;
 
 /// Weight rows per panel.
 pub const PANEL_ROWS: usize = 8;
@@ -66,7 +67,7 @@ pub type PanelKernel = unsafe fn(panel: &[Panel], ys: &[BlockQ8x4], out: &mut [[
 /// are safe to call once returned (the features were checked here); they
 /// check their slices' lengths.
 pub fn kernels(ty: GgmlType) -> Option<(PackFn, PanelKernel)> {
-    if !super::has_avx512() {
+    if !crate::compute::cpu::kernels::features::has_avx512() {
         return None;
     }
     fn of<const T: u8>() -> (PackFn, PanelKernel) {
@@ -252,13 +253,18 @@ unsafe fn kernel<const T: u8>(panel: &[Panel], ys: &[BlockQ8x4], out: &mut [[f32
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compute::cpu::activations::{Activations, dot_blocks, quantize};
-    use crate::compute::cpu::quant::tests::{BLOCK_TYPES, noise, random_row};
+    use crate::compute::cpu::kernels::features::{Isa, can_test};
+    use crate::compute::cpu::kernels::portable::dot_blocks;
+    use crate::compute::quant::q8::quantize_block;
+    use crate::compute::quant::testing::{BLOCK_TYPES, noise, random_row};
 
     #[test]
     fn panels_equal_the_portable_loop_bit_for_bit() {
+        if !can_test(Isa::Avx512, "q32 panel kernels") {
+            return;
+        }
         for ty in BLOCK_TYPES {
-            let Some((pack, kernel)) = kernels(ty) else { return };
+            let (pack, kernel) = kernels(ty).expect("a panel kernel for every block type");
             let blocks = 13;
             let row_bytes = blocks * ty.block_bytes();
             for seed in 0..8 {
@@ -270,10 +276,7 @@ mod tests {
                             .iter()
                             .map(|&b| b as f32 / 64.0 - 2.0)
                             .collect();
-                        let Activations::Q8(y) = quantize(ty, &x) else {
-                            panic!("q8")
-                        };
-                        y
+                        x.chunks_exact(32).map(quantize_block).collect()
                     })
                     .collect();
                 let group: Vec<&[BlockQ8]> = ys.iter().map(|y| &y[..]).collect();

@@ -1,27 +1,19 @@
-//! Dot products of K-quant rows with Q8_K activations, in the float order of
+//! The portable dot products of every quantized type, in the float order of
 //! the kernel llama.cpp's x86 build (AVX-512, at 0c1e570) runs for the
-//! product at hand: one activation row, rows in groups of four (repacked
-//! Q4_K), or eight rows and more (the tiled kernel). The integer work is
-//! exact in every order; only the f32 steps differ.
+//! product at hand; the vector kernels (`q32`, `kquant`) equal them bit for
+//! bit. The 32-value types keep ggml's eight lanes of four products. The
+//! K-quants take their order from the rows multiplied together: one
+//! activation row, rows in groups of four (repacked Q4_K), or eight rows and
+//! more (the tiled kernel). The integer work is exact in every order; only
+//! the f32 steps differ.
 
-use super::kquants::{BlockQ8K, GROUPS, Q4K_BYTES, Q6K_BYTES, QK_K, block_bytes, decode};
+use half::f16;
+
 use crate::compute::gguf::GgmlType;
-
-/// `row . x` for a K-quant row and its activations quantized by `quantize_q8k`,
-/// as llama.cpp's x86 build computes one activation row (see `dot_portable`):
-/// the SIMD kernel where this CPU has one (bit-identical), else the portable loop.
-pub fn dot(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> f32 {
-    super::ksimd::row_dot(ty, row, x).unwrap_or_else(|| dot_portable(ty, row, x))
-}
-
-/// `dot` for four activation rows at once, as llama.cpp computes rows in
-/// whole groups of four: Q4_K in `gemm_q4_K_8x8_q8_K`'s order (see `dot_q4k`),
-/// the others as `dot`. None where neither a SIMD kernel nor a different
-/// order calls for it (then `dot` per row is the same).
-pub fn rows_dot4(ty: GgmlType, row: &[u8], x: [&[BlockQ8K]; 4]) -> Option<[f32; 4]> {
-    super::ksimd::rows_dot4(ty, row, x)
-        .or_else(|| (ty == GgmlType::Q4K).then(|| x.map(|x| dot_q4k(row, x, GEMM_GROUPS))))
-}
+use crate::compute::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, block, fives};
+use crate::compute::quant::kquants::{Q4K_BYTES, Q6K_BYTES, decode};
+use crate::compute::quant::q8::{BlockQ8, BlockQ8K};
+use crate::compute::quant::{GROUPS, QK, QK_K};
 
 /// Groups of 32 per fused step of llama.cpp's repacked Q4_K kernels: the whole
 /// super-block in `gemv_q4_K_8x8_q8_K` (one activation row), two in
@@ -89,7 +81,7 @@ fn dot_q6k(row: &[u8], x: &[BlockQ8K]) -> f32 {
             *a = d.mul_add((products - 32 * offset) as f32, *a);
         }
     }
-    super::activations::hsum_float_8(&acc)
+    hsum_float_8(&acc)
 }
 
 /// Activation rows from which llama.cpp's x86 build multiplies the K-quants
@@ -106,19 +98,9 @@ pub fn is_tiled(ty: GgmlType, rows: usize) -> bool {
 /// contracts it) computes it: per super-block the exact integer totals of the
 /// scaled products `s1` (and of the mins times the group sums `s2`), then
 /// `r = s1 · d` (less `dmin · s2`, fused) and `acc = r · y.d + acc` (fused).
-pub fn dot_tiled(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> f32 {
-    super::ksimd::row_dot_tiled(ty, row, x).unwrap_or_else(|| dot_tiled_portable(ty, row, x))
-}
-
-/// `dot_tiled` for four activation rows.
-pub fn rows_dot4_tiled(ty: GgmlType, row: &[u8], x: [&[BlockQ8K]; 4]) -> [f32; 4] {
-    super::ksimd::rows_dot4_tiled(ty, row, x).unwrap_or_else(|| x.map(|x| dot_tiled(ty, row, x)))
-}
-
-/// The portable `dot_tiled`.
 pub fn dot_tiled_portable(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> f32 {
     let mut acc = 0.0f32;
-    for (block, y) in row.chunks_exact(block_bytes(ty)).zip(x) {
+    for (block, y) in row.chunks_exact(ty.block_bytes()).zip(x) {
         let b = decode(ty, block);
         let mut s1 = 0i32;
         for (g, (q16, y16)) in b.q.chunks_exact(16).zip(y.qs.chunks_exact(16)).enumerate() {
@@ -139,7 +121,7 @@ pub fn dot_tiled_portable(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> f32 {
 fn dot_two_steps(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> f32 {
     let mut acc = 0.0f32;
     let mut acc_min = 0.0f32;
-    for (block, y) in row.chunks_exact(block_bytes(ty)).zip(x) {
+    for (block, y) in row.chunks_exact(ty.block_bytes()).zip(x) {
         let b = decode(ty, block);
         // Per group of 16: sum(q * q8), exact in i32 (|q| <= 63, |q8| <= 127).
         let mut groups = [0i32; GROUPS];
@@ -154,4 +136,109 @@ fn dot_two_steps(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> f32 {
         }
     }
     acc + acc_min
+}
+
+/// The portable row dot product, in the order of ggml's x86 kernels (which
+/// `q32`'s kernels run where they can, with the same results): per block, eight
+/// lanes of four adjacent integer products, times `d * y.d` fused into eight
+/// f32 accumulators; the lanes summed pairwise at the end (`hsum_float_8`),
+/// then the mins `m * y.s` of Q4_1 and Q5_1 (exact in f32) added.
+pub fn dot_blocks(ty: GgmlType, row: &[u8], blocks: &[BlockQ8]) -> f32 {
+    let has_min = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
+    let mut acc = [0.0f32; 8];
+    let mut mins = 0.0f32;
+    for (w, y) in row.chunks_exact(ty.block_bytes()).zip(blocks) {
+        let x = block_quants(ty, w);
+        let d = f16_at(w, 0) * y.d;
+        for (lane, a) in acc.iter_mut().enumerate() {
+            let sum: i32 = (4 * lane..4 * lane + 4).map(|j| x[j] * y.qs[j] as i32).sum();
+            *a = d.mul_add(sum as f32, *a);
+        }
+        if has_min {
+            mins += f16_at(w, 2) * y.s;
+        }
+    }
+    let sum = hsum_float_8(&acc);
+    if has_min { sum + mins } else { sum }
+}
+
+/// ggml's `hsum_float_8`: the upper four lanes added to the lower four, then
+/// (0 + 2) + (1 + 3).
+pub fn hsum_float_8(acc: &[f32; 8]) -> f32 {
+    let half: [f32; 4] = std::array::from_fn(|i| acc[i + 4] + acc[i]);
+    (half[0] + half[2]) + (half[1] + half[3])
+}
+
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// A weight block's 32 quants in value order, as the integers ggml's kernels
+/// multiply: `q - 8` for Q4_0, `q - 16` for Q5_0, the unsigned `q` of Q4_1 and
+/// Q5_1 (their min is added apart), the signed bytes of Q8_0.
+fn block_quants(ty: GgmlType, w: &[u8]) -> [i32; QK] {
+    let nibbles = |qs: &[u8; 16], offset: i32| {
+        let mut x = [0i32; QK];
+        for (j, &q) in qs.iter().enumerate() {
+            x[j] = (q & 0x0F) as i32 - offset;
+            x[j + 16] = (q >> 4) as i32 - offset;
+        }
+        x
+    };
+    match ty {
+        GgmlType::Q4_0 => nibbles(&block::<BlockQ4_0>(w).qs, 8),
+        GgmlType::Q4_1 => nibbles(&block::<BlockQ4_1>(w).qs, 0),
+        GgmlType::Q5_0 => {
+            let b = block::<BlockQ5_0>(w);
+            fives(b.qh, &b.qs).map(|q| q as i32 - 16)
+        }
+        GgmlType::Q5_1 => {
+            let b = block::<BlockQ5_1>(w);
+            fives(b.qh, &b.qs).map(|q| q as i32)
+        }
+        GgmlType::Q8_0 => block::<BlockQ8_0>(w).qs.map(i32::from),
+        _ => unreachable!("block_quants on {ty}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::quant::testing::{BLOCK_TYPES, random_row};
+
+    /// ggml's per-element formula (`dequantize_row_*`) for quant `j` of a block.
+    fn reference_quant(ty: GgmlType, w: &[u8], j: usize) -> i32 {
+        let (lo, hi, at) = (j < 16, j >= 16, j % 16);
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                let q = w[if ty == GgmlType::Q4_0 { 2 } else { 4 } + at];
+                let nibble = if lo { q & 0x0F } else { q >> 4 } as i32;
+                if ty == GgmlType::Q4_0 { nibble - 8 } else { nibble }
+            }
+            GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                let rest = if ty == GgmlType::Q5_1 { &w[4..] } else { &w[2..] };
+                let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let q = rest[4 + at];
+                let h = if hi {
+                    (qh >> (at + 12)) & 0x10
+                } else {
+                    ((qh >> at) << 4) & 0x10
+                };
+                let x = (if lo { q & 0x0F } else { q >> 4 }) as u32 | h;
+                x as i32 - if ty == GgmlType::Q5_0 { 16 } else { 0 }
+            }
+            _ => w[2 + j] as i8 as i32,
+        }
+    }
+
+    #[test]
+    fn block_quants_equal_ggml_formulas() {
+        for ty in BLOCK_TYPES {
+            for seed in 0..50 {
+                let w = random_row(ty, 1, seed + 7);
+                let expected: Vec<i32> = (0..QK).map(|j| reference_quant(ty, &w, j)).collect();
+                assert_eq!(block_quants(ty, &w).to_vec(), expected, "{ty} seed {seed}");
+            }
+        }
+    }
 }

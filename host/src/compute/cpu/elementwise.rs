@@ -1,8 +1,8 @@
-//! Row kernels of the CPU backend: normalisation, RoPE, activations and causal
-//! attention over an f16 KV cache. They follow ggml's arithmetic (f64 sums in
+//! Element-wise ops of the CPU backend: normalisation, RoPE and the GELU
+//! gate. They follow ggml's arithmetic (f64 sums in
 //! norms, RoPE angles by repeated multiplication) to track llama.cpp closely.
 
-use crate::compute::graph::{Attention, RopeStyle};
+use crate::compute::ops::RopeStyle;
 use half::f16;
 
 /// RMS-normalises each `group`-long slice of `x` in place, then scales by `weight`.
@@ -39,7 +39,7 @@ impl Rope {
             theta *= theta_scale;
         }
         #[cfg(target_arch = "x86_64")]
-        if super::simd::has_avx2() {
+        if super::kernels::features::has_avx2() {
             // SAFETY: AVX2 and FMA are present (checked above).
             return unsafe { self.rotate_fma(row, &angles) };
         }
@@ -100,7 +100,7 @@ pub fn gelu_gate(x: f32) -> f32 {
 pub fn geglu_row(g: &[f32], u: &[f32], out: &mut [f32]) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2() {
+    if super::kernels::features::has_avx2() {
         // SAFETY: AVX2, FMA and F16C are present (checked above).
         done = unsafe { geglu_f16c(g, u, out) };
     }
@@ -155,15 +155,6 @@ pub fn gelu_gate_direct(x: f32) -> f32 {
     } else {
         f16::from_f32(gelu(f16::from_f32(x).to_f32())).to_f32()
     }
-}
-
-/// Causal attention for `rows` query rows starting at `start`: each row attends
-/// to cached positions up to its own (within the window). `keys`/`values` hold
-/// every position up to `start + rows`, `width` values each.
-/// As llama.cpp without flash attention, to the summation order: see
-/// [`super::attention`].
-pub fn attention(a: &Attention, q: &[f32], keys: &[f16], values: &[f16], start: usize, out: &mut [f32]) {
-    super::attention::attention(a, q, keys, values, start, out)
 }
 
 #[cfg(test)]
@@ -279,45 +270,5 @@ mod tests {
         let mut row = vec![1.0, 1.0, 0.0, 0.0];
         neox.apply(&mut row, 1);
         assert!((row[0] - 1f32.cos()).abs() < 1e-6 && (row[2] - 1f32.sin()).abs() < 1e-6);
-    }
-
-    #[test]
-    fn attention_to_one_position_returns_its_value() {
-        let a = Attention {
-            q: 0,
-            k: 0,
-            v: 0,
-            layer: 0,
-            n_head: 2,
-            n_kv_head: 1,
-            head_dim: 2,
-            scale: 1.0,
-            window: 0,
-        };
-        let keys: Vec<f16> = [1.0, 0.0].iter().map(|&v| f16::from_f32(v)).collect();
-        let values: Vec<f16> = [3.0, -2.0].iter().map(|&v| f16::from_f32(v)).collect();
-        let mut out = vec![0.0; 4];
-        attention(&a, &[0.5, 0.5, 1.0, 1.0], &keys, &values, 0, &mut out);
-        assert_eq!(out, vec![3.0, -2.0, 3.0, -2.0]);
-    }
-
-    #[test]
-    fn sliding_window_ignores_old_positions() {
-        let a = Attention {
-            q: 0,
-            k: 0,
-            v: 0,
-            layer: 0,
-            n_head: 1,
-            n_kv_head: 1,
-            head_dim: 1,
-            scale: 1.0,
-            window: 1,
-        };
-        let keys: Vec<f16> = [0.0, 0.0].iter().map(|&v| f16::from_f32(v)).collect();
-        let values: Vec<f16> = [5.0, 7.0].iter().map(|&v| f16::from_f32(v)).collect();
-        let mut out = vec![0.0; 1];
-        attention(&a, &[1.0], &keys, &values, 1, &mut out);
-        assert_eq!(out, vec![7.0]);
     }
 }

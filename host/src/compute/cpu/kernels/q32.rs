@@ -1,127 +1,44 @@
 //! Row dot products of the 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1,
-//! Q8_0) with Q8 activations, in AVX2 when the CPU has it (checked at run
-//! time), in the order of ggml's x86 kernels. `activations::dot_blocks` is the
-//! portable loop they equal bit for bit.
+//! Q8_0) with Q8 activations, in AVX2 (and AVX-512 VNNI) vectors, in the
+//! order of ggml's x86 kernels. `portable::dot_blocks` is the loop they equal
+//! bit for bit.
 
-use super::activations::BlockQ8;
 use crate::compute::gguf::GgmlType;
+use crate::compute::quant::q8::BlockQ8;
 
 #[cfg(target_arch = "x86_64")]
 pub mod panel;
 
-/// Whether the AVX2 kernels can run: AVX2, FMA and F16C (all x86-64-v3 CPUs).
-/// Checked once; later calls read a cached flag.
-#[cfg(target_arch = "x86_64")]
-pub fn has_avx2() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    static LEVEL: AtomicU8 = AtomicU8::new(0);
-    match LEVEL.load(Ordering::Relaxed) {
-        1 => false,
-        2 => true,
-        _ => {
-            let yes = std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c");
-            LEVEL.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-            yes
-        }
-    }
-}
-
-/// A row kernel for the 32-value block types, chosen once per matrix product.
+/// One weight row times one activation row.
 pub type RowKernel = unsafe fn(&[u8], &[BlockQ8]) -> f32;
+/// One weight row times four activation rows, each exactly as `RowKernel`.
+pub type Rows4Kernel = unsafe fn(&[u8], [&[BlockQ8]; 4]) -> [f32; 4];
 
-/// The kernel `row_dot` would run for `ty`, resolved once so a mat-vec does
-/// not repeat the dispatch per row. Calling it is safe once returned: the CPU
-/// features it needs were checked here.
-pub fn row_kernel(ty: GgmlType) -> Option<RowKernel> {
+/// The row kernels this CPU runs for `ty`, or None. Safe to call once
+/// returned: the CPU features they need were checked here; they read whole
+/// blocks of the row and the matching blocks of each activation row.
+pub fn kernels(ty: GgmlType) -> Option<(RowKernel, Rows4Kernel)> {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if super::features::has_avx2() {
         macro_rules! pick {
             ($m:ident) => {
                 match ty {
-                    GgmlType::Q4_0 => Some(x86::$m::row_q4_0 as RowKernel),
-                    GgmlType::Q4_1 => Some(x86::$m::row_q4_1 as RowKernel),
-                    GgmlType::Q5_0 => Some(x86::$m::row_q5_0 as RowKernel),
-                    GgmlType::Q5_1 => Some(x86::$m::row_q5_1 as RowKernel),
-                    GgmlType::Q8_0 => Some(x86::$m::row_q8_0 as RowKernel),
+                    GgmlType::Q4_0 => Some((x86::$m::row_q4_0 as RowKernel, x86::$m::rows4_q4_0 as Rows4Kernel)),
+                    GgmlType::Q4_1 => Some((x86::$m::row_q4_1 as RowKernel, x86::$m::rows4_q4_1 as Rows4Kernel)),
+                    GgmlType::Q5_0 => Some((x86::$m::row_q5_0 as RowKernel, x86::$m::rows4_q5_0 as Rows4Kernel)),
+                    GgmlType::Q5_1 => Some((x86::$m::row_q5_1 as RowKernel, x86::$m::rows4_q5_1 as Rows4Kernel)),
+                    GgmlType::Q8_0 => Some((x86::$m::row_q8_0 as RowKernel, x86::$m::rows4_q8_0 as Rows4Kernel)),
                     _ => None,
                 }
             };
         }
-        return if has_avx512() { pick!(avx512) } else { pick!(avx2) };
+        return if super::features::has_avx512() {
+            pick!(avx512)
+        } else {
+            pick!(avx2)
+        };
     }
     let _ = ty;
-    None
-}
-
-/// Whether the AVX-512 variants can run as well (AVX-512 F, BW, VL and VNNI,
-/// as on Zen 4 and Ice Lake or later). Checked once.
-#[cfg(target_arch = "x86_64")]
-pub fn has_avx512() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    static LEVEL: AtomicU8 = AtomicU8::new(0);
-    match LEVEL.load(Ordering::Relaxed) {
-        1 => false,
-        2 => true,
-        _ => {
-            let yes = has_avx2()
-                && std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("avx512vnni");
-            LEVEL.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-            yes
-        }
-    }
-}
-
-/// Asks for `bytes` in the cache ahead of their use (one prefetch a line).
-#[cfg(target_arch = "x86_64")]
-pub fn prefetch(bytes: &[u8]) {
-    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-    for line in bytes.chunks(64) {
-        // SAFETY: a prefetch reads nothing architecturally; the address is in `bytes`.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
-    }
-}
-
-/// A whole row's dot product for the 32-value block types, as ggml's x86
-/// kernels compute it (see `activations::dot_blocks`). None where this CPU or
-/// type has no such kernel.
-pub fn row_dot(ty: GgmlType, row: &[u8], blocks: &[BlockQ8]) -> Option<f32> {
-    let kernel = row_kernel(ty)?;
-    // SAFETY: `row_kernel` checked the CPU features; the kernels read only
-    // within `row` and `blocks` (whole blocks, checked by chunks_exact).
-    Some(unsafe { kernel(row, blocks) })
-}
-
-/// `row . ys[r]` for four activation rows at once (prompt processing): each
-/// weight block is unpacked once for all four. The result for each row is
-/// bit-identical to `row_dot` (or the portable loop where `row_dot` has no
-/// kernel), since every row keeps its own accumulators and order. None where
-/// this CPU or type has no such kernel.
-pub fn rows_dot4(ty: GgmlType, row: &[u8], ys: [&[BlockQ8]; 4]) -> Option<[f32; 4]> {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        macro_rules! pick {
-            ($m:ident) => {
-                match ty {
-                    GgmlType::Q4_0 => Some(x86::$m::rows4_q4_0(row, ys)),
-                    GgmlType::Q4_1 => Some(x86::$m::rows4_q4_1(row, ys)),
-                    GgmlType::Q5_0 => Some(x86::$m::rows4_q5_0(row, ys)),
-                    GgmlType::Q5_1 => Some(x86::$m::rows4_q5_1(row, ys)),
-                    GgmlType::Q8_0 => Some(x86::$m::rows4_q8_0(row, ys)),
-                    _ => None,
-                }
-            };
-        }
-        // SAFETY: AVX2, FMA and F16C (and AVX-512 for those kernels) are
-        // present (checked here); the kernels read whole blocks of `row` and
-        // the matching blocks of each `ys[r]`.
-        return unsafe { if has_avx512() { pick!(avx512) } else { pick!(avx2) } };
-    }
-    let _ = (ty, row, ys);
     None
 }
 
@@ -130,26 +47,8 @@ pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use super::BlockQ8;
-
-    /// Adds the eight i32 lanes.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    pub fn hsum(v: __m256i) -> i32 {
-        let sum = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-        let sum = _mm_add_epi32(sum, _mm_shuffle_epi32::<0b01_00_11_10>(sum));
-        let sum = _mm_add_epi32(sum, _mm_shuffle_epi32::<0b10_11_00_01>(sum));
-        _mm_cvtsi128_si32(sum)
-    }
-
-    /// ggml's `hsum_float_8`.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    pub fn hsum_ps(v: __m256) -> f32 {
-        let sum = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
-        let sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
-        let sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
-        _mm_cvtss_f32(sum)
-    }
+    use crate::compute::cpu::kernels::x86::{f16_pair, hsum_ps};
+    use crate::compute::gguf::GgmlType;
 
     /// Pairwise integer products of unsigned x and signed y as eight f32 lanes.
     #[inline]
@@ -169,36 +68,6 @@ pub(super) mod x86 {
             _mm_and_si128(_mm_srli_epi16::<4>(packed), mask),
             _mm_and_si128(packed, mask),
         )
-    }
-
-    /// The two little-endian f16s at `at` and `at + 2` as f32 (exactly, as
-    /// ggml's table), converted together with F16C. The conversion is written
-    /// as assembly because the compiler otherwise inserts the f16 into some
-    /// live register (`vpinsrw`), a false dependency on that register's last
-    /// writer, often an accumulator, which serialises the loop.
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    pub fn f16_pair(bytes: &[u8], at: usize) -> (f32, f32) {
-        let bits = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-        let halves = _mm_cvtsi32_si128(bits as i32);
-        let both: __m128;
-        // SAFETY: F16C is enabled; the instruction reads and writes registers only.
-        unsafe {
-            std::arch::asm!(
-                "vcvtph2ps {out}, {halves}",
-                out = lateout(xmm_reg) both,
-                halves = in(xmm_reg) halves,
-                options(pure, nomem, nostack, preserves_flags)
-            );
-        }
-        (_mm_cvtss_f32(both), _mm_cvtss_f32(_mm_movehdup_ps(both)))
-    }
-
-    /// The f16 at `at`, where `at >= 2` (read as the high half of a pair).
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    pub fn f16_at(bytes: &[u8], at: usize) -> f32 {
-        f16_pair(bytes, at - 2).1
     }
 
     /// `f16 at bytes[at] * yd` in all eight lanes. Converting a broadcast f16
@@ -255,11 +124,11 @@ pub(super) mod x86 {
     /// quants, and `m * y.s` added per block).
     pub(super) const fn layout(ty: u8) -> (usize, bool) {
         match ty {
-            Q4_0 => (18, false),
-            Q4_1 => (20, true),
-            Q5_0 => (22, false),
-            Q5_1 => (24, true),
-            _ => (34, false),
+            Q4_0 => (GgmlType::Q4_0.block_bytes(), false),
+            Q4_1 => (GgmlType::Q4_1.block_bytes(), true),
+            Q5_0 => (GgmlType::Q5_0.block_bytes(), false),
+            Q5_1 => (GgmlType::Q5_1.block_bytes(), true),
+            _ => (GgmlType::Q8_0.block_bytes(), false),
         }
     }
 
@@ -403,46 +272,43 @@ pub(super) mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compute::cpu::activations::{Activations, dot_blocks, quantize};
-    use crate::compute::cpu::quant::tests::{noise, random_row};
+    use crate::compute::cpu::kernels::features::{Isa, can_test};
+    use crate::compute::cpu::kernels::portable::dot_blocks;
+    use crate::compute::quant::q8::quantize_block;
+    use crate::compute::quant::testing::{BLOCK_TYPES, noise, random_row};
 
+    /// The dispatched kernels (AVX-512 VNNI where present) and the AVX2 ones
+    /// each equal the portable loop, one row and four.
     #[test]
     fn every_kernel_equals_the_portable_loop_bit_for_bit() {
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::Q8_0,
-        ] {
+        if !can_test(Isa::Avx2, "q32 row kernels") {
+            return;
+        }
+        for ty in BLOCK_TYPES {
             for seed in 0..20 {
                 let blocks = 18 + seed as usize % 3;
                 let row = random_row(ty, blocks, seed);
                 let ys: Vec<Vec<BlockQ8>> = (0..4)
                     .map(|r| {
-                        let x: Vec<f32> = noise(seed * 4 + r + 9, blocks * 32)
+                        noise(seed * 4 + r + 9, blocks * 32)
                             .iter()
                             .map(|&b| b as f32 / 64.0 - 2.0)
-                            .collect();
-                        let Activations::Q8(y) = quantize(ty, &x) else {
-                            panic!("q8")
-                        };
-                        y
+                            .collect::<Vec<f32>>()
+                            .chunks_exact(32)
+                            .map(quantize_block)
+                            .collect()
                     })
                     .collect();
-                let Some(fast) = row_dot(ty, &row, &ys[0]) else { return };
-                let reference = dot_blocks(ty, &row, &ys[0]);
-                assert_eq!(fast.to_bits(), reference.to_bits(), "{ty}: {fast} vs {reference}");
-                let quad = rows_dot4(ty, &row, [&ys[0], &ys[1], &ys[2], &ys[3]]).expect("rows4 kernel");
-                for (r, v) in quad.iter().enumerate() {
-                    let reference = dot_blocks(ty, &row, &ys[r]);
-                    assert_eq!(v.to_bits(), reference.to_bits(), "{ty} rows4 row {r}");
-                }
-                // The AVX2 kernels too where the dispatch picks the AVX-512 ones.
+                let ys4 = [&ys[0][..], &ys[1], &ys[2], &ys[3]];
+                let expected: Vec<u32> = ys.iter().map(|y| dot_blocks(ty, &row, y).to_bits()).collect();
+                let (row_kernel, rows4_kernel) = kernels(ty).expect("a kernel for every block type");
+                // SAFETY: `kernels` checked the features; whole blocks.
+                let (one, four) = unsafe { (row_kernel(&row, &ys[0]), rows4_kernel(&row, ys4)) };
+                assert_eq!(one.to_bits(), expected[0], "{ty} seed {seed}");
+                assert_eq!(four.map(f32::to_bits).to_vec(), expected, "{ty} rows4 seed {seed}");
                 #[cfg(target_arch = "x86_64")]
-                if has_avx512() {
-                    let ys4 = [&ys[0][..], &ys[1], &ys[2], &ys[3]];
-                    // SAFETY: AVX2, FMA and F16C are present (AVX-512 implies them here).
+                {
+                    // SAFETY: AVX2, FMA and F16C are present (`can_test`).
                     let (one, four) = unsafe {
                         match ty {
                             GgmlType::Q4_0 => (x86::avx2::row_q4_0(&row, &ys[0]), x86::avx2::rows4_q4_0(&row, ys4)),
@@ -452,10 +318,35 @@ mod tests {
                             _ => (x86::avx2::row_q8_0(&row, &ys[0]), x86::avx2::rows4_q8_0(&row, ys4)),
                         }
                     };
-                    assert_eq!(one.to_bits(), fast.to_bits(), "{ty} avx2");
-                    assert_eq!(four, quad, "{ty} avx2 rows4");
+                    assert_eq!(one.to_bits(), expected[0], "{ty} avx2");
+                    assert_eq!(four.map(f32::to_bits).to_vec(), expected, "{ty} avx2 rows4");
                 }
             }
+        }
+    }
+
+    /// The AVX-512 VNNI kernels, tested on their own where the CPU has them.
+    #[test]
+    fn avx512_kernels_equal_the_portable_loop() {
+        if !can_test(Isa::Avx512, "q32 AVX-512 row kernels") {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        for ty in BLOCK_TYPES {
+            let row = random_row(ty, 16, 3);
+            let x: Vec<f32> = noise(4, 16 * 32).iter().map(|&b| b as f32 / 64.0 - 2.0).collect();
+            let y: Vec<BlockQ8> = x.chunks_exact(32).map(quantize_block).collect();
+            // SAFETY: AVX-512 VNNI is present (`can_test`).
+            let got = unsafe {
+                match ty {
+                    GgmlType::Q4_0 => x86::avx512::row_q4_0(&row, &y),
+                    GgmlType::Q4_1 => x86::avx512::row_q4_1(&row, &y),
+                    GgmlType::Q5_0 => x86::avx512::row_q5_0(&row, &y),
+                    GgmlType::Q5_1 => x86::avx512::row_q5_1(&row, &y),
+                    _ => x86::avx512::row_q8_0(&row, &y),
+                }
+            };
+            assert_eq!(got.to_bits(), dot_blocks(ty, &row, &y).to_bits(), "{ty}");
         }
     }
 }

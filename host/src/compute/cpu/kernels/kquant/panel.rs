@@ -1,14 +1,14 @@
 //! Prefill kernels of Q4_K and Q6_K over panels of eight weight rows, one row
-//! per i32 lane (as `simd::panel` for the 32-value types), on CPUs with
+//! per i32 lane (as `q32::panel` for the 32-value types), on CPUs with
 //! AVX-512 VNNI. They keep the float order of the kernels llama.cpp runs for
-//! a prompt (see `kdot`):
+//! a prompt (see `portable`):
 //!
 //! - Q4_K, rows in whole groups of four: `gemm_q4_K_8x8_q8_K`'s order
-//!   (`kdot::dot_q4k` with `GEMM_GROUPS`): per 64 values the exact integer
+//!   (`portable::dot_q4k` with `GEMM_GROUPS`): per 64 values the exact integer
 //!   sum of the scaled products and of the mins times the group sums, each
 //!   fused into its f32 chain, `acc - acc_min` at the end.
 //! - Q6_K from eight rows: the tiled kernel's order
-//!   (`kdot::dot_tiled_portable`): per super-block the exact integer total,
+//!   (`portable::dot_tiled_portable`): per super-block the exact integer total,
 //!   `r = s1 · d`, `acc = r · y.d + acc` (fused).
 //!
 //! One `vpdpbusd` forms four products of all eight rows against four
@@ -18,8 +18,10 @@
 
 use std::arch::x86_64::*;
 
-use super::super::kquants::{self, BlockQ8K, GROUPS, QK_K};
 use crate::compute::gguf::GgmlType;
+use crate::compute::quant::kquants;
+use crate::compute::quant::q8::BlockQ8K;
+use crate::compute::quant::{GROUPS, QK_K};
 
 /// Weight rows per panel.
 pub const PANEL_ROWS: usize = 8;
@@ -53,7 +55,7 @@ pub type PanelKernel = unsafe fn(panel: &[Panel], ys: [&[BlockQ8K]; 4], out: &mu
 /// order), where this CPU has AVX-512 VNNI. The kernel is safe to call once
 /// returned (the features were checked here); it checks its slices' lengths.
 pub fn kernels(ty: GgmlType) -> Option<(PackFn, PanelKernel)> {
-    if !super::super::simd::has_avx512() {
+    if !crate::compute::cpu::kernels::features::has_avx512() {
         return None;
     }
     match ty {
@@ -207,24 +209,29 @@ const _: () = assert!(QK_K == 8 * 32);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compute::cpu::kdot;
-    use crate::compute::cpu::quant::tests::noise;
+    use crate::compute::cpu::kernels::features::{Isa, can_test};
+    use crate::compute::cpu::kernels::portable;
+    use crate::compute::quant::q8::quantize_block_q8k;
+    use crate::compute::quant::testing::{noise, random_k_row};
 
     #[test]
     fn panels_equal_the_portable_orders_bit_for_bit() {
+        if !can_test(Isa::Avx512, "K-quant panel kernels") {
+            return;
+        }
         for ty in [GgmlType::Q4K, GgmlType::Q6K] {
-            let Some((pack, kernel)) = kernels(ty) else { return };
+            let (pack, kernel) = kernels(ty).expect("panel kernels for Q4_K and Q6_K");
             let blocks = 3;
-            let row_bytes = blocks * kquants::block_bytes(ty);
+            let row_bytes = blocks * ty.block_bytes();
             for seed in 0..8u64 {
-                let w = kquants::tests::random_k_row(ty, 8 * blocks, seed);
+                let w = random_k_row(ty, 8 * blocks, seed);
                 let ys: Vec<Vec<BlockQ8K>> = (0..4)
                     .map(|j| {
                         let x: Vec<f32> = noise(seed * 4 + j + 70, blocks * QK_K)
                             .iter()
                             .map(|&b| b as f32 / 64.0 - 2.0)
                             .collect();
-                        kquants::quantize_q8k(&x)
+                        x.chunks_exact(QK_K).map(quantize_block_q8k).collect()
                     })
                     .collect();
                 let mut panels = Vec::new();
@@ -236,9 +243,9 @@ mod tests {
                     for r in 0..8 {
                         let row = &w[r * row_bytes..(r + 1) * row_bytes];
                         let expected = if ty == GgmlType::Q4K {
-                            kdot::dot_q4k(row, y, kdot::GEMM_GROUPS)
+                            portable::dot_q4k(row, y, portable::GEMM_GROUPS)
                         } else {
-                            kdot::dot_tiled_portable(ty, row, y)
+                            portable::dot_tiled_portable(ty, row, y)
                         };
                         assert_eq!(out[j][r].to_bits(), expected.to_bits(), "{ty} seed {seed} ({j}, {r})");
                     }

@@ -1,78 +1,55 @@
-//! Quantized block formats (as ggml lays them out) and their row kernels:
-//! dequantization, and a dot product of a quantized row with f32 activations.
+//! The reference arithmetic of every weight type: dequantization, and a dot
+//! product of a quantized row with f32 activations.
 //!
 //! `dequantize_row` is the plain reference; `dot` must agree with
 //! `dequantize_row` followed by an f32 dot product (tested below).
 
 use half::{bf16, f16};
 
-use super::kquants;
+use super::blocks::{self, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, fives};
+use super::{QK, QK_K, is_k_quant, kquants};
 use crate::compute::gguf::GgmlType;
 
-/// Types the CPU backend computes with.
-pub fn supported(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::F32
-            | GgmlType::F16
-            | GgmlType::Bf16
-            | GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q5_0
-            | GgmlType::Q5_1
-            | GgmlType::Q8_0
-            | GgmlType::Q2K
-            | GgmlType::Q3K
-            | GgmlType::Q4K
-            | GgmlType::Q5K
-            | GgmlType::Q6K
-    )
-}
-
-pub const QK: usize = 32;
-
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+/// Values `j` and `j + 16` of a 4-bit block: the low and high nibble of `qs[j]`.
+fn nibbles(qs: &[u8; 16], out: &mut [f32; QK], f: impl Fn(u8) -> f32) {
+    for (j, &q) in qs.iter().enumerate() {
+        out[j] = f(q & 0x0F);
+        out[j + 16] = f(q >> 4);
+    }
 }
 
 /// Dequantizes one block of 32 values (`block` is `ty.block_bytes()` long).
 fn dequantize_block(ty: GgmlType, block: &[u8], out: &mut [f32; QK]) {
     match ty {
         GgmlType::Q4_0 => {
-            let d = f16_at(block, 0);
-            for (j, &q) in block[2..18].iter().enumerate() {
-                out[j] = ((q & 0x0F) as i32 - 8) as f32 * d;
-                out[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
-            }
+            let b: &BlockQ4_0 = blocks::block(block);
+            let d = b.d.get();
+            nibbles(&b.qs, out, |q| (q as i32 - 8) as f32 * d);
         }
         GgmlType::Q4_1 => {
-            let (d, m) = (f16_at(block, 0), f16_at(block, 2));
-            for (j, &q) in block[4..20].iter().enumerate() {
-                out[j] = (q & 0x0F) as f32 * d + m;
-                out[j + 16] = (q >> 4) as f32 * d + m;
+            let b: &BlockQ4_1 = blocks::block(block);
+            let (d, m) = (b.d.get(), b.m.get());
+            nibbles(&b.qs, out, |q| q as f32 * d + m);
+        }
+        GgmlType::Q5_0 => {
+            let b: &BlockQ5_0 = blocks::block(block);
+            let d = b.d.get();
+            for (o, q) in out.iter_mut().zip(fives(b.qh, &b.qs)) {
+                *o = (q as i32 - 16) as f32 * d;
             }
         }
-        GgmlType::Q5_0 | GgmlType::Q5_1 => {
-            let has_min = ty == GgmlType::Q5_1;
-            let d = f16_at(block, 0);
-            let (m, rest) = if has_min {
-                (f16_at(block, 2), &block[4..])
-            } else {
-                (0.0, &block[2..])
-            };
-            let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-            let offset = if has_min { 0 } else { 16 };
-            for (j, &q) in rest[4..20].iter().enumerate() {
-                let h0 = ((qh >> j) << 4) & 0x10;
-                let h1 = (qh >> (j + 12)) & 0x10;
-                out[j] = (((q & 0x0F) as u32 | h0) as i32 - offset) as f32 * d + m;
-                out[j + 16] = (((q >> 4) as u32 | h1) as i32 - offset) as f32 * d + m;
+        GgmlType::Q5_1 => {
+            let b: &BlockQ5_1 = blocks::block(block);
+            let (d, m) = (b.d.get(), b.m.get());
+            for (o, q) in out.iter_mut().zip(fives(b.qh, &b.qs)) {
+                *o = q as f32 * d + m;
             }
         }
         GgmlType::Q8_0 => {
-            let d = f16_at(block, 0);
-            for (o, &q) in out.iter_mut().zip(&block[2..34]) {
-                *o = q as i8 as f32 * d;
+            let b: &BlockQ8_0 = blocks::block(block);
+            let d = b.d.get();
+            for (o, &q) in out.iter_mut().zip(&b.qs) {
+                *o = q as f32 * d;
             }
         }
         _ => unreachable!("dequantize_block on a non-block type {ty}"),
@@ -97,7 +74,7 @@ pub fn dequantize_row(ty: GgmlType, row: &[u8], out: &mut [f32]) {
                 *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
             }
         }
-        _ if kquants::is_k_quant(ty) => kquants::dequantize_row(ty, row, out),
+        _ if is_k_quant(ty) => kquants::dequantize_row(ty, row, out),
         _ => {
             let mut block = [0.0; QK];
             for (chunk, b) in out.chunks_exact_mut(QK).zip(row.chunks_exact(ty.block_bytes())) {
@@ -127,10 +104,10 @@ pub fn dot(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
             sum
         }
         GgmlType::Q4_1 => dot_q4_1(row, x),
-        _ if kquants::is_k_quant(ty) => {
-            let mut block = [0.0; kquants::QK_K];
+        _ if is_k_quant(ty) => {
+            let mut block = [0.0; QK_K];
             let mut sum = 0.0;
-            for (b, xs) in row.chunks_exact(ty.block_bytes()).zip(x.chunks_exact(kquants::QK_K)) {
+            for (b, xs) in row.chunks_exact(ty.block_bytes()).zip(x.chunks_exact(QK_K)) {
                 kquants::dequantize_row(ty, b, &mut block);
                 sum += dot_f32(&block, xs);
             }
@@ -151,13 +128,13 @@ pub fn dot(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
 /// Q4_1 without materialising the block: d * sum(q * x) + m * sum(x).
 fn dot_q4_1(row: &[u8], x: &[f32]) -> f32 {
     let mut sum = 0.0;
-    for (b, xs) in row.chunks_exact(20).zip(x.chunks_exact(QK)) {
-        let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+    for (b, xs) in blocks::blocks::<BlockQ4_1>(row).iter().zip(x.chunks_exact(QK)) {
+        let (d, m) = (b.d.get(), b.m.get());
         let (lo, hi) = xs.split_at(16);
         let mut qx = 0.0;
         let mut sx = 0.0;
         for j in 0..16 {
-            let q = b[4 + j];
+            let q = b.qs[j];
             qx += (q & 0x0F) as f32 * lo[j] + (q >> 4) as f32 * hi[j];
             sx += lo[j] + hi[j];
         }
@@ -181,46 +158,9 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[cfg(test)]
-pub mod tests {
+mod tests {
     use super::*;
-
-    /// The 32-value block types.
-    pub const BLOCK_TYPES: [GgmlType; 5] = [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-    ];
-
-    /// Deterministic pseudo-random bytes for block contents.
-    pub fn noise(seed: u64, n: usize) -> Vec<u8> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 24) as u8
-            })
-            .collect()
-    }
-
-    /// A random row of `blocks` blocks whose f16 scales are small and finite.
-    pub fn random_row(ty: GgmlType, blocks: usize, seed: u64) -> Vec<u8> {
-        let mut row = noise(seed, blocks * ty.block_bytes());
-        let scales = match ty {
-            GgmlType::Q4_1 | GgmlType::Q5_1 => 2,
-            _ => 1,
-        };
-        for block in row.chunks_exact_mut(ty.block_bytes()) {
-            for s in 0..scales {
-                let v = f16::from_f32(0.01 + (block[2 * s + 5] as f32) / 4096.0 * if s == 1 { -1.0 } else { 1.0 });
-                block[2 * s..2 * s + 2].copy_from_slice(&v.to_le_bytes());
-            }
-        }
-        row
-    }
+    use crate::compute::quant::testing::{BLOCK_TYPES, noise, random_row};
 
     #[test]
     fn q4_0_q8_0_layouts_match_ggml() {

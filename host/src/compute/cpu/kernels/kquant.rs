@@ -2,124 +2,77 @@
 //! time. The integer work is that of ggml's x86 `ggml_vec_dot_q*_K_q8_K` (AVX2
 //! path: `maddubs` of the unsigned quants with the activations, `madd` with the
 //! group scales, eight i32 lanes per super-block); the f32 steps are those of
-//! `kdot`'s portable loops (`dot_portable`, `dot_q4k` for `rows4_q4k`,
+//! `portable`'s loops (`dot_portable`, `dot_q4k` for `rows4_q4k`,
 //! `dot_tiled_portable` for the `_tiled` kernels), so both paths are
 //! bit-identical on every CPU.
 
-use super::kquants::BlockQ8K;
 use crate::compute::gguf::GgmlType;
+use crate::compute::quant::q8::BlockQ8K;
 
 #[cfg(target_arch = "x86_64")]
 pub mod panel;
 
-/// `row . x` for a K-quant row, or None where this CPU or type has no kernel.
-pub fn row_dot(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> Option<f32> {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2() {
-        // SAFETY: AVX2, FMA and F16C are present (checked above); the kernels
-        // read whole super-blocks only (chunks_exact) and 32 bytes within each
-        // block's arrays.
-        return unsafe {
-            match ty {
-                GgmlType::Q2K => Some(x86::row_q2k(row, x)),
-                GgmlType::Q3K => Some(x86::row_q3k(row, x)),
-                GgmlType::Q4K => Some(x86::row_q4k(row, x)),
-                GgmlType::Q5K => Some(x86::row_q5k(row, x)),
-                GgmlType::Q6K => Some(x86::row_q6k(row, x)),
-                _ => None,
-            }
-        };
-    }
-    let _ = (ty, row, x);
-    None
+/// One weight row times one activation row.
+pub type RowKernel = unsafe fn(&[u8], &[BlockQ8K]) -> f32;
+/// One weight row times four activation rows, each super-block unpacked once.
+pub type Rows4Kernel = unsafe fn(&[u8], [&[BlockQ8K]; 4]) -> [f32; 4];
+
+/// The vector kernels of one K-quant on this CPU, each None where it has
+/// none. Safe to call once returned (the features were checked here); they
+/// read whole super-blocks of the row and the matching blocks of each
+/// activation row.
+#[derive(Clone, Copy, Default)]
+pub struct Kernels {
+    /// One activation row, in the single-row order (`portable::dot_portable`).
+    pub row: Option<RowKernel>,
+    /// Four rows, each exactly as `row` gives it alone.
+    pub rows4_alone: Option<Rows4Kernel>,
+    /// Four rows in llama.cpp's order for whole groups of four: Q4_K's gemm
+    /// (`portable::dot_q4k` with `GEMM_GROUPS`), the others as alone.
+    pub rows4: Option<Rows4Kernel>,
+    /// One and four rows in the tiled kernel's order (`portable::dot_tiled_portable`).
+    pub row_tiled: Option<RowKernel>,
+    pub rows4_tiled: Option<Rows4Kernel>,
 }
 
-/// A K-quant row kernel, chosen once per matrix product.
-pub type RowKernel = unsafe fn(&[u8], &[BlockQ8K]) -> f32;
-
-/// The kernel `row_dot` would run for `ty`; safe to call once returned (the
-/// CPU features it needs were checked here).
-pub fn row_kernel(ty: GgmlType) -> Option<RowKernel> {
+pub fn kernels(ty: GgmlType) -> Kernels {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2() {
+    if super::features::has_avx2() {
+        let row = |k: RowKernel| Some(k);
+        let rows4 = |k: Rows4Kernel| Some(k);
         return match ty {
-            GgmlType::Q2K => Some(x86::row_q2k as RowKernel),
-            GgmlType::Q3K => Some(x86::row_q3k as RowKernel),
-            GgmlType::Q4K => Some(x86::row_q4k as RowKernel),
-            GgmlType::Q5K => Some(x86::row_q5k as RowKernel),
-            GgmlType::Q6K => Some(x86::row_q6k as RowKernel),
-            _ => None,
+            GgmlType::Q2K => Kernels {
+                row: row(x86::row_q2k),
+                ..Kernels::default()
+            },
+            GgmlType::Q3K => Kernels {
+                row: row(x86::row_q3k),
+                row_tiled: row(x86::row_q3k_tiled),
+                ..Kernels::default()
+            },
+            GgmlType::Q4K => Kernels {
+                row: row(x86::row_q4k),
+                rows4_alone: rows4(x86::rows4_q4k_gemv),
+                rows4: rows4(x86::rows4_q4k),
+                ..Kernels::default()
+            },
+            GgmlType::Q5K => Kernels {
+                row: row(x86::row_q5k),
+                row_tiled: row(x86::row_q5k_tiled),
+                ..Kernels::default()
+            },
+            GgmlType::Q6K => Kernels {
+                row: row(x86::row_q6k),
+                rows4_alone: rows4(x86::rows4_q6k),
+                rows4: rows4(x86::rows4_q6k),
+                row_tiled: row(x86::row_q6k_tiled),
+                rows4_tiled: rows4(x86::rows4_q6k_tiled),
+            },
+            _ => Kernels::default(),
         };
     }
     let _ = ty;
-    None
-}
-
-/// `row_dot` of four activation rows, each exactly as alone (the single-row
-/// order), each super-block unpacked once; None where no such kernel exists
-/// (the caller then takes `row_dot` row by row).
-pub fn rows_dot4_alone(ty: GgmlType, row: &[u8], x: [&[BlockQ8K]; 4]) -> Option<[f32; 4]> {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2() {
-        // SAFETY: as `row_dot`; block `b` of the row pairs with block `b` of each `x[r]`.
-        return unsafe {
-            match ty {
-                GgmlType::Q4K => Some(x86::rows4_q4k_gemv(row, x)),
-                GgmlType::Q6K => Some(x86::rows4_q6k(row, x)),
-                _ => None,
-            }
-        };
-    }
-    let _ = (ty, row, x);
-    None
-}
-
-/// `row_dot` for four activation rows, each super-block unpacked once: per
-/// row bit-identical to `row_dot` (and so to the portable loop).
-pub fn rows_dot4(ty: GgmlType, row: &[u8], x: [&[BlockQ8K]; 4]) -> Option<[f32; 4]> {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2() {
-        // SAFETY: as `row_dot`; block `b` of the row pairs with block `b` of each `x[r]`.
-        return unsafe {
-            match ty {
-                GgmlType::Q4K => Some(x86::rows4_q4k(row, x)),
-                GgmlType::Q6K => Some(x86::rows4_q6k(row, x)),
-                _ => None,
-            }
-        };
-    }
-    let _ = (ty, row, x);
-    None
-}
-
-/// `row . x` in the order of llama.cpp's tiled kernel (see
-/// `kdot::dot_tiled`), or None where this CPU or type has no such kernel.
-pub fn row_dot_tiled(ty: GgmlType, row: &[u8], x: &[BlockQ8K]) -> Option<f32> {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2() {
-        // SAFETY: as `row_dot`.
-        return unsafe {
-            match ty {
-                GgmlType::Q3K => Some(x86::row_q3k_tiled(row, x)),
-                GgmlType::Q5K => Some(x86::row_q5k_tiled(row, x)),
-                GgmlType::Q6K => Some(x86::row_q6k_tiled(row, x)),
-                _ => None,
-            }
-        };
-    }
-    let _ = (ty, row, x);
-    None
-}
-
-/// `row_dot_tiled` for four activation rows, each super-block unpacked once.
-pub fn rows_dot4_tiled(ty: GgmlType, row: &[u8], x: [&[BlockQ8K]; 4]) -> Option<[f32; 4]> {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2() && ty == GgmlType::Q6K {
-        // SAFETY: as `rows_dot4`.
-        return Some(unsafe { x86::rows4_q6k_tiled(row, x) });
-    }
-    let _ = (ty, row, x);
-    None
+    Kernels::default()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -127,8 +80,8 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::BlockQ8K;
-    use crate::compute::cpu::kquants::{Q2K_BYTES, Q3K_BYTES, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES};
-    use crate::compute::cpu::simd::x86::{f16_at, f16_pair, hsum, hsum_ps};
+    use crate::compute::cpu::kernels::x86::{f16_at, f16_pair, hsum, hsum_ps};
+    use crate::compute::quant::kquants::{Q2K_BYTES, Q3K_BYTES, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES};
 
     /// 32 bytes at `at` of `bytes`.
     #[inline]
@@ -209,7 +162,7 @@ mod x86 {
         _mm_madd_epi16(mins, sums)
     }
 
-    /// Q4_K in `gemv_q4_K_8x8_q8_K`'s order (`kdot::dot_q4k` with the
+    /// Q4_K in `gemv_q4_K_8x8_q8_K`'s order (`portable::dot_q4k` with the
     /// whole super-block per step).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn row_q4k(row: &[u8], x: &[BlockQ8K]) -> f32 {
@@ -288,7 +241,7 @@ mod x86 {
     }
 
     /// Q4_K for four activation rows in `gemm_q4_K_8x8_q8_K`'s order
-    /// (`kdot::dot_q4k` with two groups of 32 per step), one row per lane.
+    /// (`portable::dot_q4k` with two groups of 32 per step), one row per lane.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn rows4_q4k(row: &[u8], x: [&[BlockQ8K]; 4]) -> [f32; 4] {
         let m4 = _mm256_set1_epi8(0x0F);
@@ -384,7 +337,7 @@ mod x86 {
         rows_q6k::<4>(row, x)
     }
 
-    /// Q6_K in the tiled kernel's order (`kdot::dot_tiled_portable`).
+    /// Q6_K in the tiled kernel's order (`portable::dot_tiled_portable`).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn row_q6k_tiled(row: &[u8], x: &[BlockQ8K]) -> f32 {
         let mut acc = 0.0f32;
@@ -466,7 +419,7 @@ mod x86 {
     }
 
     /// Q5_K: per super-block two f32 steps, or with `TILED` the tiled
-    /// kernel's (`kdot::dot_tiled`).
+    /// kernel's (`portable::dot_tiled_portable`).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn q5k<const TILED: bool>(row: &[u8], x: &[BlockQ8K]) -> f32 {
@@ -512,7 +465,7 @@ mod x86 {
     }
 
     /// Q3_K: per super-block one f32 step, or with `TILED` the tiled
-    /// kernel's (`kdot::dot_tiled`).
+    /// kernel's (`portable::dot_tiled_portable`).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn q3k<const TILED: bool>(row: &[u8], x: &[BlockQ8K]) -> f32 {
@@ -593,18 +546,11 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compute::cpu::kdot;
-    use crate::compute::cpu::kquants::{self, QK_K};
-    use crate::compute::cpu::quant::tests::noise;
-    use half::f16;
-
-    const TYPES: [GgmlType; 5] = [
-        GgmlType::Q2K,
-        GgmlType::Q3K,
-        GgmlType::Q4K,
-        GgmlType::Q5K,
-        GgmlType::Q6K,
-    ];
+    use crate::compute::cpu::kernels::features::{Isa, can_test};
+    use crate::compute::cpu::kernels::portable;
+    use crate::compute::quant::QK_K;
+    use crate::compute::quant::q8::quantize_block_q8k;
+    use crate::compute::quant::testing::{K_TYPES, noise, put_f16};
 
     fn scale_offsets(ty: GgmlType) -> &'static [usize] {
         match ty {
@@ -618,21 +564,29 @@ mod tests {
 
     /// A random row whose f16 scales are `scale(block byte)`.
     fn row(ty: GgmlType, blocks: usize, seed: u64, scale: impl Fn(u8) -> f32) -> Vec<u8> {
-        let bytes = kquants::block_bytes(ty);
+        let bytes = ty.block_bytes();
         let mut row = noise(seed, blocks * bytes);
         for block in row.chunks_exact_mut(bytes) {
             for &at in scale_offsets(ty) {
-                let v = f16::from_f32(scale(block[at]));
-                block[at..at + 2].copy_from_slice(&v.to_le_bytes());
+                put_f16(block, at, scale(block[at]));
             }
         }
         row
     }
 
+    fn q8k(x: &[f32]) -> Vec<BlockQ8K> {
+        x.chunks_exact(QK_K).map(quantize_block_q8k).collect()
+    }
+
     #[test]
     fn k_quant_kernels_equal_the_portable_dot() {
+        if !can_test(Isa::Avx2, "K-quant row kernels") {
+            return;
+        }
         let blocks = 5;
-        for ty in TYPES {
+        for ty in K_TYPES {
+            let k = kernels(ty);
+            let single = k.row.expect("a row kernel for every K-quant");
             for seed in 0..30u64 {
                 // Integer scales and activations (Q8_K d = 1) make every f32 step
                 // exact, so any difference in the integer sums would show.
@@ -644,10 +598,12 @@ mod tests {
                 for block in ints.chunks_exact_mut(QK_K) {
                     block[(seed as usize * 37) % QK_K] = -127.0;
                 }
-                let y = kquants::quantize_q8k(&ints);
+                let y = q8k(&ints);
                 assert!(y.iter().all(|b| b.d == 1.0));
-                let Some(fast) = row_dot(ty, &w, &y) else { return };
-                assert_eq!(fast, kdot::dot_portable(ty, &w, &y), "{ty} seed {seed} integers");
+                // SAFETY (every kernel call below): `kernels` checked the
+                // features; whole super-blocks.
+                let fast = unsafe { single(&w, &y) };
+                assert_eq!(fast, portable::dot_portable(ty, &w, &y), "{ty} seed {seed} integers");
 
                 // Real-valued scales: the same f32 steps, so the same bits.
                 let w = row(ty, blocks, seed + 77, |b| 0.001 + b as f32 / 65536.0);
@@ -655,9 +611,9 @@ mod tests {
                     .iter()
                     .map(|&b| b as f32 / 64.0 - 2.0)
                     .collect();
-                let y = kquants::quantize_q8k(&x);
-                let fast = row_dot(ty, &w, &y).expect("kernel");
-                let reference = kdot::dot_portable(ty, &w, &y);
+                let y = q8k(&x);
+                let fast = unsafe { single(&w, &y) };
+                let reference = portable::dot_portable(ty, &w, &y);
                 assert_eq!(
                     fast.to_bits(),
                     reference.to_bits(),
@@ -669,28 +625,44 @@ mod tests {
                             .iter()
                             .map(|&b| b as f32 / 64.0 - 2.0)
                             .collect();
-                        kquants::quantize_q8k(&x)
+                        q8k(&x)
                     })
                     .collect();
-                if let Some(fast) = row_dot_tiled(ty, &w, &y) {
-                    let reference = kdot::dot_tiled_portable(ty, &w, &y);
-                    assert_eq!(fast.to_bits(), reference.to_bits(), "{ty} seed {seed} tiled");
+                let ys4 = [&ys[0][..], &ys[1], &ys[2], &ys[3]];
+                let bits = |v: [f32; 4]| v.map(f32::to_bits);
+                if let Some(tiled) = k.row_tiled {
+                    let reference = portable::dot_tiled_portable(ty, &w, &y);
+                    assert_eq!(
+                        unsafe { tiled(&w, &y) }.to_bits(),
+                        reference.to_bits(),
+                        "{ty} seed {seed} tiled"
+                    );
                 }
-                if let Some(quad) = rows_dot4_tiled(ty, &w, [&ys[0], &ys[1], &ys[2], &ys[3]]) {
-                    for (r, v) in quad.iter().enumerate() {
-                        let reference = kdot::dot_tiled_portable(ty, &w, &ys[r]);
-                        assert_eq!(v.to_bits(), reference.to_bits(), "{ty} seed {seed} tiled rows4 row {r}");
-                    }
+                if let Some(quad) = k.rows4_tiled {
+                    let expected = std::array::from_fn(|r| portable::dot_tiled_portable(ty, &w, &ys[r]));
+                    assert_eq!(
+                        bits(unsafe { quad(&w, ys4) }),
+                        bits(expected),
+                        "{ty} seed {seed} tiled rows4"
+                    );
                 }
-                if let Some(quad) = rows_dot4(ty, &w, [&ys[0], &ys[1], &ys[2], &ys[3]]) {
-                    for (r, v) in quad.iter().enumerate() {
-                        let reference = if ty == GgmlType::Q4K {
-                            kdot::dot_q4k(&w, &ys[r], kdot::GEMM_GROUPS)
+                if let Some(quad) = k.rows4 {
+                    let expected = std::array::from_fn(|r| {
+                        if ty == GgmlType::Q4K {
+                            portable::dot_q4k(&w, &ys[r], portable::GEMM_GROUPS)
                         } else {
-                            kdot::dot_portable(ty, &w, &ys[r])
-                        };
-                        assert_eq!(v.to_bits(), reference.to_bits(), "{ty} seed {seed} rows4 row {r}");
-                    }
+                            portable::dot_portable(ty, &w, &ys[r])
+                        }
+                    });
+                    assert_eq!(bits(unsafe { quad(&w, ys4) }), bits(expected), "{ty} seed {seed} rows4");
+                }
+                if let Some(quad) = k.rows4_alone {
+                    let expected = std::array::from_fn(|r| portable::dot_portable(ty, &w, &ys[r]));
+                    assert_eq!(
+                        bits(unsafe { quad(&w, ys4) }),
+                        bits(expected),
+                        "{ty} seed {seed} rows4 alone"
+                    );
                 }
             }
         }

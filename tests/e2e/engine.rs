@@ -332,6 +332,41 @@ fn same_seed_same_sample_and_eos_ends_a_generation() {
     assert_eq!(ids.last(), Some(&2), "<|im_end|> ends the generation");
 }
 
+/// A token drawn on the host (no bias, no penalties) and the same draw in
+/// the guest (a zero logit bias, or log-probabilities, make the guest ask for
+/// all logits and draw itself): the same seed gives the same tokens, at
+/// every cut of the chain.
+#[test]
+fn the_host_and_the_guest_draw_the_same_tokens() {
+    let instance = instance();
+    for (temperature, top_k, top_p, min_p) in [(0.8, 0, 1.0, 0.0), (1.0, 40, 0.95, 0.05), (1.3, 0, 0.9, 0.1)] {
+        for seed in [1, 7, 42] {
+            let sampling = Sampling {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                seed: Some(seed),
+                ..Sampling::default()
+            };
+            let request = |logit_bias: Vec<(u32, f32)>, logprobs: Option<u32>| CompletionRequest {
+                sampling: Sampling {
+                    logit_bias,
+                    ..sampling.clone()
+                },
+                logprobs,
+                ..greedy("Once upon a time", 32)
+            };
+            let on_host = generate(&instance, DEFAULT_MODEL, request(Vec::new(), None)).expect("generation");
+            let in_guest = generate(&instance, DEFAULT_MODEL, request(vec![(0, 0.0)], None)).expect("generation");
+            let with_logprobs = generate(&instance, DEFAULT_MODEL, request(Vec::new(), Some(1))).expect("generation");
+            let case = format!("T {temperature} top-k {top_k} top-p {top_p} min-p {min_p} seed {seed}");
+            assert_eq!(on_host, in_guest, "{case}: a zero bias changed the tokens");
+            assert_eq!(on_host, with_logprobs, "{case}: log-probabilities changed the tokens");
+        }
+    }
+}
+
 #[test]
 fn stop_strings_penalties_and_logit_bias_change_the_output() {
     let instance = instance();

@@ -1,6 +1,10 @@
-//! Sampling as a chain over candidates, in llama.cpp's default order: logit
-//! bias, penalties, then either the argmax (greedy) or top-k, top-p, min-p,
-//! temperature and a draw from a seeded ChaCha8 stream.
+//! Sampling in llama.cpp's default order: logit bias, penalties, then either
+//! the argmax (greedy) or top-k, top-p, min-p, temperature and a draw from a
+//! seeded ChaCha8 stream. The draw itself is `realm_sampling`'s, the same
+//! code the host runs: without bias or penalties the host draws the token
+//! where the logits are (`StepOutputKind::Sample`, with this stream's
+//! value), else the guest draws it here from the changed logits; either way
+//! a seed picks the same tokens.
 
 pub mod logprobs;
 mod penalties;
@@ -8,7 +12,7 @@ mod penalties;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::compute::{Candidate, StepOutput, StepOutputKind};
+use crate::compute::{Candidate, SampleParams, StepOutput, StepOutputKind};
 use crate::{Error, Sampling};
 use penalties::Penalties;
 
@@ -16,6 +20,8 @@ pub struct Sampler {
     params: Sampling,
     penalties: Penalties,
     rng: ChaCha8Rng,
+    /// The draw of the step under way, once `output_kind` has taken it.
+    draw: Option<f32>,
 }
 
 impl Sampler {
@@ -55,6 +61,7 @@ impl Sampler {
             params,
             penalties,
             rng: ChaCha8Rng::seed_from_u64(seed),
+            draw: None,
         })
     }
 
@@ -63,15 +70,39 @@ impl Sampler {
     }
 
     /// The least the host must return for this sampler to decide: biases and
-    /// penalties need every logit; otherwise the top one (greedy) or the top k.
-    pub fn output_kind(&self) -> StepOutputKind {
+    /// penalties need every logit; otherwise the top one (greedy), or the
+    /// token the host draws with this step's value of the seeded stream.
+    pub fn output_kind(&mut self) -> StepOutputKind {
         if !self.params.logit_bias.is_empty() || self.penalties.active() {
             return StepOutputKind::Logits;
         }
-        match (self.is_greedy(), self.params.top_k) {
-            (true, _) => StepOutputKind::TopK(1),
-            (false, 0) => StepOutputKind::Logits,
-            (false, k) => StepOutputKind::TopK(k),
+        if self.is_greedy() {
+            return StepOutputKind::TopK(1);
+        }
+        let draw = self.take_draw();
+        self.draw = Some(draw);
+        let chain = self.chain(draw);
+        StepOutputKind::Sample(SampleParams {
+            temperature: chain.temperature,
+            top_k: chain.top_k,
+            top_p: chain.top_p,
+            min_p: chain.min_p,
+            draw: chain.draw,
+        })
+    }
+
+    /// The next uniform value in [0, 1), 24 bits of the stream.
+    fn take_draw(&mut self) -> f32 {
+        (self.rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32
+    }
+
+    fn chain(&self, draw: f32) -> realm_sampling::SampleParams {
+        realm_sampling::SampleParams {
+            temperature: self.params.temperature,
+            top_k: self.params.top_k,
+            top_p: self.params.top_p,
+            min_p: self.params.min_p,
+            draw,
         }
     }
 
@@ -80,8 +111,12 @@ impl Sampler {
         self.penalties.accept(token);
     }
 
+    /// The step's token, from what the host returned for `output_kind`
+    /// (or all logits, when log-probabilities were asked for).
     pub fn sample(&mut self, output: &StepOutput) -> Option<u32> {
+        let draw = self.draw.take();
         let mut candidates = match output {
+            StepOutput::Sampled(chosen) => return Some(chosen.id),
             StepOutput::Logits(logits) => logits
                 .iter()
                 .enumerate()
@@ -100,37 +135,12 @@ impl Sampler {
         if self.is_greedy() {
             return argmax(&candidates);
         }
-        sort_descending(&mut candidates);
-        if self.params.top_k > 0 {
-            candidates.truncate(self.params.top_k as usize);
-        }
-        let probs = softmax(&candidates, 1.0);
-        let mut keep = candidates.len();
-        if self.params.top_p < 1.0 {
-            let mut cumulative = 0.0;
-            for (i, p) in probs.iter().enumerate() {
-                cumulative += p;
-                if cumulative >= self.params.top_p {
-                    keep = keep.min(i + 1);
-                    break;
-                }
-            }
-        }
-        if self.params.min_p > 0.0 && !probs.is_empty() {
-            let floor = probs[0] * self.params.min_p;
-            keep = keep.min(probs.iter().take_while(|&&p| p >= floor).count().max(1));
-        }
-        candidates.truncate(keep);
-        let probs = softmax(&candidates, self.params.temperature);
-        let draw = (self.rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
-        let mut cumulative = 0.0;
-        for (candidate, p) in candidates.iter().zip(&probs) {
-            cumulative += p;
-            if draw < cumulative {
-                return Some(candidate.id);
-            }
-        }
-        candidates.last().map(|c| c.id)
+        let draw = draw.unwrap_or_else(|| self.take_draw());
+        // A dense row, token i at i, as the host holds it (a top-k list is
+        // its own row, mapped back).
+        let logits: Vec<f32> = candidates.iter().map(|c| c.logit).collect();
+        let (at, _) = realm_sampling::sample(&logits, &self.chain(draw))?;
+        candidates.get(at as usize).map(|c| c.id)
     }
 }
 
@@ -143,22 +153,6 @@ fn argmax(candidates: &[Candidate]) -> Option<u32> {
             _ => Some(c),
         })
         .map(|c| c.id)
-}
-
-fn sort_descending(candidates: &mut [Candidate]) {
-    candidates.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
-}
-
-fn softmax(candidates: &[Candidate], temperature: f32) -> Vec<f32> {
-    let Some(max) = candidates.first().map(|c| c.logit) else {
-        return Vec::new();
-    };
-    let exps: Vec<f32> = candidates
-        .iter()
-        .map(|c| ((c.logit - max) / temperature).exp())
-        .collect();
-    let sum: f32 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
 }
 
 /// A seed from the host's entropy (WASI random, through std's hasher keys).

@@ -18,7 +18,7 @@ use std::sync::Arc;
 pub use budget::{Budget, Charge};
 pub use graph::CompiledGraph;
 pub use kv::KvCache;
-pub use output::{OutputKind, StepOutput, shape_output, top_k};
+pub use output::{OutputKind, SampleParams, StepOutput, shape_output, top_k};
 pub use scheduler::{BatchPolicy, BatchTotals, Scheduler, Seat, StepRequest};
 pub use weights::{ModelCatalog, ModelFile, WeightsRegistry};
 

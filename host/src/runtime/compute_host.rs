@@ -217,6 +217,26 @@ impl compute::HostGraph for StoreState {
         let output = match output {
             StepOutputKind::Logits => OutputKind::Logits,
             StepOutputKind::TopK(k) => OutputKind::TopK(k as usize),
+            StepOutputKind::Sample(p) => {
+                let valid = p.temperature > 0.0
+                    && p.temperature.is_finite()
+                    && p.top_p > 0.0
+                    && p.top_p <= 1.0
+                    && (0.0..=1.0).contains(&p.min_p)
+                    && (0.0..1.0).contains(&p.draw);
+                if !valid {
+                    return Ok(Err(WitComputeError::InvalidStep(format!(
+                        "sample: temperature > 0, top-p in (0, 1], min-p in [0, 1] and draw in [0, 1), not {p:?}"
+                    ))));
+                }
+                OutputKind::Sample(host::SampleParams {
+                    temperature: p.temperature,
+                    top_k: p.top_k,
+                    top_p: p.top_p,
+                    min_p: p.min_p,
+                    draw: p.draw,
+                })
+            }
         };
         let step = StepRequest {
             graph: self.table.get(&graph)?.0.clone(),
@@ -231,6 +251,7 @@ impl compute::HostGraph for StoreState {
         let kernel_end = Instant::now();
         let output = match result {
             Ok(host::StepOutput::Logits(logits)) => Ok(StepOutput::Logits(logits)),
+            Ok(host::StepOutput::Sampled(id, logit)) => Ok(StepOutput::Sampled(super::wit::Candidate { id, logit })),
             Ok(host::StepOutput::TopK(top)) => Ok(StepOutput::TopK(
                 top.into_iter()
                     .map(|(id, logit)| super::wit::Candidate { id, logit })

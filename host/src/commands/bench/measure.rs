@@ -235,7 +235,7 @@ fn summary(bench: &Bench, info: &ModelInfo) -> ModelSummary {
 pub fn speed(
     bench: &Bench,
     prompts: &[u32],
-    gens: &[u32],
+    (gens, temperatures): (&[u32], &[f32]),
     first_tokens: &[u32],
     repetitions: usize,
 ) -> anyhow::Result<Speed> {
@@ -264,10 +264,15 @@ pub fn speed(
     }
     let mut steps = StepProfile::default();
     let mut decode_wall = Duration::ZERO;
-    for &n in gens {
+    for (&n, &temperature) in gens.iter().flat_map(|n| temperatures.iter().map(move |t| (n, t))) {
+        tenant.temperature = temperature;
+        let test = match temperature {
+            0.0 => format!("tg{n}"),
+            t => format!("tg{n} T={t}"),
+        };
         let mut samples = Vec::with_capacity(repetitions);
         for r in 0..repetitions {
-            eprintln!("tg{n}: run {}/{repetitions}", r + 1);
+            eprintln!("{test}: run {}/{repetitions}", r + 1);
             let (wall, profile) = decode(&mut tenant, n)?;
             samples.push(n as f64 / wall.as_secs_f64());
             decode_wall += wall;
@@ -278,11 +283,12 @@ pub fn speed(
             };
         }
         rows.push(SpeedRow {
-            test: format!("tg{n}"),
+            test,
             tokens: n,
             tokens_per_s: Stats::of(&samples),
         });
     }
+    tenant.temperature = 0.0;
     for &n in first_tokens {
         let prompt = prompt_of(&mut tenant, n as usize)?;
         let mut samples = Vec::with_capacity(repetitions);
@@ -357,8 +363,14 @@ struct Trace {
 /// `n` tenants, each on its own thread with its own instance and realm: all
 /// prefill `prompt` tokens, wait for each other, then decode `steps` tokens
 /// each, concurrently, their steps batched as the server batches them.
-pub fn concurrent(bench: &Bench, n: usize, prompt_tokens: u32, steps: u32) -> anyhow::Result<TenantsRow> {
-    eprintln!("tenants: {n} concurrent generations");
+pub fn concurrent(
+    bench: &Bench,
+    n: usize,
+    prompt_tokens: u32,
+    steps: u32,
+    temperature: f32,
+) -> anyhow::Result<TenantsRow> {
+    eprintln!("tenants: {n} concurrent generations at temperature {temperature}");
     let context = bench.settings.context_length;
     anyhow::ensure!(
         prompt_tokens + steps < context,
@@ -379,6 +391,7 @@ pub fn concurrent(bench: &Bench, n: usize, prompt_tokens: u32, steps: u32) -> an
                 .spawn(move || -> anyhow::Result<Trace> {
                     let prepared = (|| {
                         let (mut tenant, _) = Tenant::instantiate(&runtime, &settings)?;
+                        tenant.temperature = temperature;
                         tenant.open(&model, context)?;
                         let (generation, started) = tenant.complete(&prompt, steps + 1)?;
                         let (chunk, first) = tenant.next(&generation)?;
@@ -430,6 +443,7 @@ pub fn concurrent(bench: &Bench, n: usize, prompt_tokens: u32, steps: u32) -> an
     let firsts: Vec<f64> = traces.iter().map(|t| ms(t.first_token)).collect();
     Ok(TenantsRow {
         tenants: n,
+        temperature,
         prompt_tokens,
         decode_steps: steps,
         aggregate_tokens_per_s: tokens as f64 / (finished - started).as_secs_f64(),

@@ -61,6 +61,11 @@ pub struct BenchArgs {
     /// Decode steps of each concurrent tenant's generation (after its first token).
     #[arg(long, default_value_t = 128)]
     tenant_gen: u32,
+    /// Sampling temperatures of the decode tests (`tg N`) and the tenants
+    /// tests, each run at every one: 0 is greedy; above 0, top-k, top-p and
+    /// min-p are off, as the OpenAI SDK sends it (the rows say `T=...`).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    temperature: Vec<f32>,
     /// Print one JSON object instead of markdown tables.
     #[arg(long)]
     json: bool,
@@ -76,6 +81,10 @@ pub(crate) struct Bench {
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.repetitions > 0, "--repetitions must be at least 1");
+    anyhow::ensure!(
+        args.temperature.iter().all(|t| t.is_finite() && *t >= 0.0),
+        "--temperature takes finite values >= 0"
+    );
     let runtime = Runtime::load(&args.engine.component)?;
     let shared = args.engine.server_context()?;
     let device = shared.scheduler.backend().name();
@@ -115,16 +124,17 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         nonzero(&args.first_token),
     );
     if !prompts.is_empty() || !gens.is_empty() || !firsts.is_empty() {
-        let speed = measure::speed(&bench, &prompts, &gens, &firsts, args.repetitions)?;
+        let speed = measure::speed(&bench, &prompts, (&gens, &args.temperature), &firsts, args.repetitions)?;
         report.info = Some(speed.info.clone());
         report.speed = speed.rows;
         report.first_token = speed.first_token;
         report.boundary = speed.boundary;
     }
-    for &n in args.tenants.iter().filter(|&&n| n > 0) {
-        report
-            .tenants
-            .push(measure::concurrent(&bench, n, args.tenant_prompt, args.tenant_gen)?);
+    for &temperature in &args.temperature {
+        for &n in args.tenants.iter().filter(|&&n| n > 0) {
+            let row = measure::concurrent(&bench, n, args.tenant_prompt, args.tenant_gen, temperature)?;
+            report.tenants.push(row);
+        }
     }
 
     if args.json {

@@ -122,6 +122,8 @@ pub struct Boundary {
 #[derive(Debug, Serialize)]
 pub struct TenantsRow {
     pub tenants: usize,
+    /// The sampling temperature; 0 is greedy.
+    pub temperature: f32,
     pub prompt_tokens: u32,
     pub decode_steps: u32,
     /// Decode tokens of all tenants over the time from the common start of the
@@ -331,14 +333,15 @@ impl Report {
         if !self.tenants.is_empty() {
             let _ = writeln!(
                 out,
-                "| tenants | prompt | decode | aggregate decode tokens/s | per tenant tokens/s | ITL p50 ms | ITL p99 ms | first token p50 ms | mean batch | step ms | gather ms |"
+                "| tenants | T | prompt | decode | aggregate decode tokens/s | per tenant tokens/s | ITL p50 ms | ITL p99 ms | first token p50 ms | mean batch | step ms | gather ms |"
             );
-            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             for row in &self.tenants {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} | {:.1} | {:.2} | {:.2} |",
+                    "| {} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} | {:.1} | {:.2} | {:.2} |",
                     row.tenants,
+                    row.temperature,
                     row.prompt_tokens,
                     row.decode_steps,
                     row.aggregate_tokens_per_s,

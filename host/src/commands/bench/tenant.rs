@@ -22,6 +22,8 @@ pub struct Tenant {
     store: Store<StoreState>,
     bindings: RealmWorld,
     realm: Option<ResourceAny>,
+    /// The sampling temperature of `complete`; 0 is greedy.
+    pub temperature: f32,
 }
 
 /// One guest call: its wall time and how the `graph.run` calls inside it spent theirs.
@@ -70,6 +72,7 @@ impl Tenant {
                 store,
                 bindings,
                 realm: None,
+                temperature: 0.0,
             },
             elapsed,
         ))
@@ -122,14 +125,16 @@ impl Tenant {
         Ok(timed(&self.executor, "evaluate", call)?.1)
     }
 
-    /// Starts a greedy completion of `prompt` that ignores end-of-sequence tokens.
+    /// Starts a completion of `prompt` that ignores end-of-sequence tokens:
+    /// greedy, or at `temperature` with a fixed seed.
     pub fn complete(&mut self, prompt: &str, max_tokens: u32) -> anyhow::Result<(Generation, Timed)> {
         let realm = self.realm()?;
         let request = CompletionRequest {
             prompt: prompt.to_string(),
             max_tokens,
             sampling: Sampling {
-                temperature: 0.0,
+                temperature: self.temperature,
+                seed: Some(1),
                 ..Sampling::default()
             },
             ignore_eos: true,

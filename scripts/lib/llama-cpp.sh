@@ -19,7 +19,7 @@ LLAMA_COMMIT="0c1e570 (0c1e57098bba43ac29e6e3b677cdceebdd22334f)"
 CMAKE_FLAGS=(
   -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON
-  -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF
+  -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF
   -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF
 )
 
@@ -47,8 +47,9 @@ llama_cpp_build() {
   command -v cmake >/dev/null || { echo "cmake not found (pip install cmake, or apt-get install cmake)" >&2; return 1; }
   llama_cpp_fetch
 
-  # configure once, build what is asked for
-  if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+  # configure once (again where an older configuration left the server out),
+  # build what is asked for
+  if [ ! -f "$BUILD/CMakeCache.txt" ] || ! grep -q "LLAMA_BUILD_SERVER:BOOL=ON" "$BUILD/CMakeCache.txt"; then
     local gen=()
     command -v ninja >/dev/null && gen=(-G Ninja)
     cmake -S "$SRC" -B "$BUILD" "${gen[@]}" "${CMAKE_FLAGS[@]}"

@@ -44,22 +44,6 @@ fn weights(ty: GgmlType, k: usize, n: usize, seed: u64) -> Vec<u8> {
     }
 }
 
-const ALL_TYPES: [GgmlType; 13] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::Bf16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-];
-
 /// `x` prepared on the device for weights of `ty`, as the raw slots.
 fn gpu_prepared(b: &CudaBackend, ty: GgmlType, x: &[f32], k: usize) -> (Activations, Vec<f32>) {
     let s = &b.stream;
@@ -166,7 +150,7 @@ fn matmul_of_every_type_equals_the_reference_dequantization() {
     let Some(b) = backend() else { return };
     // 100 rows take every tiling; k is not a multiple of the staged 256.
     let (k, n) = (768 + 256 + 32 * 3, 37);
-    for (seed, ty) in ALL_TYPES.into_iter().enumerate() {
+    for (seed, ty) in quant::TYPES.into_iter().enumerate() {
         let k = if quant::is_k_quant(ty) { 1024 } else { k };
         let w = weights(ty, k, n, seed as u64 + 1);
         let row_bytes = ty.row_bytes(k).expect("whole blocks");

@@ -19,6 +19,23 @@ pub const QK_K: usize = 256;
 /// Groups of 16 values per super-block.
 pub const GROUPS: usize = QK_K / 16;
 
+/// Every type realm computes with: those `VecDotType::of` knows.
+pub const TYPES: [GgmlType; 13] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Bf16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
 /// Whether `ty` is a K-quant (super-blocks of 256, Q8_K activations).
 pub fn is_k_quant(ty: GgmlType) -> bool {
     matches!(
@@ -59,5 +76,19 @@ impl VecDotType {
             _ if is_block32(ty) => Self::Q8,
             _ => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_types_are_those_with_a_vec_dot_type() {
+        for id in 0..64 {
+            if let Some(ty) = GgmlType::from_id(id) {
+                assert_eq!(TYPES.contains(&ty), VecDotType::of(ty).is_some(), "{ty}");
+            }
+        }
     }
 }

@@ -56,7 +56,7 @@ pub fn put_f16(block: &mut [u8], at: usize, v: f32) {
 }
 
 /// Byte offsets of the f16 `d` (and `dmin`) of each K-quant.
-fn scale_offsets(ty: GgmlType) -> &'static [usize] {
+pub fn scale_offsets(ty: GgmlType) -> &'static [usize] {
     match ty {
         GgmlType::Q2K => &[80, 82],
         GgmlType::Q3K => &[108],

@@ -550,17 +550,7 @@ mod tests {
     use crate::compute::cpu::kernels::portable;
     use crate::compute::quant::QK_K;
     use crate::compute::quant::q8::quantize_block_q8k;
-    use crate::compute::quant::testing::{K_TYPES, noise, put_f16};
-
-    fn scale_offsets(ty: GgmlType) -> &'static [usize] {
-        match ty {
-            GgmlType::Q2K => &[80, 82],
-            GgmlType::Q3K => &[108],
-            GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
-            GgmlType::Q6K => &[208],
-            _ => unreachable!(),
-        }
-    }
+    use crate::compute::quant::testing::{K_TYPES, noise, put_f16, scale_offsets};
 
     /// A random row whose f16 scales are `scale(block byte)`.
     fn row(ty: GgmlType, blocks: usize, seed: u64, scale: impl Fn(u8) -> f32) -> Vec<u8> {

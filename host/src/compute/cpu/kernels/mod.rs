@@ -24,7 +24,7 @@ pub use quantize::Activations;
 
 use crate::compute::gguf::GgmlType;
 use crate::compute::quant::q8::{BlockQ8, BlockQ8K};
-use crate::compute::quant::{VecDotType, reference};
+use crate::compute::quant::{self, VecDotType, reference};
 
 /// What the CPU does with one weight type.
 #[derive(Clone, Copy)]
@@ -44,30 +44,13 @@ pub struct TypeKernels {
     gemm4: bool,
 }
 
-/// The types the CPU backend computes with, in the table's order.
-const TYPES: [GgmlType; 13] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::Bf16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-];
-
 impl TypeKernels {
     /// The table entry of `ty`, built on first use for this CPU; None for a
     /// type the CPU backend does not compute with.
     pub fn of(ty: GgmlType) -> Option<&'static TypeKernels> {
         static TABLE: OnceLock<Vec<TypeKernels>> = OnceLock::new();
         TABLE
-            .get_or_init(|| TYPES.iter().filter_map(|&ty| Self::resolve(ty)).collect())
+            .get_or_init(|| quant::TYPES.iter().filter_map(|&ty| Self::resolve(ty)).collect())
             .iter()
             .find(|k| k.ty == ty)
     }

@@ -9,7 +9,6 @@ use rayon::prelude::*;
 
 use super::kernels::{Activations, TypeKernels, features, kquant, q32};
 use crate::compute::gguf::GgmlType;
-use crate::compute::quant::q8::{BlockQ8, BlockQ8K};
 
 /// Output columns per parallel task of a matrix product.
 const COLUMNS_PER_TASK: usize = 32;
@@ -243,16 +242,9 @@ fn panels(k: &TypeKernels, w: &[u8], row_bytes: usize, inputs: &[Activations], o
         let Some((pack, kernel)) = q32::panel::kernels(ty).filter(|_| rows >= GROUP_ROWS) else {
             return false;
         };
-        let blocks: Vec<&[BlockQ8]> = inputs
-            .iter()
-            .filter_map(|a| match a {
-                Activations::Q8(b) => Some(&b[..]),
-                _ => None,
-            })
-            .collect();
-        if blocks.len() != rows {
+        let Some(blocks) = inputs.iter().map(Activations::q8).collect::<Option<Vec<_>>>() else {
             return false;
-        }
+        };
         let groups: Vec<_> = blocks
             .par_chunks(GROUP_ROWS)
             .map(|group| q32::panel::interleave(ty, group))
@@ -350,16 +342,9 @@ fn k_panels(
         let Some((pack, kernel)) = kquant::panel::kernels(ty) else {
             return false;
         };
-        let blocks: Vec<&[BlockQ8K]> = inputs
-            .iter()
-            .filter_map(|a| match a {
-                Activations::Q8K(b) => Some(&b[..]),
-                _ => None,
-            })
-            .collect();
-        if blocks.len() != rows {
+        let Some(blocks) = inputs.iter().map(Activations::q8k).collect::<Option<Vec<_>>>() else {
             return false;
-        }
+        };
         // Groups of four rows (first row, rows written), and the rows left
         // to `dot_rows`, span by span.
         let mut groups = Vec::new();

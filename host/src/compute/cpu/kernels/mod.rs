@@ -218,10 +218,7 @@ fn q8_quad(quad: &[Activations]) -> Option<[&[BlockQ8]; 4]> {
 }
 
 fn q8k_quad<'a>(mut quad: impl Iterator<Item = &'a Activations>) -> Option<[&'a [BlockQ8K]; 4]> {
-    let mut next = || match quad.next() {
-        Some(Activations::Q8K(blocks)) => Some(&blocks[..]),
-        _ => None,
-    };
+    let mut next = || quad.next().and_then(Activations::q8k);
     Some([next()?, next()?, next()?, next()?])
 }
 

@@ -19,6 +19,24 @@ pub enum Activations {
     Q8K(Vec<BlockQ8K>),
 }
 
+impl Activations {
+    /// The 32-value q8 blocks, if these are.
+    pub fn q8(&self) -> Option<&[BlockQ8]> {
+        match self {
+            Self::Q8(blocks) => Some(blocks),
+            _ => None,
+        }
+    }
+
+    /// The Q8_K blocks, if these are.
+    pub fn q8k(&self) -> Option<&[BlockQ8K]> {
+        match self {
+            Self::Q8K(blocks) => Some(blocks),
+            _ => None,
+        }
+    }
+}
+
 /// Quantizes a row of activations as `kind`.
 pub fn quantize(kind: VecDotType, x: &[f32]) -> Activations {
     match kind {

@@ -7,8 +7,10 @@ use std::rc::Rc;
 
 use crate::bindings::exports::realm::engine::engine::GuestGeneration;
 use crate::compute::{KvCache, StepOutput, StepOutputKind};
+use crate::constraint::{self, Guide};
 use crate::realm::{Model, from_compute};
 use crate::sampler::{Sampler, logprobs};
+use crate::tools::CallParser;
 use crate::{Chunk, CompletionRequest, Error, FinishReason, StepLogprobs, Usage};
 
 /// Prompt tokens per prefill step.
@@ -42,11 +44,20 @@ struct State {
     /// Bytes of a UTF-8 character split across tokens.
     partial_utf8: Vec<u8>,
     stops: StopMatcher,
+    /// Where the text stands in the request's constraint, if it has one.
+    guide: Option<Guide>,
+    /// Takes the tool calls out of the text, when the request has tools.
+    calls: Option<CallParser>,
     finished: bool,
 }
 
 impl Generation {
-    pub fn start(model: Rc<Model>, prompt: Vec<u32>, request: CompletionRequest) -> Result<Self, Error> {
+    pub fn start(
+        model: Rc<Model>,
+        prompt: Vec<u32>,
+        request: CompletionRequest,
+        calls: Option<CallParser>,
+    ) -> Result<Self, Error> {
         let context = model.info.context_length;
         if prompt.is_empty() {
             return Err(Error::InvalidRequest("the prompt is empty".into()));
@@ -60,6 +71,10 @@ impl Generation {
         let sampler = Sampler::new(request.sampling, model.tokenizer.vocab_size())?;
         let stops = StopMatcher::new(request.stop)?;
         logprobs::check(request.logprobs)?;
+        let guide = match &request.constraint {
+            Some(c) => Some(model.constraints.guide(c)?),
+            None => None,
+        };
         let hp = &model.hyperparameters;
         // The cache holds what this request can reach, so a tenant's KV-token
         // limit counts real demand rather than whole contexts.
@@ -84,6 +99,8 @@ impl Generation {
             returned_bytes: 0,
             partial_utf8: Vec::new(),
             stops,
+            guide,
+            calls,
             finished: false,
         };
         Ok(Self {
@@ -113,35 +130,57 @@ impl State {
             Some(_) => StepOutputKind::Logits,
             None => self.sampler.output_kind(),
         };
+        let allowed = match &mut self.guide {
+            Some(guide) => Some(guide.allowed()?),
+            None => None,
+        };
         // Every chunk but the last of a long prompt only fills the cache.
         while self.pending.len() > PREFILL_CHUNK {
             let chunk: Vec<u32> = self.pending.drain(..PREFILL_CHUNK).collect();
-            self.run(&chunk, StepOutputKind::TopK(1))?;
+            self.run(&chunk, StepOutputKind::TopK(1), None)?;
         }
         let tokens = std::mem::take(&mut self.pending);
-        let output = self.run(&tokens, kind)?;
+        let host_mask = allowed.as_deref().filter(|_| constraint::host_masks(&kind));
+        let output = self.run(&tokens, kind, host_mask)?;
         let token = self
             .sampler
-            .sample(&output)
+            .sample(&output, allowed.as_deref())
             .ok_or_else(|| Error::Internal("the step returned no candidates".into()))?;
         self.completion_tokens += 1;
         self.sampler.accept(token);
 
-        let tokenizer = &self.model.tokenizer;
+        let tokenizer = self.model.tokenizer.clone();
+        let mut tokens = vec![token];
         let mut finish = None;
-        if !self.ignore_eos && tokenizer.is_end_of_generation(token) {
+        let ends = tokenizer.is_end_of_generation(token);
+        // A constraint allows an end only where its text is complete.
+        if ends && (!self.ignore_eos || self.guide.is_some()) {
             finish = Some(FinishReason::Stop);
         } else {
             if let (Some(n), StepOutput::Logits(logits)) = (self.logprobs, &output) {
-                let entry = logprobs::step(logits, token, n, tokenizer);
+                let entry = logprobs::step(logits, token, n, &tokenizer);
                 self.listed.push_back((self.generated_bytes, entry));
             }
-            let piece = tokenizer.piece(token, false);
-            self.generated_bytes += piece.len();
-            self.partial_utf8.extend(piece);
-            self.pending.push(token);
+            self.push(token);
+            if let Some(mut guide) = self.guide.take() {
+                guide.accept(token)?;
+                // Tokens the constraint forces follow at once, unless each
+                // needs its log-probability (which only a step computes).
+                if !guide.is_finished() && self.logprobs.is_none() {
+                    for forced in guide.forced(self.room())? {
+                        self.sampler.accept(forced);
+                        self.completion_tokens += 1;
+                        self.push(forced);
+                        tokens.push(forced);
+                    }
+                }
+                if guide.is_finished() {
+                    finish = Some(FinishReason::Stop);
+                }
+                self.guide = Some(guide);
+            }
         }
-        let full = self.position + 1 >= self.model.info.context_length;
+        let full = self.position + self.pending.len() as u32 >= self.model.info.context_length;
         if finish.is_none() && (self.completion_tokens == self.max_tokens || full) {
             finish = Some(FinishReason::Length);
         }
@@ -160,6 +199,16 @@ impl State {
             Matched::Pending(ready) if finish.is_some() => ready + &self.stops.flush(),
             Matched::Pending(ready) => ready,
         };
+        let (text, tool_calls) = match &mut self.calls {
+            Some(parser) => {
+                let parsed = parser.push(&text, finish.is_some());
+                if finish == Some(FinishReason::Stop) && parser.called() {
+                    finish = Some(FinishReason::ToolCalls);
+                }
+                (parsed.content, parsed.calls)
+            }
+            None => (text, Vec::new()),
+        };
         self.returned_bytes += text.len();
         // Entries whose text has begun to be returned go out; at the end, all
         // of them unless a stop string cut their text off.
@@ -176,8 +225,9 @@ impl State {
         self.finished = finish.is_some();
         Ok(Chunk {
             text,
-            tokens: vec![token],
+            tokens,
             logprobs,
+            tool_calls,
             finish,
             usage: Usage {
                 prompt_tokens: self.prompt_tokens,
@@ -186,11 +236,30 @@ impl State {
         })
     }
 
-    fn run(&mut self, tokens: &[u32], kind: StepOutputKind) -> Result<StepOutput, Error> {
+    /// A generated token's text, and the token as the next step's input.
+    fn push(&mut self, token: u32) {
+        let piece = self.model.tokenizer.piece(token, false);
+        self.generated_bytes += piece.len();
+        self.partial_utf8.extend(piece);
+        self.pending.push(token);
+    }
+
+    /// How many more tokens fit `max-tokens` and the context.
+    fn room(&self) -> usize {
+        let context = self.model.info.context_length - 1;
+        let by_context = context.saturating_sub(self.position + self.pending.len() as u32);
+        let by_request = match self.max_tokens {
+            0 => u32::MAX,
+            max => max.saturating_sub(self.completion_tokens),
+        };
+        by_context.min(by_request) as usize
+    }
+
+    fn run(&mut self, tokens: &[u32], kind: StepOutputKind, allowed: Option<&[u32]>) -> Result<StepOutput, Error> {
         let output = self
             .model
             .graph
-            .run(&self.cache, tokens, self.position, kind)
+            .run(&self.cache, tokens, self.position, kind, allowed)
             .map_err(from_compute)?;
         self.position += tokens.len() as u32;
         Ok(output)
@@ -286,7 +355,7 @@ pub fn evaluate(model: &Model, tokens: &[u32]) -> Result<Vec<f32>, Error> {
         output = Some(
             model
                 .graph
-                .run(&cache, chunk, start as u32, kind)
+                .run(&cache, chunk, start as u32, kind, None)
                 .map_err(from_compute)?,
         );
         start += chunk.len();

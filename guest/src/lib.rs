@@ -14,16 +14,18 @@ mod bindings {
 }
 
 pub mod chat;
+pub mod constraint;
 pub mod generation;
 pub mod metadata;
 pub mod models;
 pub mod realm;
 pub mod sampler;
 pub mod tokenizer;
+pub mod tools;
 
 pub use bindings::exports::realm::engine::engine::{
-    ChatRequest, Chunk, CompletionRequest, Error, FinishReason, Message, ModelInfo, RealmConfig, Sampling,
-    StepLogprobs, TokenLogprob, Usage,
+    ChatRequest, Chunk, CompletionRequest, Constraint, Error, FinishReason, Message, ModelInfo, RealmConfig, Sampling,
+    StepLogprobs, TokenLogprob, Tool, ToolCall, ToolCallDelta, ToolChoice, Tools, Usage,
 };
 pub use bindings::realm::engine::compute;
 

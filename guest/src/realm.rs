@@ -1,20 +1,24 @@
 //! The `realm` resource: one loaded model for one tenant.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::bindings::exports::realm::engine::engine::{Generation as GenerationHandle, GuestRealm};
 use crate::chat::ChatTemplate;
 use crate::compute::{ComputeError, Graph, Weights};
+use crate::constraint::Constraints;
 use crate::generation::Generation;
 use crate::metadata::{Metadata, keys};
 use crate::models::{self, Hyperparameters};
 use crate::tokenizer::Tokenizer;
+use crate::tools::{self, ToolFormat};
 use crate::{ChatRequest, CompletionRequest, Error, Message, ModelInfo, RealmConfig};
 
 /// Everything a generation needs from its realm; immutable once loaded.
 pub struct Model {
     pub graph: Graph,
-    pub tokenizer: Tokenizer,
+    pub tokenizer: Arc<Tokenizer>,
+    pub constraints: Constraints,
     pub chat_template: ChatTemplate,
     pub hyperparameters: Hyperparameters,
     pub info: ModelInfo,
@@ -38,7 +42,7 @@ impl GuestRealm for Realm {
         let mut meta = Metadata::new(weights.metadata())?;
         let tensors = weights.tensors();
         let architecture = models::load(&meta, &tensors)?;
-        let tokenizer = Tokenizer::from_metadata(&mut meta)?;
+        let tokenizer = Arc::new(Tokenizer::from_metadata(&mut meta)?);
         let chat_template = ChatTemplate::from_metadata(&meta, &tokenizer)?;
         let graph = Graph::compile(&weights, &architecture.graph).map_err(from_compute)?;
         let hp = architecture.hyperparameters;
@@ -53,6 +57,7 @@ impl GuestRealm for Realm {
         };
         let model = Model {
             graph,
+            constraints: Constraints::new(tokenizer.clone()),
             tokenizer,
             chat_template,
             hyperparameters: hp,
@@ -85,24 +90,47 @@ impl GuestRealm for Realm {
     }
 
     fn render_chat(&self, messages: Vec<Message>, add_generation_prompt: bool) -> Result<String, Error> {
-        self.model.chat_template.render(&messages, add_generation_prompt)
+        self.model.chat_template.render(&messages, add_generation_prompt, None)
     }
 
     fn chat(&self, request: ChatRequest) -> Result<GenerationHandle, Error> {
-        let prompt = self.model.chat_template.render(&request.messages, true)?;
-        self.complete(CompletionRequest {
+        let format = self.model.chat_template.tool_format;
+        let prepared = request.tools.as_ref().map(|t| tools::prepare(t, format)).transpose()?;
+        let (listed, system, tool_constraint, parser) = match prepared {
+            Some(p) => (Some(p.template_tools), p.system, p.constraint, p.parser),
+            None => (None, None, None, None),
+        };
+        let constraint = match (request.constraint, tool_constraint) {
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidRequest(
+                    "this model's tool calls are constrained to their own format, so `tools` cannot go with \
+                     `response_format` or another output constraint here"
+                        .into(),
+                ));
+            }
+            (asked, tools) => asked.or(tools),
+        };
+        let mut messages = request.messages;
+        if format == ToolFormat::Generic {
+            messages = tools::generic_messages(messages, system.as_deref());
+        }
+        let prompt = self.model.chat_template.render(&messages, true, listed.as_ref())?;
+        let request = CompletionRequest {
             prompt,
             max_tokens: request.max_tokens,
             sampling: request.sampling,
             ignore_eos: request.ignore_eos,
             stop: request.stop,
             logprobs: request.logprobs,
-        })
+            constraint,
+        };
+        let prompt = self.model.tokenizer.encode(&request.prompt, true, true);
+        Generation::start(self.model.clone(), prompt, request, parser).map(GenerationHandle::new)
     }
 
     fn complete(&self, request: CompletionRequest) -> Result<GenerationHandle, Error> {
         let prompt = self.model.tokenizer.encode(&request.prompt, true, true);
-        Generation::start(self.model.clone(), prompt, request).map(GenerationHandle::new)
+        Generation::start(self.model.clone(), prompt, request, None).map(GenerationHandle::new)
     }
 }
 

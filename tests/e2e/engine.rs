@@ -3,7 +3,9 @@
 
 use realm_host::compute::Seat;
 use realm_host::runtime::state::StoreState;
-use realm_host::runtime::wit::{ChatRequest, CompletionRequest, EngineError, Message, RealmConfig, Sampling};
+use realm_host::runtime::wit::{
+    ChatRequest, CompletionRequest, Constraint, EngineError, Message, RealmConfig, Sampling, ToolCall,
+};
 use realm_host::runtime::{Failure, GenerationEvent, InstanceHandle};
 
 use crate::support::{self, DEFAULT_MODEL, block_on, instance};
@@ -24,6 +26,7 @@ fn greedy(prompt: &str, max_tokens: u32) -> CompletionRequest {
         ignore_eos: true,
         stop: Vec::new(),
         logprobs: None,
+        constraint: None,
     }
 }
 
@@ -365,6 +368,39 @@ fn the_host_and_the_guest_draw_the_same_tokens() {
             assert_eq!(on_host, with_logprobs, "{case}: log-probabilities changed the tokens");
         }
     }
+    // Under a constraint the host draws among the allowed tokens, and the
+    // guest masks the logits itself: the same tokens again. (With
+    // log-probabilities the tokens a constraint forces are sampled one step
+    // at a time instead of joining the next step, so that each has its
+    // entry; the text stays valid but may differ.)
+    let schema = r#"{"type": "object", "properties": {"story": {"type": "string"}, "year": {"type": "integer"}}}"#;
+    for seed in [3, 9] {
+        let request = |logit_bias: Vec<(u32, f32)>, logprobs: Option<u32>| CompletionRequest {
+            sampling: Sampling {
+                temperature: 1.0,
+                seed: Some(seed),
+                logit_bias,
+                ..Sampling::default()
+            },
+            logprobs,
+            constraint: Some(Constraint::JsonSchema(schema.into())),
+            ..greedy("Once upon a time", 32)
+        };
+        let on_host = generate(&instance, DEFAULT_MODEL, request(Vec::new(), None)).expect("generation");
+        let in_guest = generate(&instance, DEFAULT_MODEL, request(vec![(0, 0.0)], None)).expect("generation");
+        let with_logprobs = generate(&instance, DEFAULT_MODEL, request(Vec::new(), Some(1))).expect("generation");
+        assert_eq!(
+            on_host, in_guest,
+            "seed {seed}: a zero bias changed the constrained tokens"
+        );
+        for tokens in [on_host, with_logprobs] {
+            let text = block_on(instance.detokenize(DEFAULT_MODEL, tokens)).expect("detokenize");
+            assert!(
+                text.starts_with("{\"") || text.starts_with("{}"),
+                "seed {seed}: {text:?}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -433,6 +469,8 @@ fn message(role: &str, content: &str) -> Message {
     Message {
         role: role.into(),
         content: content.into(),
+        tool_calls: Vec::new(),
+        tool_call_id: None,
     }
 }
 
@@ -456,6 +494,36 @@ fn chat_template_renders_as_the_gguf_template_says() {
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
          <|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
     );
+    // Qwen's template writes an assistant's calls as `<tool_call>` blocks with
+    // their arguments as JSON, and a tool's result as a `<tool_response>`.
+    let qwen = "qwen2.5-coder-0.5b-instruct-q4_k_m";
+    if support::golden_models().contains(&qwen) {
+        let call = ToolCall {
+            id: "call_1".into(),
+            name: "get_time".into(),
+            arguments: r#"{"city": "Oslo"}"#.into(),
+        };
+        let messages = vec![
+            message("user", "Time in Oslo?"),
+            Message {
+                tool_calls: vec![call],
+                ..message("assistant", "")
+            },
+            Message {
+                tool_call_id: Some("call_1".into()),
+                ..message("tool", "09:30")
+            },
+        ];
+        let prompt = block_on(instance.render_chat(qwen, messages)).expect("render");
+        assert!(
+            prompt.ends_with(
+                "<|im_start|>user\nTime in Oslo?<|im_end|>\n<|im_start|>assistant\n<tool_call>\n\
+                 {\"name\": \"get_time\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call><|im_end|>\n\
+                 <|im_start|>user\n<tool_response>\n09:30\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+            ),
+            "{prompt}"
+        );
+    }
     match block_on(instance.render_chat(DEFAULT_MODEL, Vec::new())) {
         Err(Failure::Engine(EngineError::InvalidRequest(m))) => assert!(m.contains("at least one message"), "{m}"),
         other => panic!("an empty chat: expected invalid-request, got {other:?}"),
@@ -478,6 +546,8 @@ fn chat_replies_as_the_assistant_and_ends_at_end_of_turn() {
         ignore_eos: false,
         stop: Vec::new(),
         logprobs: None,
+        constraint: None,
+        tools: None,
     };
     let mut events = instance.chat(DEFAULT_MODEL, request);
     let (mut text, mut finish, mut usage) = (String::new(), None, None);

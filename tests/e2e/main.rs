@@ -11,5 +11,7 @@ mod engine;
 mod isolation;
 mod openapi;
 mod serve;
+mod structured;
 mod support;
 mod tenants;
+mod tools;

@@ -6,6 +6,7 @@ bad input raises the client's matching error classes. Exits non-zero on the
 first failure. Run by scripts/openai-client-check.sh (part of scripts/test.sh).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -13,11 +14,14 @@ import tempfile
 
 import openai
 from openai import OpenAI
+from pydantic import BaseModel, Field
 
 HOST = os.environ.get("REALM_HOST", "target/release/realm-host")
 COMPONENT = os.environ.get("REALM_COMPONENT", "target/realm.wasm")
 MODELS = os.environ.get("REALM_MODELS_DIR", "models")
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
+# Checked too when scripts/fetch-models.sh --all has fetched it.
+QWEN = "qwen2.5-coder-0.5b-instruct-q4_k_m"
 
 
 def key_hash(key):
@@ -32,6 +36,8 @@ def start_server(workdir):
     source = os.path.abspath(os.path.join(MODELS, MODEL + ".gguf"))
     for name in (MODEL, "smol-twin"):
         os.symlink(source, os.path.join(models, name + ".gguf"))
+    if os.path.exists(os.path.join(MODELS, QWEN + ".gguf")):
+        os.symlink(os.path.abspath(os.path.join(MODELS, QWEN + ".gguf")), os.path.join(models, QWEN + ".gguf"))
     tenants = f"""
 [[tenant]]
 id = "acme"
@@ -69,6 +75,65 @@ def expect_error(kind, call):
     except openai.APIStatusError as e:
         raise AssertionError(f"expected {kind.__name__}, got {type(e).__name__}: {e}") from e
     raise AssertionError(f"expected {kind.__name__}, the call succeeded")
+
+
+class Capital(BaseModel):
+    country: str = Field(max_length=30)
+    city: str = Field(max_length=30)
+    founded: int = Field(ge=-3000, le=2100)
+
+
+def check_structured(client, messages):
+    parsed = client.chat.completions.parse(model=MODEL, messages=messages, response_format=Capital,
+                                           temperature=0, max_tokens=64)
+    capital = parsed.choices[0].message.parsed
+    assert isinstance(capital, Capital) and parsed.choices[0].finish_reason == "stop", parsed
+    print(f"chat.completions.parse(response_format=Capital): {capital!r}")
+    mode = client.chat.completions.create(messages=messages, response_format={"type": "json_object"},
+                                          model=MODEL, temperature=0, max_tokens=64)
+    print(f"response_format json_object: {mode.choices[0].message.content!r} ({mode.choices[0].finish_reason})")
+    bad = {"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "string", "pattern": "(?<=a)b"}}}
+    refused = expect_error(openai.BadRequestError,
+                           lambda: client.chat.completions.create(messages=messages, response_format=bad, model=MODEL))
+    assert refused.body["code"] == "invalid_constraint", refused.body
+    print(f"an uncompilable schema: BadRequestError, param {refused.body['param']!r}")
+
+
+WEATHER = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
+                   "required": ["city"], "additionalProperties": False}}}]
+
+
+def check_tools(client, model):
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    whole = client.chat.completions.create(model=model, messages=ask, tools=WEATHER, tool_choice="required",
+                                           temperature=0, max_tokens=64)
+    choice = whole.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls, whole
+    call = choice.message.tool_calls[0]
+    arguments = json.loads(call.function.arguments)
+    assert call.function.name == "get_weather" and isinstance(arguments.get("city"), str), call
+    assert set(arguments) == {"city"}, arguments
+
+    stream = client.chat.completions.create(model=model, messages=ask, tools=WEATHER, tool_choice="required",
+                                            temperature=0, max_tokens=64, stream=True)
+    calls, finish = {}, None
+    for chunk in stream:
+        delta = chunk.choices[0].delta
+        for part in delta.tool_calls or []:
+            entry = calls.setdefault(part.index, {"id": part.id, "name": part.function.name, "arguments": ""})
+            entry["arguments"] += part.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and calls[0]["id"] and calls[0]["name"] == "get_weather", calls
+    assert json.loads(calls[0]["arguments"]) == arguments, (calls, arguments)
+
+    result = {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 18, "sky": "cloudy"}'}
+    answer = client.chat.completions.create(model=model, messages=ask + [choice.message, result], tools=WEATHER,
+                                            temperature=0, max_tokens=64)
+    assert answer.choices[0].finish_reason in ("stop", "tool_calls", "length"), answer
+    print(f"{model}: tool_choice=required -> {call.function.name}({call.function.arguments}), streamed alike; "
+          f"after the result: {answer.choices[0].message.content!r} ({answer.choices[0].finish_reason})")
 
 
 def check(base):
@@ -112,6 +177,11 @@ def check(base):
     print(f"n=3: {[c.message.content for c in several.choices]}")
     print(f"logprobs: chat {len(entries)} tokens, first {entries[0].token!r} at {entries[0].logprob:.3f}; "
           f"completions first {lp.tokens[0]!r} at {lp.token_logprobs[0]:.3f}")
+
+    check_structured(client, messages)
+    check_tools(client, MODEL)
+    if QWEN in ids:
+        check_tools(client, QWEN)
 
     bad_key = OpenAI(base_url=base + "/v1", api_key="wrong", max_retries=0)
     expect_error(openai.AuthenticationError, lambda: bad_key.models.list())

@@ -5,12 +5,14 @@
 
 mod fallback;
 
+use minijinja::value::Serde;
 use minijinja::{Environment, Error as JinjaError, ErrorKind, Value, context};
 
 use crate::Error;
 use crate::bindings::exports::realm::engine::engine::Message;
 use crate::metadata::{Metadata, keys};
 use crate::tokenizer::Tokenizer;
+use crate::tools::ToolFormat;
 
 /// The longest template accepted, in bytes.
 const MAX_TEMPLATE: usize = 256 << 10;
@@ -19,6 +21,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos: String,
     eos: String,
+    /// How this template shows tool calls, and how the model writes them.
+    pub tool_format: ToolFormat,
 }
 
 impl ChatTemplate {
@@ -32,6 +36,7 @@ impl ChatTemplate {
             Some(template) => template.to_string(),
             None => fallback::template(tokenizer).to_string(),
         };
+        let tool_format = ToolFormat::of_template(&source);
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
@@ -46,17 +51,22 @@ impl ChatTemplate {
             env,
             bos: text(tokenizer.bos),
             eos: text(tokenizer.eos),
+            tool_format,
         })
     }
 
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, Error> {
+    /// The prompt of `messages`, with `tools` (OpenAI's list) for templates
+    /// that show them.
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String, Error> {
         if messages.is_empty() {
             return Err(Error::InvalidRequest("a chat needs at least one message".into()));
         }
-        let messages: Vec<Value> = messages
-            .iter()
-            .map(|m| context! { role => m.role.as_str(), content => m.content.as_str() })
-            .collect();
+        let messages: Vec<Value> = messages.iter().map(message).collect();
         let template = self
             .env
             .get_template("chat")
@@ -65,10 +75,34 @@ impl ChatTemplate {
             .render(context! {
                 messages,
                 add_generation_prompt,
+                tools => tools.map(|t| Value::from(Serde(t))),
                 bos_token => self.bos.as_str(),
                 eos_token => self.eos.as_str(),
             })
             .map_err(|e| Error::InvalidRequest(format!("the chat template refused the conversation: {}", describe(&e))))
+    }
+}
+
+/// A message as Hugging Face templates read it: tool calls in OpenAI's shape,
+/// with their arguments as an object (templates apply `tojson` to them).
+fn message(m: &Message) -> Value {
+    let calls: Vec<serde_json::Value> = m
+        .tool_calls
+        .iter()
+        .map(|call| {
+            let arguments: serde_json::Value =
+                serde_json::from_str(&call.arguments).unwrap_or_else(|_| call.arguments.clone().into());
+            serde_json::json!({
+                "id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}
+            })
+        })
+        .collect();
+    let tool_calls = (!calls.is_empty()).then(|| Value::from(Serde(calls)));
+    context! {
+        role => m.role.as_str(),
+        content => m.content.as_str(),
+        tool_calls,
+        tool_call_id => m.tool_call_id.as_deref(),
     }
 }
 

@@ -112,8 +112,10 @@ impl Sampler {
     }
 
     /// The step's token, from what the host returned for `output_kind`
-    /// (or all logits, when log-probabilities were asked for).
-    pub fn sample(&mut self, output: &StepOutput) -> Option<u32> {
+    /// (or all logits, when log-probabilities were asked for), among the
+    /// `allowed` tokens (a constraint's bitset) when given. The host applies
+    /// that mask itself to top-k and draws; logits arrive unmasked.
+    pub fn sample(&mut self, output: &StepOutput, allowed: Option<&[u32]>) -> Option<u32> {
         let draw = self.draw.take();
         let mut candidates = match output {
             StepOutput::Sampled(chosen) => return Some(chosen.id),
@@ -132,6 +134,9 @@ impl Sampler {
             }
         }
         self.penalties.apply(&mut candidates);
+        if let Some(allowed) = allowed {
+            candidates.retain(|c| crate::constraint::allows(allowed, c.id));
+        }
         if self.is_greedy() {
             return argmax(&candidates);
         }
@@ -187,14 +192,16 @@ pub(crate) mod tests {
     #[test]
     fn greedy_takes_the_first_maximum() {
         let mut s = Sampler::new(params(0.0, 1), 5).expect("valid");
-        assert_eq!(s.sample(&logits()), Some(1));
+        assert_eq!(s.sample(&logits(), None), Some(1));
     }
 
     #[test]
     fn same_seed_same_draws_and_other_seeds_differ() {
         let draws = |seed| {
             let mut s = Sampler::new(params(1.5, seed), 5).expect("valid");
-            (0..64).map(|_| s.sample(&logits()).expect("token")).collect::<Vec<_>>()
+            (0..64)
+                .map(|_| s.sample(&logits(), None).expect("token"))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draws(7), draws(7));
         assert_ne!(draws(7), draws(8));
@@ -205,7 +212,7 @@ pub(crate) mod tests {
         let mut p = params(5.0, 3);
         p.top_k = 1;
         let mut s = Sampler::new(p, 5).expect("valid");
-        assert!((0..32).all(|_| s.sample(&logits()) == Some(1)));
+        assert!((0..32).all(|_| s.sample(&logits(), None) == Some(1)));
     }
 
     #[test]
@@ -214,9 +221,9 @@ pub(crate) mod tests {
         p.logit_bias = vec![(1, -100.0), (4, -100.0)];
         let mut s = Sampler::new(p.clone(), 5).expect("valid");
         assert!(matches!(s.output_kind(), StepOutputKind::Logits));
-        assert_eq!(s.sample(&logits()), Some(2));
+        assert_eq!(s.sample(&logits(), None), Some(2));
         p.logit_bias = vec![(3, 10.0)];
-        assert_eq!(Sampler::new(p, 5).expect("valid").sample(&logits()), Some(3));
+        assert_eq!(Sampler::new(p, 5).expect("valid").sample(&logits(), None), Some(3));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::Tokenizer;
 use crate::compute::{MetadataEntry, MetadataValue, Texts};
 use crate::metadata::Metadata;
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
@@ -124,7 +124,7 @@ fn golden_gemma_specials_and_long_text() {
 // ---------------------------------------------------------------- GGUF header
 
 /// The key/value metadata of a GGUF file, as the host hands it to the guest.
-fn read_gguf_metadata(path: &Path) -> Vec<MetadataEntry> {
+pub(crate) fn read_gguf_metadata(path: &Path) -> Vec<MetadataEntry> {
     let mut r = BufReader::with_capacity(1 << 20, File::open(path).expect("open gguf"));
     assert_eq!(&bytes(&mut r, 4), b"GGUF", "magic");
     let version = u32_of(&mut r);

@@ -6,7 +6,7 @@
 
 mod bpe;
 #[cfg(test)]
-mod golden_tests;
+pub(crate) mod golden_tests;
 mod pretokenize;
 mod spm;
 
@@ -257,6 +257,17 @@ impl Tokenizer {
             bytes.extend_from_slice(piece);
         }
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Byte-level BPE (`gpt2`), which encodes any piece of text as it would
+    /// in the middle of a longer one.
+    pub fn is_byte_level(&self) -> bool {
+        matches!(self.model, Model::Bpe { .. })
+    }
+
+    /// The GGUF type of token `id` (`Unused` outside the vocabulary).
+    pub fn token_type(&self, id: u32) -> TokenType {
+        self.types.get(id as usize).copied().unwrap_or(TokenType::Unused)
     }
 
     pub fn token_text(&self, id: u32) -> Option<&str> {

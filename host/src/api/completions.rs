@@ -18,7 +18,9 @@ use super::logprobs::LogprobsJson;
 use super::metrics::{ErrorLabels, Metrics, RequestLabels};
 use super::request::{DEFAULT_COMPLETION_TOKENS, Endpoint, GenerationBody};
 use crate::runtime::instance::GenerationRequest;
-use crate::runtime::wit::{ChatRequest, Chunk, CompletionRequest, FinishReason, Sampling, StepLogprobs, Usage};
+use crate::runtime::wit::{
+    ChatRequest, Chunk, CompletionRequest, FinishReason, Sampling, StepLogprobs, ToolCallDelta, Usage,
+};
 use crate::runtime::{Failure, GenerationEvent};
 use crate::tenants::{Permit, Tenant};
 
@@ -69,6 +71,11 @@ async fn admit_and_start(
     let sampling = body.sampling()?;
     let logprobs = body.logprobs(endpoint)?;
     let stop = body.stop();
+    let (constraint, constraint_field) = match body.constraint()? {
+        Some((constraint, field)) => (Some(constraint), Some(field)),
+        None => (None, None),
+    };
+    let tools = body.tools(endpoint)?;
     let request = match endpoint {
         Endpoint::Completions => {
             if body.messages.is_some() {
@@ -87,6 +94,7 @@ async fn admit_and_start(
                 ignore_eos: body.ignore_eos.unwrap_or(false),
                 stop,
                 logprobs,
+                constraint,
             })
         }
         Endpoint::ChatCompletions => {
@@ -96,7 +104,7 @@ async fn admit_and_start(
                     Some("prompt"),
                 ));
             }
-            let messages = body.messages();
+            let messages = body.messages()?;
             if messages.is_empty() {
                 return Err(ApiError::invalid_request(
                     "`messages` must hold at least one message",
@@ -110,6 +118,8 @@ async fn admit_and_start(
                 ignore_eos: body.ignore_eos.unwrap_or(false),
                 stop,
                 logprobs,
+                constraint,
+                tools,
             })
         }
     };
@@ -150,7 +160,7 @@ async fn admit_and_start(
         },
     };
     let meta = Meta::new(endpoint, body.model.clone(), request_id, logprobs.is_some());
-    let first = run.next().await?;
+    let first = run.next().await.map_err(|e| e.blaming_constraint(constraint_field))?;
     run.accounting.first_chunk();
     if body.stream == Some(true) {
         let (response, sender) = event_stream();
@@ -165,6 +175,16 @@ async fn admit_and_start(
         let answer = &mut answers[index];
         answer.text.push_str(&chunk.text);
         answer.logprobs.append(&mut chunk.logprobs);
+        for delta in chunk.tool_calls.drain(..) {
+            match (delta.id, delta.name) {
+                (Some(id), Some(name)) => answer.tool_calls.push((id, name, delta.arguments)),
+                _ => {
+                    if let Some(call) = answer.tool_calls.last_mut() {
+                        call.2.push_str(&delta.arguments);
+                    }
+                }
+            }
+        }
         answer.finish = chunk.finish.or(answer.finish);
         next = run.next().await?;
     }
@@ -196,6 +216,8 @@ fn for_choice(request: &GenerationRequest, index: u32) -> GenerationRequest {
 struct Answer {
     text: String,
     logprobs: Vec<StepLogprobs>,
+    /// (id, name, arguments) of each tool call.
+    tool_calls: Vec<(String, String, String)>,
     finish: Option<FinishReason>,
 }
 
@@ -451,12 +473,23 @@ impl Meta {
                     Endpoint::Completions => {
                         json!({ "text": text, "index": index, "logprobs": logprobs, "finish_reason": finish })
                     }
-                    Endpoint::ChatCompletions => json!({
-                        "index": index,
-                        "message": { "role": "assistant", "content": text },
-                        "logprobs": logprobs,
-                        "finish_reason": finish,
-                    }),
+                    Endpoint::ChatCompletions => {
+                        let mut message = json!({ "role": "assistant", "content": text });
+                        if !answer.tool_calls.is_empty() {
+                            let calls: Vec<_> = answer
+                                .tool_calls
+                                .iter()
+                                .map(|(id, name, arguments)| {
+                                    json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
+                                })
+                                .collect();
+                            message["tool_calls"] = json!(calls);
+                            if text.is_empty() {
+                                message["content"] = serde_json::Value::Null;
+                            }
+                        }
+                        json!({ "index": index, "message": message, "logprobs": logprobs, "finish_reason": finish })
+                    }
                 }
             })
             .collect();
@@ -492,11 +525,15 @@ impl Meta {
                 json!({ "text": text, "index": index, "logprobs": logprobs, "finish_reason": finish })
             }
             Endpoint::ChatCompletions => {
-                let delta = if finish.is_some() && text.is_empty() {
+                let mut delta = if (finish.is_some() || !chunk.tool_calls.is_empty()) && text.is_empty() {
                     json!({})
                 } else {
                     json!({ "content": text })
                 };
+                if !chunk.tool_calls.is_empty() {
+                    let calls: Vec<_> = chunk.tool_calls.iter().map(tool_call_delta).collect();
+                    delta["tool_calls"] = json!(calls);
+                }
                 json!({ "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish })
             }
         };
@@ -534,7 +571,24 @@ fn reason(finish: FinishReason) -> &'static str {
     match finish {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
     }
+}
+
+/// OpenAI's `delta.tool_calls[]`: the index, then the id, type and name in a
+/// call's first part, and a fragment of its arguments.
+fn tool_call_delta(delta: &ToolCallDelta) -> serde_json::Value {
+    let mut function = json!({ "arguments": delta.arguments });
+    let mut call = json!({ "index": delta.index });
+    if let Some(id) = &delta.id {
+        call["id"] = json!(id);
+        call["type"] = json!("function");
+    }
+    if let Some(name) = &delta.name {
+        function["name"] = json!(name);
+    }
+    call["function"] = function;
+    call
 }
 
 fn usage_json(usage: Usage) -> serde_json::Value {

@@ -12,6 +12,9 @@ use crate::runtime::Failure;
 use crate::runtime::wit::EngineError;
 use crate::tenants::{AuthError, Refusal};
 
+/// The code of an output constraint that does not compile.
+pub const INVALID_CONSTRAINT: &str = "invalid_constraint";
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -33,6 +36,14 @@ impl ApiError {
             code: None,
             retry_after: None,
         }
+    }
+
+    /// Names `field` as the culprit of an invalid-constraint error.
+    pub fn blaming_constraint(mut self, field: Option<&str>) -> Self {
+        if self.code == Some(INVALID_CONSTRAINT) {
+            self.param = field.map(str::to_string);
+        }
+        self
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -163,6 +174,10 @@ impl From<Failure> for ApiError {
             Failure::Engine(EngineError::InvalidRequest(m) | EngineError::InvalidConfig(m)) => {
                 Self::invalid_request(m, None)
             }
+            Failure::Engine(EngineError::InvalidConstraint(m)) => Self {
+                code: Some(INVALID_CONSTRAINT),
+                ..Self::invalid_request(format!("the output constraint does not compile: {m}"), None)
+            },
             Failure::Engine(EngineError::UnsupportedModel(m)) => Self {
                 code: Some("unsupported_model"),
                 ..Self::invalid_request(m, Some("model"))

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::runtime::wit::{Message, Sampling};
+use crate::runtime::wit::{Constraint, Message, Sampling, Tool, ToolCall, ToolChoice, Tools};
 
 /// Which completion endpoint a request came to.
 #[derive(Clone, Copy, PartialEq)]
@@ -66,6 +66,19 @@ pub struct GenerationBody {
     pub stream: Option<bool>,
     stream_options: Option<StreamOptions>,
     n: Option<u32>,
+    /// OpenAI's structured outputs: `text`, `json_object` or `json_schema`.
+    response_format: Option<ResponseFormat>,
+    /// Extensions, as llama-server and vLLM take them: a JSON Schema, a GBNF
+    /// grammar (a Lark one after `%llguidance`), a regex, a list of choices.
+    json_schema: Option<serde_json::Value>,
+    grammar: Option<String>,
+    regex: Option<String>,
+    choice: Option<Vec<String>>,
+    /// Chat only: functions the model may call, whether and which it must,
+    /// and whether it may call several in one reply.
+    tools: Option<Vec<ToolSpec>>,
+    tool_choice: Option<ToolChoiceSpec>,
+    parallel_tool_calls: Option<bool>,
     /// An end-user id for abuse monitoring; realm records nothing about it.
     #[allow(dead_code)]
     user: Option<String>,
@@ -75,10 +88,83 @@ pub struct GenerationBody {
 #[serde(deny_unknown_fields)]
 pub struct ChatMessage {
     role: String,
-    content: String,
+    /// Null only on an assistant message that calls tools.
+    content: Option<String>,
     /// A participant's name; realm's templates do not use it.
     #[allow(dead_code)]
     name: Option<String>,
+    /// An assistant message's calls.
+    tool_calls: Option<Vec<ToolCallSpec>>,
+    /// A `tool` message: the call it answers.
+    tool_call_id: Option<String>,
+}
+
+/// The roles a message may have; `developer` is OpenAI's newer name for `system`.
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolCallSpec {
+    id: String,
+    /// Checked by serde: `function` is the only type there is.
+    #[allow(dead_code)]
+    #[serde(rename = "type")]
+    kind: FunctionType,
+    function: CalledFunction,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CalledFunction {
+    name: String,
+    arguments: String,
+}
+
+/// OpenAI's only tool type.
+#[derive(Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+enum FunctionType {
+    Function,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolSpec {
+    /// Checked by serde: `function` is the only type there is.
+    #[allow(dead_code)]
+    #[serde(rename = "type")]
+    kind: FunctionType,
+    function: FunctionSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FunctionSpec {
+    name: String,
+    description: Option<String>,
+    parameters: Option<serde_json::Value>,
+    /// OpenAI's `strict`: realm always holds forced calls to the schema.
+    #[allow(dead_code)]
+    strict: Option<bool>,
+}
+
+/// `none`, `auto`, `required`, or `{"type": "function", "function": {"name"}}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ToolChoiceSpec {
+    Mode(String),
+    Named {
+        #[allow(dead_code)]
+        #[serde(rename = "type")]
+        kind: FunctionType,
+        function: NamedFunction,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamedFunction {
+    name: String,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +180,31 @@ struct StreamOptions {
 enum Logprobs {
     Flag(bool),
     Count(u32),
+}
+
+/// OpenAI's `response_format`. llama-server also takes a `schema` in
+/// `json_object`.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ResponseFormat {
+    Text,
+    JsonObject { schema: Option<serde_json::Value> },
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonSchemaFormat {
+    /// Names the format for the client; the schema is what counts.
+    #[allow(dead_code)]
+    name: String,
+    #[allow(dead_code)]
+    description: Option<String>,
+    schema: Option<serde_json::Value>,
+    /// OpenAI's `strict: false` permits a looser answer; realm always
+    /// enforces the whole schema, so either value is honoured.
+    #[allow(dead_code)]
+    strict: Option<bool>,
 }
 
 /// OpenAI's `stop`: one string or a list.
@@ -218,16 +329,167 @@ impl GenerationBody {
         }
     }
 
-    pub fn messages(&mut self) -> Vec<Message> {
-        self.messages
-            .take()
-            .unwrap_or_default()
+    /// The request's constraint on the generated text and the field that
+    /// gave it; at most one field may.
+    pub fn constraint(&mut self) -> Result<Option<(Constraint, &'static str)>, ApiError> {
+        let schema_text = |schema: &serde_json::Value| Constraint::JsonSchema(schema.to_string());
+        let mut given = Vec::new();
+        match self.response_format.take() {
+            None | Some(ResponseFormat::Text) => {}
+            Some(ResponseFormat::JsonObject { schema: None }) => {
+                given.push((Constraint::JsonObject, "response_format"))
+            }
+            Some(ResponseFormat::JsonObject { schema: Some(schema) }) => {
+                given.push((schema_text(&schema), "response_format.schema"))
+            }
+            Some(ResponseFormat::JsonSchema { json_schema }) => match json_schema.schema {
+                Some(schema) => given.push((schema_text(&schema), "response_format.json_schema.schema")),
+                None => {
+                    return Err(ApiError::invalid_request(
+                        "`response_format.json_schema.schema` is required",
+                        Some("response_format.json_schema.schema"),
+                    ));
+                }
+            },
+        }
+        if let Some(schema) = self.json_schema.take() {
+            given.push((schema_text(&schema), "json_schema"));
+        }
+        if let Some(grammar) = self.grammar.take() {
+            let constraint = match grammar.trim_start().starts_with("%llguidance") {
+                true => Constraint::Lark(grammar),
+                false => Constraint::Gbnf(grammar),
+            };
+            given.push((constraint, "grammar"));
+        }
+        if let Some(regex) = self.regex.take() {
+            given.push((Constraint::Regex(regex), "regex"));
+        }
+        if let Some(choice) = self.choice.take() {
+            if choice.is_empty() {
+                return Err(ApiError::invalid_request(
+                    "`choice` needs at least one string",
+                    Some("choice"),
+                ));
+            }
+            given.push((Constraint::Choice(choice), "choice"));
+        }
+        if let [(_, first), (_, second), ..] = given.as_slice() {
+            return Err(ApiError::invalid_request(
+                format!("give one constraint on the output, not both `{first}` and `{second}`"),
+                Some(second),
+            ));
+        }
+        Ok(given.pop())
+    }
+
+    /// The conversation, each message checked: a known role, content unless
+    /// an assistant calls tools, calls only from the assistant, and a call id
+    /// on (and only on) tool results.
+    pub fn messages(&mut self) -> Result<Vec<Message>, ApiError> {
+        let messages = self.messages.take().unwrap_or_default();
+        let mut out = Vec::with_capacity(messages.len());
+        for (i, m) in messages.into_iter().enumerate() {
+            let invalid = |message: String, field: &str| {
+                Err(ApiError::invalid_request(
+                    message,
+                    Some(&format!("messages[{i}].{field}")),
+                ))
+            };
+            if !ROLES.contains(&m.role.as_str()) {
+                return invalid(
+                    format!("`role` must be one of {}, not `{}`", ROLES.join(", "), m.role),
+                    "role",
+                );
+            }
+            let calls = m.tool_calls.unwrap_or_default();
+            if !calls.is_empty() && m.role != "assistant" {
+                return invalid("only assistant messages carry `tool_calls`".into(), "tool_calls");
+            }
+            match (m.role.as_str(), &m.tool_call_id) {
+                ("tool", None) => {
+                    return invalid(
+                        "a `tool` message needs the `tool_call_id` it answers".into(),
+                        "tool_call_id",
+                    );
+                }
+                ("tool", Some(_)) | (_, None) => {}
+                (_, Some(_)) => return invalid("only `tool` messages carry `tool_call_id`".into(), "tool_call_id"),
+            }
+            let content = match m.content {
+                Some(content) => content,
+                None if !calls.is_empty() => String::new(),
+                None => {
+                    return invalid(
+                        "`content` is required (null only when an assistant calls tools)".into(),
+                        "content",
+                    );
+                }
+            };
+            out.push(Message {
+                role: if m.role == "developer" { "system".into() } else { m.role },
+                content,
+                tool_calls: calls
+                    .into_iter()
+                    .map(|c| ToolCall {
+                        id: c.id,
+                        name: c.function.name,
+                        arguments: c.function.arguments,
+                    })
+                    .collect(),
+                tool_call_id: m.tool_call_id,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The request's tools, with its choice; a choice without tools, or
+    /// tools on /v1/completions, is a 400.
+    pub fn tools(&mut self, endpoint: Endpoint) -> Result<Option<Tools>, ApiError> {
+        let invalid = |message: &str, param: &str| Err(ApiError::invalid_request(message, Some(param)));
+        let Some(specs) = self.tools.take() else {
+            if self.tool_choice.is_some() {
+                return invalid("`tool_choice` needs `tools`", "tool_choice");
+            }
+            if self.parallel_tool_calls.is_some() {
+                return invalid("`parallel_tool_calls` needs `tools`", "parallel_tool_calls");
+            }
+            return Ok(None);
+        };
+        if endpoint == Endpoint::Completions {
+            return invalid("`tools` belongs to /v1/chat/completions", "tools");
+        }
+        if specs.is_empty() {
+            return invalid("`tools` needs at least one function", "tools");
+        }
+        let choice = match self.tool_choice.take() {
+            None => ToolChoice::Auto,
+            Some(ToolChoiceSpec::Mode(mode)) => match mode.as_str() {
+                "none" => ToolChoice::None,
+                "auto" => ToolChoice::Auto,
+                "required" => ToolChoice::Required,
+                _ => {
+                    return invalid(
+                        "`tool_choice` is `none`, `auto`, `required` or a named function",
+                        "tool_choice",
+                    );
+                }
+            },
+            Some(ToolChoiceSpec::Named { function, .. }) => ToolChoice::Function(function.name),
+        };
+        let functions = specs
             .into_iter()
-            .map(|m| Message {
-                role: m.role,
-                content: m.content,
+            .map(|spec| Tool {
+                name: spec.function.name,
+                description: spec.function.description,
+                parameters: spec.function.parameters.map(|p| p.to_string()),
             })
-            .collect()
+            .collect();
+        Ok(Some(Tools {
+            functions,
+            choice,
+            parallel: self.parallel_tool_calls.unwrap_or(true),
+        }))
     }
 }
 
@@ -266,7 +528,7 @@ mod tests {
             Some("frobnicate")
         );
         assert_eq!(
-            param_of(r#"{"model":"m","messages":[{"role":"user"}]}"#).as_deref(),
+            param_of(r#"{"model":"m","messages":[{"content":"hi"}]}"#).as_deref(),
             Some("messages[0]")
         );
         assert!(GenerationBody::parse(br#"{"model":"m"} trailing"#).is_err());

@@ -77,6 +77,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ignore_eos: args.ignore_eos,
         stop: args.stop,
         logprobs: None,
+        constraint: None,
     };
     let started = Instant::now();
     let mut events = instance.complete(&args.model, request);

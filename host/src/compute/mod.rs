@@ -51,6 +51,8 @@ pub struct Sequence<'a> {
     pub tokens: &'a [u32],
     pub start: u32,
     pub output: OutputKind,
+    /// The tokens the output may choose (a bitset), if the guest confined it.
+    pub allowed: Option<&'a [u32]>,
 }
 
 /// Where each sequence's rows lie in a batch's per-token values, and each

@@ -32,8 +32,24 @@ impl StepOutput {
     }
 }
 
-/// Shapes a step's output row as the guest asked.
-pub fn shape_output(logits: &[f32], kind: OutputKind) -> StepOutput {
+/// Shapes a step's output row as the guest asked, choosing among the
+/// `allowed` tokens only when given (a bitset: token `i` is bit `i % 32` of
+/// word `i / 32`). Logits are never masked.
+pub fn shape_output(logits: &[f32], kind: OutputKind, allowed: Option<&[u32]>) -> StepOutput {
+    let Some(allowed) = allowed.filter(|_| !matches!(kind, OutputKind::Logits)) else {
+        return shape_row(logits, kind);
+    };
+    // The allowed tokens as a row of their own, in id order, so that ties
+    // still go to the lowest id; then mapped back.
+    let (ids, row) = allowed_row(logits, allowed);
+    match shape_row(&row, kind) {
+        StepOutput::TopK(top) => StepOutput::TopK(top.into_iter().map(|(at, l)| (ids[at as usize], l)).collect()),
+        StepOutput::Sampled(at, logit) => StepOutput::Sampled(ids[at as usize], logit),
+        StepOutput::Logits(_) => unreachable!("logits are shaped above"),
+    }
+}
+
+fn shape_row(logits: &[f32], kind: OutputKind) -> StepOutput {
     match kind {
         OutputKind::Logits => StepOutput::Logits(logits.to_vec()),
         OutputKind::TopK(k) => StepOutput::TopK(top_k(logits, k)),
@@ -41,5 +57,82 @@ pub fn shape_output(logits: &[f32], kind: OutputKind) -> StepOutput {
             Some((id, logit)) => StepOutput::Sampled(id, logit),
             None => StepOutput::TopK(Vec::new()),
         },
+    }
+}
+
+/// The ids the bitset allows within `logits`, and their logits.
+fn allowed_row(logits: &[f32], allowed: &[u32]) -> (Vec<u32>, Vec<f32>) {
+    let (mut ids, mut row) = (Vec::with_capacity(logits.len()), Vec::with_capacity(logits.len()));
+    for (w, &word) in allowed.iter().enumerate() {
+        let base = w * 32;
+        // Inside a string nearly every token is allowed: whole words at once.
+        if word == u32::MAX && base + 32 <= logits.len() {
+            ids.extend(base as u32..base as u32 + 32);
+            row.extend_from_slice(&logits[base..base + 32]);
+            continue;
+        }
+        let mut bits = word;
+        while bits != 0 {
+            let id = base + bits.trailing_zeros() as usize;
+            if id >= logits.len() {
+                return (ids, row);
+            }
+            ids.push(id as u32);
+            row.push(logits[id]);
+            bits &= bits - 1;
+        }
+    }
+    (ids, row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mask(ids: &[u32]) -> Vec<u32> {
+        let mut words = vec![0u32; 3];
+        for &id in ids {
+            words[id as usize / 32] |= 1 << (id % 32);
+        }
+        words
+    }
+
+    #[test]
+    fn a_mask_confines_top_k_and_draws_to_its_tokens() {
+        let mut logits: Vec<f32> = (0..70).map(|i| i as f32 / 10.0).collect();
+        logits[40] = 1.0; // ties with token 10
+        let allowed = mask(&[3, 10, 33, 40, 65]);
+        let top = |k| match shape_output(&logits, OutputKind::TopK(k), Some(&allowed)) {
+            StepOutput::TopK(top) => top,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(top(1), vec![(65, 6.5)]);
+        assert_eq!(top(3), vec![(65, 6.5), (33, 3.3), (10, 1.0)]);
+        assert_eq!(top(9).len(), 5, "no more than the mask allows");
+        for draw in [0.0, 0.3, 0.6, 0.99] {
+            let params = SampleParams {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                draw,
+            };
+            match shape_output(&logits, OutputKind::Sample(params), Some(&allowed)) {
+                StepOutput::Sampled(id, logit) => {
+                    assert!([3, 10, 33, 40, 65].contains(&id), "drew {id}");
+                    assert_eq!(logit, logits[id as usize]);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let beyond = mask(&[80]);
+        assert!(matches!(
+            shape_output(&logits, OutputKind::TopK(1), Some(&beyond)),
+            StepOutput::TopK(t) if t.is_empty()
+        ));
+        assert!(matches!(
+            shape_output(&logits, OutputKind::Logits, Some(&allowed)),
+            StepOutput::Logits(l) if l.len() == 70
+        ));
     }
 }

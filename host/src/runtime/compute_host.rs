@@ -212,8 +212,21 @@ impl compute::HostGraph for StoreState {
         tokens: Vec<u32>,
         start: u32,
         output: StepOutputKind,
+        allowed: Option<Vec<u32>>,
     ) -> Reply<StepOutput> {
         let entered = Instant::now();
+        if let Some(allowed) = &allowed {
+            let problem = if matches!(output, StepOutputKind::Logits) {
+                Some("logits are never masked: `allowed` goes with top-k or sample")
+            } else if allowed.iter().all(|&word| word == 0) {
+                Some("`allowed` allows no token")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Ok(Err(WitComputeError::InvalidStep(problem.into())));
+            }
+        }
         let output = match output {
             StepOutputKind::Logits => OutputKind::Logits,
             StepOutputKind::TopK(k) => OutputKind::TopK(k as usize),
@@ -244,6 +257,7 @@ impl compute::HostGraph for StoreState {
             tokens,
             start,
             output,
+            allowed,
         };
         let kernel_start = Instant::now();
         let (scheduler, seat) = (self.compute.shared.scheduler.clone(), self.seat.clone());

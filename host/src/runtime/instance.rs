@@ -68,7 +68,8 @@ pub enum GenerationRequest {
 enum Job {
     Complete {
         model: String,
-        request: GenerationRequest,
+        /// Boxed: a chat with tools is far larger than the other jobs.
+        request: Box<GenerationRequest>,
         events: async_mpsc::UnboundedSender<GenerationEvent>,
         load: Load,
     },
@@ -174,7 +175,7 @@ impl InstanceHandle {
         let (events, receiver) = async_mpsc::unbounded_channel();
         let job = Job::Complete {
             model: model.to_string(),
-            request,
+            request: Box::new(request),
             events,
             load: Load::new(&self.generations),
         };
@@ -527,6 +528,7 @@ pub fn describe(error: &EngineError) -> String {
         EngineError::UnsupportedModel(m) => ("unsupported model", m),
         EngineError::OutOfMemory(m) => ("out of memory", m),
         EngineError::InvalidRequest(m) => ("invalid request", m),
+        EngineError::InvalidConstraint(m) => ("invalid constraint", m),
         EngineError::PermissionDenied(m) => ("permission denied", m),
         EngineError::Internal(m) => ("internal error", m),
     };

@@ -29,8 +29,8 @@ pub use generated::Realm as RealmWorld;
 pub use generated::RealmPre as RealmWorldPre;
 pub use generated::exports::realm::engine::engine::GuestRealm;
 pub use generated::exports::realm::engine::engine::{
-    ChatRequest, Chunk, CompletionRequest, Error as EngineError, FinishReason, Message, ModelInfo, RealmConfig,
-    Sampling, StepLogprobs, TokenLogprob, Usage,
+    ChatRequest, Chunk, CompletionRequest, Constraint, Error as EngineError, FinishReason, Message, ModelInfo,
+    RealmConfig, Sampling, StepLogprobs, TokenLogprob, Tool, ToolCall, ToolCallDelta, ToolChoice, Tools, Usage,
 };
 pub use generated::realm::engine::compute::{
     self, AttentionOp, Candidate, ComputeError as WitComputeError, MetadataEntry, MetadataValue, Op, RopeStyle,

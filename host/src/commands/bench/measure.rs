@@ -14,7 +14,7 @@ use super::tenant::{Generation, Tenant, prompt_of, random_tokens};
 use crate::compute::KvCache;
 use crate::compute::gguf::{GgufFile, Value};
 use crate::runtime::profile::StepProfile;
-use crate::runtime::wit::ModelInfo;
+use crate::runtime::wit::{Constraint, ModelInfo};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -235,7 +235,7 @@ fn summary(bench: &Bench, info: &ModelInfo) -> ModelSummary {
 pub fn speed(
     bench: &Bench,
     prompts: &[u32],
-    (gens, temperatures): (&[u32], &[f32]),
+    (gens, temperatures, constraints): (&[u32], &[f32], &[Option<Constraint>]),
     first_tokens: &[u32],
     repetitions: usize,
 ) -> anyhow::Result<Speed> {
@@ -264,12 +264,20 @@ pub fn speed(
     }
     let mut steps = StepProfile::default();
     let mut decode_wall = Duration::ZERO;
-    for (&n, &temperature) in gens.iter().flat_map(|n| temperatures.iter().map(move |t| (n, t))) {
+    let decodes = constraints.iter().flat_map(|c| {
+        gens.iter()
+            .flat_map(move |&n| temperatures.iter().map(move |&t| (n, t, c)))
+    });
+    for (n, temperature, constraint) in decodes {
         tenant.temperature = temperature;
-        let test = match temperature {
+        tenant.constraint = constraint.clone();
+        let mut test = match temperature {
             0.0 => format!("tg{n}"),
             t => format!("tg{n} T={t}"),
         };
+        if constraint.is_some() {
+            test.push_str(" json");
+        }
         let mut samples = Vec::with_capacity(repetitions);
         for r in 0..repetitions {
             eprintln!("{test}: run {}/{repetitions}", r + 1);
@@ -289,6 +297,7 @@ pub fn speed(
         });
     }
     tenant.temperature = 0.0;
+    tenant.constraint = None;
     for &n in first_tokens {
         let prompt = prompt_of(&mut tenant, n as usize)?;
         let mut samples = Vec::with_capacity(repetitions);
@@ -335,7 +344,12 @@ fn decode(tenant: &mut Tenant, n: u32) -> anyhow::Result<(Duration, StepProfile)
     let mut steps = StepProfile::default();
     for _ in 0..n {
         let (chunk, timed) = tenant.next(&generation)?;
-        chunk.context("the generation ended early")?;
+        let chunk = chunk.context("the generation ended early")?;
+        anyhow::ensure!(
+            chunk.finish.is_none() || chunk.usage.completion_tokens == n + 1,
+            "the generation ended after {} tokens (a --json-schema must allow longer output)",
+            chunk.usage.completion_tokens
+        );
         anyhow::ensure!(
             timed.steps.steps == 1,
             "a decode step ran {} graph steps",
@@ -366,11 +380,16 @@ struct Trace {
 pub fn concurrent(
     bench: &Bench,
     n: usize,
-    prompt_tokens: u32,
-    steps: u32,
+    (prompt_tokens, steps): (u32, u32),
     temperature: f32,
+    constraint: Option<&Constraint>,
 ) -> anyhow::Result<TenantsRow> {
-    eprintln!("tenants: {n} concurrent generations at temperature {temperature}");
+    let json = if constraint.is_some() {
+        ", constrained to the schema"
+    } else {
+        ""
+    };
+    eprintln!("tenants: {n} concurrent generations at temperature {temperature}{json}");
     let context = bench.settings.context_length;
     anyhow::ensure!(
         prompt_tokens + steps < context,
@@ -386,12 +405,14 @@ pub fn concurrent(
             let settings = bench.settings.clone();
             let model = bench.model.clone();
             let (prompt, barrier) = (prompt.clone(), barrier.clone());
+            let constraint = constraint.cloned();
             std::thread::Builder::new()
                 .name(format!("bench-tenant-{i}"))
                 .spawn(move || -> anyhow::Result<Trace> {
                     let prepared = (|| {
                         let (mut tenant, _) = Tenant::instantiate(&runtime, &settings)?;
                         tenant.temperature = temperature;
+                        tenant.constraint = constraint;
                         tenant.open(&model, context)?;
                         let (generation, started) = tenant.complete(&prompt, steps + 1)?;
                         let (chunk, first) = tenant.next(&generation)?;
@@ -404,8 +425,13 @@ pub fn concurrent(
                     tenant.set_stepping(true);
                     let mut gaps = Vec::with_capacity(steps as usize);
                     let mut last = Instant::now();
-                    for _ in 0..steps {
-                        tenant.next(&generation)?.0.context("the generation ended early")?;
+                    for step in 0..steps {
+                        let chunk = tenant.next(&generation)?.0.context("the generation ended early")?;
+                        anyhow::ensure!(
+                            chunk.finish.is_none() || step + 1 == steps,
+                            "the generation ended after {} tokens (a --json-schema must allow longer output)",
+                            chunk.usage.completion_tokens
+                        );
                         let now = Instant::now();
                         gaps.push(now - last);
                         last = now;
@@ -444,6 +470,7 @@ pub fn concurrent(
     Ok(TenantsRow {
         tenants: n,
         temperature,
+        constrained: constraint.is_some(),
         prompt_tokens,
         decode_steps: steps,
         aggregate_tokens_per_s: tokens as f64 / (finished - started).as_secs_f64(),

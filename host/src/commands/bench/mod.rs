@@ -10,9 +10,11 @@ mod tenant;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::Args;
 
 use super::EngineArgs;
+use crate::runtime::wit::Constraint;
 use crate::runtime::{InstanceSettings, Runtime};
 
 #[derive(Args)]
@@ -66,6 +68,11 @@ pub struct BenchArgs {
     /// min-p are off, as the OpenAI SDK sends it (the rows say `T=...`).
     #[arg(long, value_delimiter = ',', default_value = "0")]
     temperature: Vec<f32>,
+    /// A JSON Schema file: the decode and tenants tests run once more with
+    /// every generation constrained to it (rows marked `json`). Its output
+    /// must outlast the tests' steps (for example an array with `minItems`).
+    #[arg(long)]
+    json_schema: Option<PathBuf>,
     /// Print one JSON object instead of markdown tables.
     #[arg(long)]
     json: bool,
@@ -85,6 +92,14 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         args.temperature.iter().all(|t| t.is_finite() && *t >= 0.0),
         "--temperature takes finite values >= 0"
     );
+    let schema = match &args.json_schema {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(Constraint::JsonSchema(text))
+        }
+        None => None,
+    };
+    let constraints: Vec<Option<Constraint>> = std::iter::once(None).chain(schema.map(Some)).collect();
     let runtime = Runtime::load(&args.engine.component)?;
     let shared = args.engine.server_context()?;
     let device = shared.scheduler.backend().name();
@@ -124,16 +139,20 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         nonzero(&args.first_token),
     );
     if !prompts.is_empty() || !gens.is_empty() || !firsts.is_empty() {
-        let speed = measure::speed(&bench, &prompts, (&gens, &args.temperature), &firsts, args.repetitions)?;
+        let decodes = (&gens[..], &args.temperature[..], &constraints[..]);
+        let speed = measure::speed(&bench, &prompts, decodes, &firsts, args.repetitions)?;
         report.info = Some(speed.info.clone());
         report.speed = speed.rows;
         report.first_token = speed.first_token;
         report.boundary = speed.boundary;
     }
-    for &temperature in &args.temperature {
-        for &n in args.tenants.iter().filter(|&&n| n > 0) {
-            let row = measure::concurrent(&bench, n, args.tenant_prompt, args.tenant_gen, temperature)?;
-            report.tenants.push(row);
+    for constraint in &constraints {
+        for &temperature in &args.temperature {
+            for &n in args.tenants.iter().filter(|&&n| n > 0) {
+                let steps = (args.tenant_prompt, args.tenant_gen);
+                let row = measure::concurrent(&bench, n, steps, temperature, constraint.as_ref())?;
+                report.tenants.push(row);
+            }
         }
     }
 

@@ -124,6 +124,8 @@ pub struct TenantsRow {
     pub tenants: usize,
     /// The sampling temperature; 0 is greedy.
     pub temperature: f32,
+    /// Every generation was constrained to `--json-schema`.
+    pub constrained: bool,
     pub prompt_tokens: u32,
     pub decode_steps: u32,
     /// Decode tokens of all tenants over the time from the common start of the
@@ -333,15 +335,19 @@ impl Report {
         if !self.tenants.is_empty() {
             let _ = writeln!(
                 out,
-                "| tenants | T | prompt | decode | aggregate decode tokens/s | per tenant tokens/s | ITL p50 ms | ITL p99 ms | first token p50 ms | mean batch | step ms | gather ms |"
+                "| tenants | T | json | prompt | decode | aggregate decode tokens/s | per tenant tokens/s | ITL p50 ms | ITL p99 ms | first token p50 ms | mean batch | step ms | gather ms |"
             );
-            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(
+                out,
+                "|---:|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
             for row in &self.tenants {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} | {:.1} | {:.2} | {:.2} |",
+                    "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} | {:.1} | {:.2} | {:.2} |",
                     row.tenants,
                     row.temperature,
+                    if row.constrained { "yes" } else { "no" },
                     row.prompt_tokens,
                     row.decode_steps,
                     row.aggregate_tokens_per_s,

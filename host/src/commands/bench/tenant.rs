@@ -12,7 +12,9 @@ use crate::compute::Seat;
 use crate::runtime::instance::describe;
 use crate::runtime::profile::{self, StepProfile};
 use crate::runtime::state::StoreState;
-use crate::runtime::wit::{Chunk, CompletionRequest, EngineError, ModelInfo, RealmConfig, RealmWorld, Sampling};
+use crate::runtime::wit::{
+    Chunk, CompletionRequest, Constraint, EngineError, ModelInfo, RealmConfig, RealmWorld, Sampling,
+};
 use crate::runtime::{InstanceSettings, Runtime};
 
 pub struct Tenant {
@@ -24,6 +26,8 @@ pub struct Tenant {
     realm: Option<ResourceAny>,
     /// The sampling temperature of `complete`; 0 is greedy.
     pub temperature: f32,
+    /// What `complete`'s output must follow.
+    pub constraint: Option<Constraint>,
 }
 
 /// One guest call: its wall time and how the `graph.run` calls inside it spent theirs.
@@ -73,6 +77,7 @@ impl Tenant {
                 bindings,
                 realm: None,
                 temperature: 0.0,
+                constraint: None,
             },
             elapsed,
         ))
@@ -140,6 +145,7 @@ impl Tenant {
             ignore_eos: true,
             stop: Vec::new(),
             logprobs: None,
+            constraint: self.constraint.clone(),
         };
         let realms = self.bindings.realm_engine_engine().realm();
         let call = realms.call_complete(&mut self.store, realm, &request);

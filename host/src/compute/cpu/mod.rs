@@ -79,14 +79,14 @@ impl Backend for CpuBackend {
     }
 
     fn run_batch(&self, graph: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<StepOutput>, ComputeError> {
-        let kinds: Vec<_> = batch.iter().map(|s| s.output).collect();
+        let kinds: Vec<_> = batch.iter().map(|s| (s.output, s.allowed)).collect();
         self.pool.install(|| {
             let output = exec::execute(graph, batch)?;
             Ok(output
                 .data
                 .par_chunks_exact(output.cols)
                 .zip(kinds)
-                .map(|(row, kind)| shape_output(row, kind))
+                .map(|(row, (kind, allowed))| shape_output(row, kind, allowed))
                 .collect())
         })
     }

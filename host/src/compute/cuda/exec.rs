@@ -172,9 +172,13 @@ impl<'a, 'p> Exec<'a, 'p> {
     }
 
     /// Each sequence's output as it asked: the top-k on the device and only
-    /// those k values copied when every sequence asks for at most MAX_K,
-    /// else all logits. The value's buffer goes back to the pool.
-    pub fn finish(&mut self, out: Value, kinds: &[OutputKind]) -> Result<Vec<StepOutput>, ComputeError> {
+    /// those k values copied when every sequence asks for at most MAX_K
+    /// without a mask, else all logits. The value's buffer goes back to the pool.
+    pub fn finish(
+        &mut self,
+        out: Value,
+        kinds: &[(OutputKind, Option<&[u32]>)],
+    ) -> Result<Vec<StepOutput>, ComputeError> {
         let mode = *profile::MODE;
         if mode != profile::Mode::Off {
             profile::record("submit", self.started);
@@ -183,7 +187,7 @@ impl<'a, 'p> Exec<'a, 'p> {
         let ks: Option<Vec<i32>> = kinds
             .iter()
             .map(|kind| match kind {
-                OutputKind::TopK(k) if *k <= MAX_K => Some((*k).min(out.cols) as i32),
+                (OutputKind::TopK(k), None) if *k <= MAX_K => Some((*k).min(out.cols) as i32),
                 _ => None,
             })
             .collect();
@@ -193,7 +197,7 @@ impl<'a, 'p> Exec<'a, 'p> {
                 let host = self.copy_out(out.at, out.rows * out.cols)?;
                 host.chunks_exact(out.cols)
                     .zip(kinds)
-                    .map(|(row, &kind)| shape_output(row, kind))
+                    .map(|(row, &(kind, allowed))| shape_output(row, kind, allowed))
                     .collect()
             }
         };

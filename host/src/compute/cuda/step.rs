@@ -73,7 +73,7 @@ unsafe impl Send for Captured {}
 
 pub fn run(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> Result<Vec<StepOutput>, ComputeError> {
     let rows = Rows::of(batch);
-    let kinds: Vec<OutputKind> = batch.iter().map(|s| s.output).collect();
+    let kinds: Vec<(OutputKind, Option<&[u32]>)> = batch.iter().map(|s| (s.output, s.allowed)).collect();
     let host = HostInputs::of(d.stream, d.retired, g, batch, &rows)?;
     // Ops profiling synchronizes after each op, which a capture cannot hold.
     let capture = *GRAPHS && *super::profile::MODE != super::profile::Mode::Ops;
@@ -160,12 +160,14 @@ fn run_padded(d: Device<'_>, g: &CompiledGraph, batch: &mut [Sequence<'_>]) -> R
             tokens: s.tokens,
             start: s.start,
             output: s.output,
+            allowed: s.allowed,
         })
         .chain(pads.iter_mut().take(extra).map(|cache| Sequence {
             cache,
             tokens: &PAD_TOKEN,
             start: 0,
             output: OutputKind::TopK(1),
+            allowed: None,
         }))
         .collect();
     let plans = &mut *d.plans;

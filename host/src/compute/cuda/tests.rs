@@ -309,6 +309,7 @@ fn steps_alone(backend: &dyn Backend, g: &CompiledGraph) -> Vec<Vec<f32>> {
                 tokens: &step,
                 start,
                 output: OutputKind::Logits,
+                allowed: None,
             }];
             out.extend(
                 backend
@@ -364,6 +365,7 @@ fn batch_logits(
             tokens,
             start,
             output: OutputKind::Logits,
+            allowed: None,
         })
         .collect();
     let out = gpu.run_batch(g, &mut batch).expect("step");

@@ -216,6 +216,7 @@ impl Lane {
                     tokens: &w.step.tokens[w.done..w.done + n],
                     start: w.step.start + w.done as u32,
                     output: w.step.output,
+                    allowed: w.step.allowed.as_deref(),
                 })
                 .collect();
             catch_unwind(AssertUnwindSafe(|| self.backend.run_batch(&graph, &mut sequences)))

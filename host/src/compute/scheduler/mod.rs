@@ -70,6 +70,8 @@ pub struct StepRequest {
     pub tokens: Vec<u32>,
     pub start: u32,
     pub output: OutputKind,
+    /// The tokens the output may choose (a bitset), if the guest confined it.
+    pub allowed: Option<Vec<u32>>,
 }
 
 /// A submitter: a tenant instance's thread, which has at most one step in

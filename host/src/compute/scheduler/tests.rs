@@ -9,7 +9,7 @@ use crate::compute::cpu::CpuBackend;
 use crate::compute::gguf::writer::GgufWriter;
 use crate::compute::ops::{AttentionOp, MatmulOp, Op, RmsNormOp, RopeOp, RopeStyle};
 use crate::compute::quant::testing;
-use crate::compute::{Budget, OutputKind, WeightsRegistry};
+use crate::compute::{Budget, OutputKind, StepOutput, WeightsRegistry};
 
 const VOCAB: u64 = 40;
 const DIM: u64 = 16;
@@ -113,6 +113,21 @@ fn steps_of(i: usize) -> Vec<Vec<u32>> {
 
 /// Runs sequence `i`'s steps through `scheduler`, returning every output row.
 fn run_sequence(scheduler: &Arc<Scheduler>, seat: &Arc<Seat>, graph: &Arc<CompiledGraph>, i: usize) -> Vec<Vec<f32>> {
+    run_shaped(scheduler, seat, graph, i, OutputKind::Logits, None)
+        .into_iter()
+        .map(StepOutput::logits)
+        .collect()
+}
+
+/// Runs sequence `i`'s steps, each asking for `output` among `allowed`.
+fn run_shaped(
+    scheduler: &Arc<Scheduler>,
+    seat: &Arc<Seat>,
+    graph: &Arc<CompiledGraph>,
+    i: usize,
+    output: OutputKind,
+    allowed: Option<Vec<u32>>,
+) -> Vec<StepOutput> {
     let cache = cache();
     let mut start = 0;
     steps_of(i)
@@ -124,10 +139,11 @@ fn run_sequence(scheduler: &Arc<Scheduler>, seat: &Arc<Seat>, graph: &Arc<Compil
                 cache: cache.clone(),
                 tokens,
                 start,
-                output: OutputKind::Logits,
+                output,
+                allowed: allowed.clone(),
             };
             start += n;
-            block_on(scheduler.run(seat, step)).expect("the step runs").logits()
+            block_on(scheduler.run(seat, step)).expect("the step runs")
         })
         .collect()
 }
@@ -185,6 +201,52 @@ fn batched_steps_equal_the_same_steps_alone() {
 }
 
 #[test]
+fn a_masked_sequence_batches_with_free_ones_and_keeps_to_its_mask() {
+    let (_file, graph) = tiny_program();
+    let alone = Scheduler::new(backend(), BatchPolicy::unbatched());
+    let seat = Seat::new("alone", 1);
+    let logits = run_sequence(&alone, &seat, &graph, 0);
+    // Only the odd tokens.
+    let allowed = vec![0xAAAA_AAAA_u32; (VOCAB as usize).div_ceil(32)];
+    let policy = BatchPolicy {
+        max_sequences: 8,
+        max_tokens: 64,
+        wait: Duration::from_millis(500),
+    };
+    let batched = Scheduler::new(backend(), policy);
+    let barrier = Arc::new(Barrier::new(2));
+    let threads: Vec<_> = [None, Some(allowed)]
+        .into_iter()
+        .map(|mask| {
+            let (scheduler, graph, barrier) = (batched.clone(), graph.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let seat = Seat::new(if mask.is_some() { "masked" } else { "free" }, 1);
+                seat.set_stepping(true);
+                barrier.wait();
+                let rows = run_shaped(&scheduler, &seat, &graph, 0, OutputKind::TopK(1), mask);
+                seat.set_stepping(false);
+                rows
+            })
+        })
+        .collect();
+    let outputs: Vec<_> = threads.into_iter().map(|t| t.join().expect("no panic")).collect();
+    for (step, row) in logits.iter().enumerate() {
+        let best =
+            |ids: &mut dyn Iterator<Item = usize>| ids.max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)));
+        let free = best(&mut (0..row.len())).expect("a token") as u32;
+        let odd = best(&mut (1..row.len()).step_by(2)).expect("a token") as u32;
+        let top = |output: &StepOutput| match output {
+            StepOutput::TopK(top) => top[0].0,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(top(&outputs[0][step]), free, "step {step}: the free sequence");
+        assert_eq!(top(&outputs[1][step]), odd, "step {step}: the masked sequence");
+    }
+    let totals = batched.totals();
+    assert!(totals.sequences >= 2 * totals.batches, "steps ran batched: {totals:?}");
+}
+
+#[test]
 fn a_bad_step_fails_alone() {
     let (_file, graph) = tiny_program();
     let scheduler = Scheduler::new(backend(), BatchPolicy::default());
@@ -195,6 +257,7 @@ fn a_bad_step_fails_alone() {
         tokens: vec![VOCAB as u32],
         start: 0,
         output: OutputKind::Logits,
+        allowed: None,
     };
     match block_on(scheduler.run(&seat, step)) {
         Err(ComputeError::InvalidStep(m)) => assert!(m.contains("outside the vocabulary"), "{m}"),
@@ -206,6 +269,7 @@ fn a_bad_step_fails_alone() {
         tokens: vec![1, 2],
         start: 0,
         output: OutputKind::Logits,
+        allowed: None,
     };
     assert_eq!(
         block_on(scheduler.run(&seat, good)).expect("runs").logits().len(),

@@ -110,6 +110,7 @@ impl GuestGeneration for Generation {
             text: "ok".into(),
             tokens: vec![0],
             logprobs: Vec::new(),
+            tool_calls: Vec::new(),
             finish: last.then_some(FinishReason::Stop),
             usage: Usage {
                 prompt_tokens: 1,

@@ -1,0 +1,61 @@
+//! The model's vocabulary as llguidance sees it: a token trie over each
+//! token's bytes, and the tokenizer for the text a grammar forces.
+
+use std::sync::Arc;
+
+use toktrie::{TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
+
+use crate::tokenizer::{TokenType, Tokenizer};
+
+struct Vocabulary {
+    trie: TokTrie,
+    tokenizer: Arc<Tokenizer>,
+}
+
+impl TokenizerEnv for Vocabulary {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, bytes: &[u8]) -> Vec<u32> {
+        self.tokenizer.encode(&String::from_utf8_lossy(bytes), false, false)
+    }
+
+    /// Whether `tokenize_bytes` of a piece of text gives the tokens the model
+    /// would write for it, so that llguidance may force them. Byte-level BPE
+    /// does; SentencePiece prefixes a space to the text it starts.
+    fn tokenize_is_canonical(&self) -> bool {
+        self.tokenizer.is_byte_level()
+    }
+}
+
+/// The trie of `tokenizer`'s vocabulary. Control, unknown and unused tokens
+/// are named by llguidance's special-token marker and their text (so a Lark
+/// grammar can ask for `<|im_end|>`), never by bytes of generated text; every
+/// end-of-generation token ends a grammar that is complete.
+pub fn environment(tokenizer: Arc<Tokenizer>) -> TokEnv {
+    let words: Vec<Vec<u8>> = (0..tokenizer.vocab_size())
+        .map(|id| match tokenizer.token_type(id) {
+            TokenType::Normal | TokenType::Byte | TokenType::UserDefined => tokenizer.piece(id, false),
+            TokenType::Control | TokenType::Unknown | TokenType::Unused => {
+                let mut word = vec![TokTrie::SPECIAL_TOKEN_MARKER];
+                word.extend_from_slice(tokenizer.token_text(id).unwrap_or_default().as_bytes());
+                word
+            }
+        })
+        .collect();
+    let ends = &tokenizer.end_of_generation;
+    let info = TokRxInfo {
+        vocab_size: tokenizer.vocab_size(),
+        tok_eos: tokenizer.eos.or(ends.first().copied()).unwrap_or(0),
+        tok_bos: tokenizer.bos,
+        tok_pad: None,
+        tok_unk: None,
+        tok_end_of_turn: None,
+    };
+    let mut trie = TokTrie::from(&info, &words);
+    if !ends.is_empty() {
+        trie = trie.with_eos_tokens(ends);
+    }
+    Arc::new(Vocabulary { trie, tokenizer })
+}

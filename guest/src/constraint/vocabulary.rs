@@ -17,15 +17,10 @@ impl TokenizerEnv for Vocabulary {
         &self.trie
     }
 
+    /// The tokens of text that continues a reply (llguidance forces them
+    /// where the grammar leaves one choice): no SentencePiece space prefix.
     fn tokenize_bytes(&self, bytes: &[u8]) -> Vec<u32> {
-        self.tokenizer.encode(&String::from_utf8_lossy(bytes), false, false)
-    }
-
-    /// Whether `tokenize_bytes` of a piece of text gives the tokens the model
-    /// would write for it, so that llguidance may force them. Byte-level BPE
-    /// does; SentencePiece prefixes a space to the text it starts.
-    fn tokenize_is_canonical(&self) -> bool {
-        self.tokenizer.is_byte_level()
+        self.tokenizer.encode_continuation(&String::from_utf8_lossy(bytes))
     }
 }
 

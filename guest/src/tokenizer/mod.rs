@@ -182,6 +182,17 @@ impl Tokenizer {
     /// `parse_special` turns control-token text into its id (user-defined tokens
     /// are always matched, as in llama.cpp).
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        self.encode_from(text, add_special, parse_special, true)
+    }
+
+    /// Token ids of `text` as it would go on after earlier text: no BOS, no
+    /// special tokens, and no SentencePiece space prefix (which only the
+    /// start of an input gets).
+    pub fn encode_continuation(&self, text: &str) -> Vec<u32> {
+        self.encode_from(text, false, false, false)
+    }
+
+    fn encode_from(&self, text: &str, add_special: bool, parse_special: bool, starts_input: bool) -> Vec<u32> {
         let mut out = Vec::new();
         if add_special && self.add_bos {
             out.extend(self.bos);
@@ -202,7 +213,7 @@ impl Tokenizer {
             }
             Model::Spm(spm) => {
                 // The input's start counts as following a special token.
-                let mut after_special = true;
+                let mut after_special = starts_input;
                 let mut escaped = String::new();
                 for fragment in fragments {
                     match fragment {
@@ -257,12 +268,6 @@ impl Tokenizer {
             bytes.extend_from_slice(piece);
         }
         String::from_utf8_lossy(&bytes).into_owned()
-    }
-
-    /// Byte-level BPE (`gpt2`), which encodes any piece of text as it would
-    /// in the middle of a longer one.
-    pub fn is_byte_level(&self) -> bool {
-        matches!(self.model, Model::Bpe { .. })
     }
 
     /// The GGUF type of token `id` (`Unused` outside the vocabulary).

@@ -40,13 +40,20 @@ pub fn shape_output(logits: &[f32], kind: OutputKind, allowed: Option<&[u32]>) -
         return shape_row(logits, kind);
     };
     // The allowed tokens as a row of their own, in id order, so that ties
-    // still go to the lowest id; then mapped back.
-    let (ids, row) = allowed_row(logits, allowed);
-    match shape_row(&row, kind) {
-        StepOutput::TopK(top) => StepOutput::TopK(top.into_iter().map(|(at, l)| (ids[at as usize], l)).collect()),
-        StepOutput::Sampled(at, logit) => StepOutput::Sampled(ids[at as usize], logit),
-        StepOutput::Logits(_) => unreachable!("logits are shaped above"),
+    // still go to the lowest id; then mapped back. The row lives in a
+    // buffer kept per thread: a fresh vocabulary-sized one would be mapped
+    // and faulted in on every step.
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<(Vec<u32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     }
+    SCRATCH.with_borrow_mut(|(ids, row)| {
+        allowed_row(logits, allowed, ids, row);
+        match shape_row(row, kind) {
+            StepOutput::TopK(top) => StepOutput::TopK(top.into_iter().map(|(at, l)| (ids[at as usize], l)).collect()),
+            StepOutput::Sampled(at, logit) => StepOutput::Sampled(ids[at as usize], logit),
+            StepOutput::Logits(_) => unreachable!("logits are shaped above"),
+        }
+    })
 }
 
 fn shape_row(logits: &[f32], kind: OutputKind) -> StepOutput {
@@ -60,29 +67,40 @@ fn shape_row(logits: &[f32], kind: OutputKind) -> StepOutput {
     }
 }
 
-/// The ids the bitset allows within `logits`, and their logits.
-fn allowed_row(logits: &[f32], allowed: &[u32]) -> (Vec<u32>, Vec<f32>) {
-    let (mut ids, mut row) = (Vec::with_capacity(logits.len()), Vec::with_capacity(logits.len()));
+/// The ids the bitset allows within `logits`, and their logits, into `ids`
+/// and `row`.
+fn allowed_row(logits: &[f32], allowed: &[u32], ids: &mut Vec<u32>, row: &mut Vec<f32>) {
+    let n = logits.len().min(allowed.len() * 32);
+    // Branch-free compaction: every token is written at the end of the
+    // lists, which grow only by the allowed ones (a mask inside a JSON
+    // string allows all but a few tokens of each word, where a loop over set
+    // bits would branch once per token).
+    ids.resize(n + 1, 0);
+    row.resize(n + 1, 0.0);
+    let mut len = 0;
     for (w, &word) in allowed.iter().enumerate() {
         let base = w * 32;
-        // Inside a string nearly every token is allowed: whole words at once.
-        if word == u32::MAX && base + 32 <= logits.len() {
-            ids.extend(base as u32..base as u32 + 32);
-            row.extend_from_slice(&logits[base..base + 32]);
+        if word == 0 || base >= n {
             continue;
         }
-        let mut bits = word;
-        while bits != 0 {
-            let id = base + bits.trailing_zeros() as usize;
-            if id >= logits.len() {
-                return (ids, row);
-            }
-            ids.push(id as u32);
-            row.push(logits[id]);
-            bits &= bits - 1;
+        let end = (base + 32).min(n);
+        if word == u32::MAX && end == base + 32 {
+            ids[len..len + 32]
+                .iter_mut()
+                .zip(base as u32..)
+                .for_each(|(d, id)| *d = id);
+            row[len..len + 32].copy_from_slice(&logits[base..end]);
+            len += 32;
+            continue;
+        }
+        for (bit, &logit) in logits[base..end].iter().enumerate() {
+            ids[len] = (base + bit) as u32;
+            row[len] = logit;
+            len += (word >> bit & 1) as usize;
         }
     }
-    (ids, row)
+    ids.truncate(len);
+    row.truncate(len);
 }
 
 #[cfg(test)]

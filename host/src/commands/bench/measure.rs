@@ -281,8 +281,8 @@ pub fn speed(
         let mut samples = Vec::with_capacity(repetitions);
         for r in 0..repetitions {
             eprintln!("{test}: run {}/{repetitions}", r + 1);
-            let (wall, profile) = decode(&mut tenant, n)?;
-            samples.push(n as f64 / wall.as_secs_f64());
+            let (wall, profile, tokens) = decode(&mut tenant, n)?;
+            samples.push(tokens as f64 / wall.as_secs_f64());
             decode_wall += wall;
             steps = StepProfile {
                 steps: steps.steps + profile.steps,
@@ -334,22 +334,28 @@ pub fn speed(
     })
 }
 
-/// `n` decode steps after a one-token prefill: their total wall time in
-/// `generation.next` and what the `graph.run` calls inside spent.
-fn decode(tenant: &mut Tenant, n: u32) -> anyhow::Result<(Duration, StepProfile)> {
+/// The tokens after the first of an `n + 1`-token generation from a
+/// one-word prompt: their total wall time in `generation.next`, what the
+/// `graph.run` calls inside spent, and their count (`n`, in fewer steps
+/// where a constraint forced tokens).
+fn decode(tenant: &mut Tenant, n: u32) -> anyhow::Result<(Duration, StepProfile, u32)> {
     // The shortest prompt: a single word (and BOS where the model adds one).
     let (generation, _) = tenant.complete("Once", n + 1)?;
-    tenant.next(&generation)?.0.context("no first token")?;
+    let first = tenant.next(&generation)?.0.context("no first token")?;
+    let mut tokens = 0;
     let mut wall = Duration::ZERO;
     let mut steps = StepProfile::default();
-    for _ in 0..n {
+    let mut done = first.finish.is_some();
+    while !done {
         let (chunk, timed) = tenant.next(&generation)?;
         let chunk = chunk.context("the generation ended early")?;
+        done = chunk.finish.is_some();
         anyhow::ensure!(
-            chunk.finish.is_none() || chunk.usage.completion_tokens == n + 1,
+            !done || chunk.usage.completion_tokens == n + 1,
             "the generation ended after {} tokens (a --json-schema must allow longer output)",
             chunk.usage.completion_tokens
         );
+        tokens += chunk.tokens.len() as u32;
         anyhow::ensure!(
             timed.steps.steps == 1,
             "a decode step ran {} graph steps",
@@ -363,14 +369,18 @@ fn decode(tenant: &mut Tenant, n: u32) -> anyhow::Result<(Duration, StepProfile)
         };
     }
     tenant.release(generation)?;
-    Ok((wall, steps))
+    anyhow::ensure!(tokens > 0, "the first step took all {} tokens", n + 1);
+    Ok((wall, steps, tokens))
 }
 
 /// What one concurrent tenant measured.
 struct Trace {
     first_token: Duration,
-    /// Times between consecutive tokens of the decode phase.
+    /// Times between consecutive chunks of the decode phase (a chunk is
+    /// one token, or more where a constraint forced some).
     gaps: Vec<Duration>,
+    /// Tokens of the decode phase.
+    tokens: usize,
     finished: Instant,
 }
 
@@ -424,14 +434,18 @@ pub fn concurrent(
                     let (mut tenant, generation, first_token) = prepared?;
                     tenant.set_stepping(true);
                     let mut gaps = Vec::with_capacity(steps as usize);
+                    let mut tokens = 0;
                     let mut last = Instant::now();
-                    for step in 0..steps {
+                    let mut done = false;
+                    while !done {
                         let chunk = tenant.next(&generation)?.0.context("the generation ended early")?;
+                        done = chunk.finish.is_some();
                         anyhow::ensure!(
-                            chunk.finish.is_none() || step + 1 == steps,
+                            !done || chunk.usage.completion_tokens == steps + 1,
                             "the generation ended after {} tokens (a --json-schema must allow longer output)",
                             chunk.usage.completion_tokens
                         );
+                        tokens += chunk.tokens.len();
                         let now = Instant::now();
                         gaps.push(now - last);
                         last = now;
@@ -441,6 +455,7 @@ pub fn concurrent(
                     Ok(Trace {
                         first_token,
                         gaps,
+                        tokens,
                         finished: last,
                     })
                 })
@@ -464,7 +479,7 @@ pub fn concurrent(
     let gather_ms = ms(after.gathering - before.gathering) / batches;
     drop(holder);
     let finished = traces.iter().map(|t| t.finished).max().unwrap_or(started);
-    let tokens: usize = traces.iter().map(|t| t.gaps.len()).sum();
+    let tokens: usize = traces.iter().map(|t| t.tokens).sum();
     let gaps: Vec<f64> = traces.iter().flat_map(|t| t.gaps.iter().map(|&g| ms(g))).collect();
     let firsts: Vec<f64> = traces.iter().map(|t| ms(t.first_token)).collect();
     Ok(TenantsRow {

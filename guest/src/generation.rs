@@ -189,6 +189,14 @@ impl State {
         } else {
             take_complete_utf8(&mut self.partial_utf8)
         };
+        // Tool calls first: stop strings cut the reply's text, not a call.
+        let (complete, tool_calls) = match &mut self.calls {
+            Some(parser) => {
+                let parsed = parser.push(&complete, finish.is_some());
+                (parsed.content, parsed.calls)
+            }
+            None => (complete, Vec::new()),
+        };
         let mut stopped = false;
         let text = match self.stops.push(&complete) {
             Matched::Stop(before) => {
@@ -199,16 +207,9 @@ impl State {
             Matched::Pending(ready) if finish.is_some() => ready + &self.stops.flush(),
             Matched::Pending(ready) => ready,
         };
-        let (text, tool_calls) = match &mut self.calls {
-            Some(parser) => {
-                let parsed = parser.push(&text, finish.is_some());
-                if finish == Some(FinishReason::Stop) && parser.called() {
-                    finish = Some(FinishReason::ToolCalls);
-                }
-                (parsed.content, parsed.calls)
-            }
-            None => (text, Vec::new()),
-        };
+        if finish == Some(FinishReason::Stop) && self.calls.as_ref().is_some_and(CallParser::called) {
+            finish = Some(FinishReason::ToolCalls);
+        }
         self.returned_bytes += text.len();
         // Entries whose text has begun to be returned go out; at the end, all
         // of them unless a stop string cut their text off.

@@ -100,11 +100,14 @@ impl GuestRealm for Realm {
             Some(p) => (Some(p.template_tools), p.system, p.constraint, p.parser),
             None => (None, None, None, None),
         };
+        // A constraint on the whole reply would rule the calls out (or, in the
+        // generic format, clash with the calls' own constraint).
+        let calls_on = parser.is_some();
         let constraint = match (request.constraint, tool_constraint) {
-            (Some(_), Some(_)) => {
+            (Some(_), _) if calls_on => {
                 return Err(Error::InvalidRequest(
-                    "this model's tool calls are constrained to their own format, so `tools` cannot go with \
-                     `response_format` or another output constraint here"
+                    "`tools` cannot go with `response_format` or another output constraint \
+                     (unless `tool_choice` is `none`)"
                         .into(),
                 ));
             }

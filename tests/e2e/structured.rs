@@ -142,6 +142,16 @@ fn regexes_choices_and_grammars_hold() {
         assert_eq!(finish, "stop");
         assert!(["Paris", "London", "Rome"].contains(&text.as_str()), "{text:?}");
     }
+    // Choices that share their first bytes: the forced prefix ends inside a character.
+    for choices in [json!(["да", "нет"]), json!(["はい", "いいえ"])] {
+        for (text, finish) in post(json!({"choice": choices.clone()}), "Yes or no?") {
+            assert_eq!(finish, "stop");
+            assert!(
+                choices.as_array().expect("list").iter().any(|c| c == text.as_str()),
+                "{text:?}"
+            );
+        }
+    }
     for (text, finish) in post(json!({"regex": "[0-9]{3}-[0-9]{4}"}), "A phone number?") {
         let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
         assert_eq!(finish, "stop");

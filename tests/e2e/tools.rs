@@ -121,6 +121,14 @@ fn forced_calls_are_valid_whole_and_streamed_and_their_results_are_answered() {
             assert_eq!(streamed, whole, "{model}: greedy, streamed or not");
         }
 
+        // Stop strings cut the reply's text, never a call.
+        let (status, body) = server.post(
+            "/v1/chat/completions",
+            ask(model, json!("required"), json!({"stop": ["\n", "{"]})),
+        );
+        assert_eq!(status, 200, "{model}: {body}");
+        assert_eq!(body["choices"][0]["finish_reason"], "tool_calls", "{model}: {body}");
+
         // The call and its result go back; the model answers (in text or another call).
         let (_, body) = server.post("/v1/chat/completions", ask(model, json!("required"), json!({})));
         let assistant = body["choices"][0]["message"].clone();

@@ -80,7 +80,7 @@ fn key(constraint: &Constraint) -> Key {
         Constraint::JsonObject => Key("json-object", String::new()),
         Constraint::JsonSchema(schema) => Key("json-schema", schema.clone()),
         Constraint::Regex(regex) => Key("regex", regex.clone()),
-        Constraint::Choice(choices) => Key("choice", choices.join("\0")),
+        Constraint::Choice(choices) => Key("choice", serde_json::to_string(choices).unwrap_or_default()),
         Constraint::Gbnf(grammar) => Key("gbnf", grammar.clone()),
         Constraint::Lark(grammar) => Key("lark", grammar.clone()),
     }

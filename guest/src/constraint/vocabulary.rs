@@ -19,8 +19,17 @@ impl TokenizerEnv for Vocabulary {
 
     /// The tokens of text that continues a reply (llguidance forces them
     /// where the grammar leaves one choice): no SentencePiece space prefix.
+    /// Forced bytes may end inside a character (choices that share a first
+    /// byte); that tail goes through the trie byte for byte, since the
+    /// tokenizer would turn it into U+FFFD.
     fn tokenize_bytes(&self, bytes: &[u8]) -> Vec<u32> {
-        self.tokenizer.encode_continuation(&String::from_utf8_lossy(bytes))
+        let valid = match std::str::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        let mut tokens = self.tokenizer.encode_continuation(valid);
+        tokens.extend(self.trie.greedy_tokenize(&bytes[valid.len()..]));
+        tokens
     }
 }
 

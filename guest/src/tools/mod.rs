@@ -135,7 +135,7 @@ pub fn prepare(tools: &Tools, format: ToolFormat) -> Result<Prepared, Error> {
         template_tools,
         system,
         constraint,
-        parser: (!off).then(|| CallParser::new(format)),
+        parser: (!off).then(|| CallParser::new(format, tools.parallel)),
     })
 }
 

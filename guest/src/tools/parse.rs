@@ -17,6 +17,8 @@ pub struct CallParser {
     /// Whether the reply began with `{` (a call, as a bare object), once it has begun.
     json_reply: Option<bool>,
     calls: u32,
+    /// Whether a reply may make more than one call.
+    parallel: bool,
     /// Makes the calls' ids unique.
     salt: u64,
 }
@@ -29,13 +31,14 @@ pub struct Parsed {
 }
 
 impl CallParser {
-    pub fn new(format: ToolFormat) -> Self {
+    pub fn new(format: ToolFormat, parallel: bool) -> Self {
         use std::hash::{BuildHasher, Hasher};
         Self {
             format,
             held: String::new(),
             json_reply: None,
             calls: 0,
+            parallel,
             salt: std::collections::hash_map::RandomState::new().build_hasher().finish(),
         }
     }
@@ -74,8 +77,14 @@ impl CallParser {
         }
         loop {
             let Some(open) = self.held.find(OPEN) else {
-                // Hold back what could be the start of `<tool_call>`.
-                let keep = if last { 0 } else { partial_suffix(&self.held, OPEN) };
+                // Hold back what could be the start of `<tool_call>`, and
+                // after a call the whitespace that may only separate calls.
+                let spaces = self.held.len() - self.held.trim_end().len();
+                let keep = match last {
+                    true => 0,
+                    false if self.called() => partial_suffix(&self.held, OPEN).max(spaces),
+                    false => partial_suffix(&self.held, OPEN),
+                };
                 let ready = self.held.len() - keep;
                 self.content(&self.held[..ready], parsed);
                 self.held.drain(..ready);
@@ -121,10 +130,14 @@ impl CallParser {
         }
         let reply = std::mem::take(&mut self.held);
         let calls = match self.format {
-            ToolFormat::Llama3 => reply
-                .split(';')
-                .map(|call| call_of(call, "parameters"))
-                .collect::<Option<Vec<_>>>(),
+            // One call, or several separated by `;` (which may also sit
+            // inside a call's strings: the whole reply is tried first).
+            ToolFormat::Llama3 => call_of(&reply, "parameters").map(|call| vec![call]).or_else(|| {
+                reply
+                    .split(';')
+                    .map(|call| call_of(call, "parameters"))
+                    .collect::<Option<Vec<_>>>()
+            }),
             _ => generic(&reply, parsed),
         };
         match calls {
@@ -142,6 +155,10 @@ impl CallParser {
     }
 
     fn call(&mut self, name: String, arguments: String, parsed: &mut Parsed) {
+        // `parallel_tool_calls: false`: a reply makes one call; later ones are dropped.
+        if !self.parallel && self.called() {
+            return;
+        }
         let index = self.calls;
         self.calls += 1;
         parsed.calls.push(ToolCallDelta {
@@ -200,7 +217,7 @@ mod tests {
 
     /// The reply pushed in pieces of `size` bytes: content, and (name, arguments) per call.
     fn run(format: ToolFormat, reply: &str, size: usize) -> (String, Vec<(String, String)>) {
-        let mut parser = CallParser::new(format);
+        let mut parser = CallParser::new(format, true);
         let chars: Vec<char> = reply.chars().collect();
         let pieces: Vec<String> = chars.chunks(size).map(|c| c.iter().collect()).collect();
         let (mut content, mut calls) = (String::new(), Vec::<(String, String)>::new());
@@ -234,6 +251,11 @@ mod tests {
         }
         let (content, calls) = run(ToolFormat::Hermes, "No tools: a < b.", 2);
         assert_eq!((content.as_str(), calls.len()), ("No tools: a < b.", 0));
+        let prose = "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>\nDone.\nNext";
+        for size in [1, 2, 5] {
+            let (content, calls) = run(ToolFormat::Hermes, prose, size);
+            assert_eq!((content.as_str(), calls.len()), ("\nDone.\nNext", 1), "size {size}");
+        }
         let bare = r#" {"name": "get_weather", "arguments": {"city": "Rome"}}"#;
         let (content, calls) = run(ToolFormat::Hermes, bare, 3);
         assert_eq!(
@@ -251,6 +273,15 @@ mod tests {
     fn llama3_and_generic_replies() {
         let (content, calls) = run(ToolFormat::Llama3, r#"{"name": "f", "parameters": {"x": 1}}"#, 5);
         assert_eq!((content.as_str(), calls), ("", vec![("f".into(), r#"{"x":1}"#.into())]));
+        let (content, calls) = run(
+            ToolFormat::Llama3,
+            r#"{"name": "search", "parameters": {"q": "a; b"}}"#,
+            4,
+        );
+        assert_eq!(
+            (content.as_str(), calls),
+            ("", vec![("search".into(), r#"{"q":"a; b"}"#.into())])
+        );
         let (content, calls) = run(ToolFormat::Llama3, "Hello {there}", 3);
         assert_eq!((content.as_str(), calls.len()), ("Hello {there}", 0));
         let generic = r#"{"tool_calls": [{"name": "f", "arguments": {"x": 1}}, {"name": "g", "arguments": {}}]}"#;

@@ -426,7 +426,8 @@ pub fn concurrent(
                         tenant.open(&model, context)?;
                         let (generation, started) = tenant.complete(&prompt, steps + 1)?;
                         let (chunk, first) = tenant.next(&generation)?;
-                        chunk.context("no first token")?;
+                        let chunk = chunk.context("no first token")?;
+                        anyhow::ensure!(chunk.finish.is_none(), "the first step took all {} tokens", steps + 1);
                         anyhow::Ok((tenant, generation, started.wall + first.wall))
                     })();
                     // Every thread reaches the barrier, failed or not.

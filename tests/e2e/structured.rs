@@ -152,6 +152,16 @@ fn regexes_choices_and_grammars_hold() {
             );
         }
     }
+    // Choices are literal text, however many.
+    let many: Vec<String> = (0..5000).map(|i| format!("option {i} (a+b)*")).collect();
+    for (text, finish) in post(json!({"choice": many}), "Pick one.") {
+        assert_eq!(finish, "stop");
+        let number = text.strip_prefix("option ").and_then(|t| t.strip_suffix(" (a+b)*"));
+        assert!(
+            number.is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n < 5000)),
+            "{text:?}"
+        );
+    }
     for (text, finish) in post(json!({"regex": "[0-9]{3}-[0-9]{4}"}), "A phone number?") {
         let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
         assert_eq!(finish, "stop");
@@ -212,6 +222,10 @@ fn constraints_that_do_not_compile_are_refused_naming_their_field() {
     assert_eq!(param, "response_format.type");
     let (param, _) = refused(json!({"choice": []}));
     assert_eq!(param, "choice");
+    // A grammar past the parser's limits is the grammar's fault: a 400, not a 500.
+    let wide: Vec<String> = (0..3000).map(|i| format!("\"w{i}\"")).collect();
+    let (_, message) = refused(json!({"grammar": format!("root ::= {}", wide.join(" | "))}));
+    assert!(message.contains("items"), "{message}");
 
     // Nothing was lost: the same server still answers.
     let (status, body) = server.post("/v1/chat/completions", chat(json!({}), "Hi", json!({"max_tokens": 4})));

@@ -54,7 +54,7 @@ impl Constraints {
             let entry = compiled.remove(at).expect("found above");
             let matcher = entry.1.clone();
             compiled.push_back(entry);
-            return Ok(Guide { matcher });
+            return Guide::new(matcher);
         }
         let grammar = grammar(constraint)?;
         let factory = self.factory.get_or_init(|| {
@@ -67,11 +67,15 @@ impl Constraints {
             .create_parser(grammar)
             .map_err(|e| Error::InvalidConstraint(e.to_string()))?;
         let matcher = Matcher::new(Ok(parser));
+        // The first mask is where a grammar meets the parser's limits (a row
+        // of too many items, say): that is the constraint's fault, so it is
+        // refused here, and only a constraint that got that far is cached.
+        let guide = Guide::new(matcher.clone())?;
         if compiled.len() == CACHED {
             compiled.pop_front();
         }
-        compiled.push_back((key, matcher.clone()));
-        Ok(Guide { matcher })
+        compiled.push_back((key, matcher));
+        Ok(guide)
     }
 }
 
@@ -97,19 +101,30 @@ fn grammar(constraint: &Constraint) -> Result<TopLevelGrammar, Error> {
             TopLevelGrammar::from_json_schema(compact(schema))
         }
         Constraint::Regex(regex) => TopLevelGrammar::from_regex(regex),
+        // One regex alternation: a lexeme, however many choices (as grammar
+        // alternatives, thousands would exceed the parser's row limit).
         Constraint::Choice(choices) => {
             if choices.is_empty() {
                 return Err(invalid("`choice` needs at least one string".into()));
             }
-            let alternatives: Vec<String> = choices
-                .iter()
-                .map(|c| serde_json::to_string(c).expect("a string serializes"))
-                .collect();
-            TopLevelGrammar::from_lark(format!("start: {}", alternatives.join(" | ")))
+            let alternatives: Vec<String> = choices.iter().map(|c| escape_regex(c)).collect();
+            TopLevelGrammar::from_regex(&alternatives.join("|"))
         }
         Constraint::Gbnf(grammar) => TopLevelGrammar::from_lark(gbnf::to_lark(grammar).map_err(invalid)?),
         Constraint::Lark(grammar) => TopLevelGrammar::from_lark(grammar.clone()),
     })
+}
+
+/// `text` as a regex that matches exactly it.
+fn escape_regex(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// JSON as `json.dumps` writes it, on one line: a schema says nothing of
@@ -127,11 +142,27 @@ fn compact(mut schema: Value) -> Value {
 /// One generation's place in its constraint.
 pub struct Guide {
     matcher: Matcher,
+    /// The first step's mask, computed when the guide is made.
+    first: Option<Vec<u32>>,
 }
 
 impl Guide {
+    fn new(mut matcher: Matcher) -> Result<Self, Error> {
+        let mask = matcher
+            .compute_mask()
+            .map_err(|e| Error::InvalidConstraint(e.to_string()))?;
+        if mask.is_zero() {
+            return Err(Error::InvalidConstraint("the constraint allows no output".into()));
+        }
+        let first = Some(mask.as_slice().to_vec());
+        Ok(Self { matcher, first })
+    }
+
     /// The tokens that may come next, as `graph.run`'s bitset.
     pub fn allowed(&mut self) -> Result<Vec<u32>, Error> {
+        if let Some(first) = self.first.take() {
+            return Ok(first);
+        }
         let mask = self.matcher.compute_mask().map_err(|e| self.failed(e))?;
         if mask.is_zero() {
             return Err(Error::Internal("the constraint allows no token".into()));
@@ -159,8 +190,11 @@ impl Guide {
         self.matcher.is_stopped()
     }
 
+    /// A matcher fails where the grammar outgrows llguidance's limits (too
+    /// many items in a parser row, too much lexer work for one mask): the
+    /// constraint's fault, as a compile error would be.
     fn failed(&self, error: impl std::fmt::Display) -> Error {
-        Error::Internal(format!("the constraint failed: {error}"))
+        Error::InvalidConstraint(format!("the constraint failed during generation: {error}"))
     }
 }
 

@@ -7,10 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JSONSCHEMA_VERSION=4.26.0
-pkgs="$PWD/target/schema-pkgs"
-export PYTHONPATH="$pkgs${PYTHONPATH:+:$PYTHONPATH}"
-if ! python3 -c "import jsonschema, importlib.metadata as m, sys; sys.exit(m.version('jsonschema') != '$JSONSCHEMA_VERSION')" 2>/dev/null; then
-  rm -rf "$pkgs"
-  python3 -m pip install --quiet --disable-pip-version-check --target "$pkgs" "jsonschema==$JSONSCHEMA_VERSION"
-fi
+source scripts/lib/pip-pinned.sh
+pip_pinned "$PWD/target/schema-pkgs" jsonschema "$JSONSCHEMA_VERSION"
 python3 scripts/lib/schema_corpus.py "$@"

@@ -7,11 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OPENAI_VERSION=3.54.0
-pkgs="$PWD/target/openai-pkgs"
-export PYTHONPATH="$pkgs${PYTHONPATH:+:$PYTHONPATH}"
-if ! python3 -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
-  rm -rf "$pkgs"
-  python3 -m pip install --quiet --disable-pip-version-check --target "$pkgs" "openai==$OPENAI_VERSION"
-fi
+source scripts/lib/pip-pinned.sh
+pip_pinned "$PWD/target/openai-pkgs" openai "$OPENAI_VERSION"
 cargo build --release --quiet -p realm-host
 python3 tests/openai/check_client.py

@@ -130,7 +130,7 @@ fn escape_regex(text: &str) -> String {
 /// JSON as `json.dumps` writes it, on one line: a schema says nothing of
 /// whitespace, and free whitespace lets a small model pad forever. A schema's
 /// own `x-guidance` options win.
-fn compact(mut schema: Value) -> Value {
+pub(crate) fn compact(mut schema: Value) -> Value {
     if let Value::Object(fields) = &mut schema {
         fields.entry("x-guidance").or_insert_with(
             || serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),

@@ -124,7 +124,7 @@ pub fn prepare(tools: &Tools, format: ToolFormat) -> Result<Prepared, Error> {
             let repeat = if tools.parallel { " (\"\\n\" call)*" } else { "" };
             Some(Constraint::Lark(format!(
                 "%llguidance {{}}\nstart: call{repeat}\ncall: \"<tool_call>\\n\" body \"\\n</tool_call>\"\nbody: %json {}\n",
-                compact(one_call)
+                crate::constraint::compact(one_call)
             )))
         }
         (ToolFormat::Llama3, _, true) => Some(Constraint::JsonSchema(one_call.to_string())),
@@ -185,12 +185,6 @@ pub fn generic_messages(messages: Vec<Message>, system: Option<&str>) -> Vec<Mes
         }
     }
     out
-}
-
-/// A schema with `json.dumps`'s separators, as `constraint::compact` writes JSON.
-fn compact(mut schema: Value) -> Value {
-    schema["x-guidance"] = json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "});
-    schema
 }
 
 fn generic_system(tools: &Value, forced: bool) -> String {

@@ -4,7 +4,7 @@
 #
 #   scripts/bench-serve.sh [--peer llama-server] [--model M ...] [--threads 2]
 #                          [--concurrency 1,4,16] [--requests-per-client 2]
-#                          [--max-tokens 64] [--out DIR]
+#                          [--max-tokens 64] [--isa native|avx2|avx512] [--out DIR]
 #
 # Builds what it needs (target/realm.wasm, realm-host; with --peer, llama.cpp's
 # llama-server from the PyPI source package llama-cpp-python==0.3.36, built
@@ -19,7 +19,8 @@
 # 0.7 / top_p 0.95. Prints one markdown table: output tokens/s, requests/s,
 # TTFT p50/p99, ITL p50/p99 per server, and realm/llama-server ratios
 # (output tokens/s: higher is better; TTFT: realm's over llama-server's, lower
-# is better). Models default to the three of scripts/fetch-models.sh --all
+# is better). --isa avx2 (or avx512) runs both servers at that instruction
+# set (as scripts/bench.sh --isa). Models default to the three of scripts/fetch-models.sh --all
 # that are present.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -28,6 +29,7 @@ cd "$ROOT"
 peer=""
 models=()
 threads=2
+isa=native
 concurrency=1,4,16
 per_client=2
 max_tokens=64
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
     --peer) peer="$2"; shift 2 ;;
     --model) models+=("$2"); shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
+    --isa) isa="$2"; shift 2 ;;
     --concurrency) concurrency="$2"; shift 2 ;;
     --requests-per-client) per_client="$2"; shift 2 ;;
     --max-tokens) max_tokens="$2"; shift 2 ;;
@@ -48,6 +51,11 @@ done
 case "$peer" in
   ""|llama-server) ;;
   *) echo "--peer: only llama-server is known, not \`$peer\`" >&2; exit 2 ;;
+esac
+case "$isa" in
+  native) ;;
+  avx2|avx512) export REALM_CPU_ISA="$isa" LLAMA_ISA="$isa" ;;
+  *) echo "--isa: native, avx2 or avx512, not \`$isa\`" >&2; exit 2 ;;
 esac
 if [ ${#models[@]} -eq 0 ]; then
   for m in SmolLM2-135M-Instruct.Q4_1 gemma-3-270m-q4_k_m qwen2.5-coder-0.5b-instruct-q4_k_m; do
@@ -120,7 +128,7 @@ for m in "${models[@]}"; do
   done
 done
 
-python3 - "$out/results.jsonl" "$threads" <<'EOF'
+python3 - "$out/results.jsonl" "$threads" "$isa" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 by = {}
@@ -130,7 +138,8 @@ for r in rows:
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
 simd = " ".join(f for f in flags if f in ("avx2", "fma", "f16c") or f.startswith("avx512"))
-print(f"{cpu}, {sys.argv[2]} threads; {simd}\n")
+isa = sys.argv[3]
+print(f"{cpu}, {sys.argv[2]} threads; {simd}; kernels: {isa}\n")
 peer = any(k[3] == "llama-server" for k in by)
 head = "| model | sampling | N | realm tok/s | realm req/s | realm TTFT p50/p99 ms | realm ITL p50/p99 ms |"
 sep = "|---|---|---:|---:|---:|---:|---:|"

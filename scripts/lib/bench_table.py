@@ -99,7 +99,8 @@ def main():
             with open(path) as f:
                 load.append(f"{when} {' '.join(f.read().split()[:3])}")
     print(
-        f"\n{threads} threads; realm: realm-host bench; llama.cpp 0c1e570: llama-bench, llama-batched-bench; "
+        f"\n{threads} threads; kernels: {os.environ.get('REALM_CPU_ISA', 'native')}; "
+        f"realm: realm-host bench; llama.cpp 0c1e570: llama-bench, llama-batched-bench; "
         f"load average (1/5/15 min): {', '.join(load) or 'unknown'}"
     )
 

@@ -1,5 +1,6 @@
 //! Prefill kernels of the 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1,
-//! Q8_0) over panels of eight weight rows, on CPUs with AVX-512 VNNI.
+//! Q8_0) over panels of eight weight rows, on CPUs with AVX-512 VNNI; and
+//! of all but Q8_0 on CPUs with AVX2 only.
 //!
 //! ggml's order (see `portable::dot_blocks`) keeps, per weight row and
 //! activation row, eight f32 lanes: lane `l` of a block is the exact integer
@@ -19,10 +20,17 @@
 //! the bytes `vpdpbusd` takes), and the offset comes back in as the
 //! accumulator's start value, `-offset · Σ y`, precomputed per activation
 //! block (`BlockQ8x4`). Every lane sum is the same exact integer as ggml's.
+//!
+//! Without VNNI, `vpmaddubsw` and `vpmaddwd` against ones form the same four
+//! products' exact sum (the pairs in i16 hold at most 2 · 31 · 127; Q8_0's
+//! unsigned quants, up to 255, would saturate them, so Q8_0 keeps the row
+//! kernels there). With 16 vector registers, the lane positions go in four
+//! passes of two rather than two of four.
 
 use std::arch::x86_64::*;
 
 use super::x86::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, layout, unpack_nibbles, unpack_q5};
+use crate::compute::cpu::kernels::features::{self, Isa};
 use crate::compute::cpu::kernels::x86::f16_pair;
 use crate::compute::gguf::GgmlType;
 use crate::compute::quant::q8::BlockQ8;
@@ -63,22 +71,30 @@ pub type PackFn = unsafe fn(w: &[u8], row_bytes: usize, out: &mut Vec<Panel>);
 /// activation row `j` into `out[j][r]`.
 pub type PanelKernel = unsafe fn(panel: &[Panel], ys: &[BlockQ8x4], out: &mut [[f32; 8]; 4]);
 
-/// The packing and the kernel for `ty`, where this CPU has AVX-512 VNNI. Both
-/// are safe to call once returned (the features were checked here); they
-/// check their slices' lengths.
+/// The packing and the kernel for `ty` at the level the kernels run at
+/// (`features::level`): AVX-512 VNNI, or AVX2 (not Q8_0). Both are safe to
+/// call once returned (the features were checked here); they check their
+/// slices' lengths.
 pub fn kernels(ty: GgmlType) -> Option<(PackFn, PanelKernel)> {
-    if !crate::compute::cpu::kernels::features::has_avx512() {
-        return None;
-    }
-    fn of<const T: u8>() -> (PackFn, PanelKernel) {
-        (pack::<T>, kernel::<T>)
+    kernels_at(ty, features::level())
+}
+
+/// `kernels` for the path `isa`, which must not be above `features::level()`.
+fn kernels_at(ty: GgmlType, isa: Isa) -> Option<(PackFn, PanelKernel)> {
+    debug_assert!(isa <= features::level());
+    fn of<const T: u8>(isa: Isa) -> Option<(PackFn, PanelKernel)> {
+        match isa {
+            Isa::Avx512 => Some((pack::<T>, kernel::<T>)),
+            Isa::Avx2 if T != Q8_0 => Some((pack::<T>, kernel_avx2::<T>)),
+            _ => None,
+        }
     }
     match ty {
-        GgmlType::Q4_0 => Some(of::<Q4_0>()),
-        GgmlType::Q4_1 => Some(of::<Q4_1>()),
-        GgmlType::Q5_0 => Some(of::<Q5_0>()),
-        GgmlType::Q5_1 => Some(of::<Q5_1>()),
-        GgmlType::Q8_0 => Some(of::<Q8_0>()),
+        GgmlType::Q4_0 => of::<Q4_0>(isa),
+        GgmlType::Q4_1 => of::<Q4_1>(isa),
+        GgmlType::Q5_0 => of::<Q5_0>(isa),
+        GgmlType::Q5_1 => of::<Q5_1>(isa),
+        GgmlType::Q8_0 => of::<Q8_0>(isa),
         _ => None,
     }
 }
@@ -139,11 +155,11 @@ fn unsigned<const T: u8>(w: &[u8]) -> __m256i {
     }
 }
 
-/// A `PackFn`.
+/// A `PackFn` (of both paths).
 ///
 /// # Safety
 /// The CPU must have the features this function is compiled for.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn pack<const T: u8>(w: &[u8], row_bytes: usize, out: &mut Vec<Panel>) {
     let (bytes, has_min) = layout(T);
     let blocks = row_bytes / bytes;
@@ -250,21 +266,91 @@ unsafe fn kernel<const T: u8>(panel: &[Panel], ys: &[BlockQ8x4], out: &mut [[f32
     }
 }
 
+/// `kernel` with AVX2 only: each lane position's four products summed by
+/// `vpmaddubsw` and `vpmaddwd` (exact: see the module's notes), in four
+/// passes of two lane positions, so that the accumulators of four activation
+/// rows fit the 16 registers.
+///
+/// # Safety
+/// The CPU must have the features this function is compiled for.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn kernel_avx2<const T: u8>(panel: &[Panel], ys: &[BlockQ8x4], out: &mut [[f32; 8]; 4]) {
+    assert!(ys.len() >= panel.len());
+    let has_min = layout(T).1;
+    let ones = _mm256_set1_epi16(1);
+    let mut lanes = [[_mm256_setzero_ps(); 8]; GROUP_ROWS];
+    let mut mins = [_mm256_setzero_ps(); GROUP_ROWS];
+    for pass in 0..4 {
+        let mut acc = [[_mm256_setzero_ps(); 2]; GROUP_ROWS];
+        for (p, y) in panel.iter().zip(ys) {
+            // SAFETY: `d`, `m` are eight aligned f32s, `q[l]` 32 aligned bytes.
+            let (d, m) = unsafe { (_mm256_load_ps(p.d.as_ptr()), _mm256_load_ps(p.m.as_ptr())) };
+            // SAFETY: as above.
+            let x: [__m256i; 2] =
+                std::array::from_fn(|l| unsafe { _mm256_load_si256(p.q[2 * pass + l].as_ptr().cast()) });
+            for j in 0..GROUP_ROWS {
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(y.d[j]));
+                for l in 0..2 {
+                    let lane = 2 * pass + l;
+                    let pairs = _mm256_maddubs_epi16(x[l], _mm256_set1_epi32(y.q[j][lane]));
+                    let sums = _mm256_add_epi32(_mm256_set1_epi32(y.start[j][lane]), _mm256_madd_epi16(pairs, ones));
+                    acc[j][l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[j][l]);
+                }
+                if has_min && pass == 0 {
+                    mins[j] = _mm256_add_ps(mins[j], _mm256_mul_ps(m, _mm256_set1_ps(y.s[j])));
+                }
+            }
+        }
+        for j in 0..GROUP_ROWS {
+            lanes[j][2 * pass..2 * pass + 2].copy_from_slice(&acc[j]);
+        }
+    }
+    for (j, out) in out.iter_mut().enumerate() {
+        // As `kernel`: x[4 + i] + x[i], then (s0 + s2) + (s1 + s3); then the mins.
+        let x = &lanes[j];
+        let s: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(x[4 + i], x[i]));
+        let sum = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
+        let sum = if has_min { _mm256_add_ps(sum, mins[j]) } else { sum };
+        // SAFETY: `out` is eight f32s.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compute::cpu::kernels::features::{Isa, can_test};
+    use crate::compute::cpu::kernels::features::can_test;
     use crate::compute::cpu::kernels::portable::dot_blocks;
     use crate::compute::quant::q8::quantize_block;
     use crate::compute::quant::testing::{BLOCK_TYPES, noise, random_row};
 
     #[test]
-    fn panels_equal_the_portable_loop_bit_for_bit() {
-        if !can_test(Isa::Avx512, "q32 panel kernels") {
-            return;
+    fn avx512_panels_equal_the_portable_loop_bit_for_bit() {
+        if can_test(Isa::Avx512, "q32 panel kernels (AVX-512)") {
+            panels_equal_the_portable_loop(Isa::Avx512);
         }
+    }
+
+    #[test]
+    fn avx2_panels_equal_the_portable_loop_bit_for_bit() {
+        if can_test(Isa::Avx2, "q32 panel kernels (AVX2)") {
+            assert!(
+                kernels_at(GgmlType::Q8_0, Isa::Avx2).is_none(),
+                "Q8_0 would saturate vpmaddubsw"
+            );
+            panels_equal_the_portable_loop(Isa::Avx2);
+        }
+    }
+
+    fn panels_equal_the_portable_loop(isa: Isa) {
         for ty in BLOCK_TYPES {
-            let (pack, kernel) = kernels(ty).expect("a panel kernel for every block type");
+            let Some((pack, kernel)) = kernels_at(ty, isa) else {
+                assert!(
+                    isa == Isa::Avx2 && ty == GgmlType::Q8_0,
+                    "{isa:?}: no panel kernel for {ty}"
+                );
+                continue;
+            };
             let blocks = 13;
             let row_bytes = blocks * ty.block_bytes();
             for seed in 0..8 {
@@ -291,7 +377,11 @@ mod tests {
                     for r in 0..8 {
                         let y = &ys[j.min(2)];
                         let expected = dot_blocks(ty, &w[r * row_bytes..(r + 1) * row_bytes], y);
-                        assert_eq!(out[j][r].to_bits(), expected.to_bits(), "{ty} seed {seed} ({j}, {r})");
+                        assert_eq!(
+                            out[j][r].to_bits(),
+                            expected.to_bits(),
+                            "{isa:?} {ty} seed {seed} ({j}, {r})"
+                        );
                     }
                 }
             }

@@ -64,9 +64,18 @@ pub fn sample(logits: &[f32], params: &SampleParams) -> Option<(u32, f32)> {
     let total = if keep == set {
         order.sum_in_id_order(weight)
     } else {
-        let mut prefix: Vec<(u32, f32)> = (0..keep).filter_map(|i| order.at(i)).collect();
-        prefix.sort_unstable_by_key(|&(id, _)| id);
-        let logits: Vec<f32> = prefix.iter().map(|&(_, l)| l).collect();
+        // The kept candidates are a prefix of the order: every logit above
+        // the last kept one, and its equals up to its id. Their logits in
+        // id order, by one pass rather than a sort of the prefix by id.
+        let (last_id, last) = order.at(keep - 1)?;
+        let cut = descending_key(last);
+        let logits: Vec<f32> = (logits.iter().enumerate())
+            .filter(|&(id, &l)| {
+                let key = descending_key(l);
+                key < cut || (key == cut && id as u32 <= last_id)
+            })
+            .map(|(_, &l)| l)
+            .collect();
         lane_sum(&logits, weight)
     };
     if keep == set {
@@ -184,13 +193,63 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
         }
         return best;
     }
-    let mut all: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-    if k < all.len() {
-        all.select_nth_unstable_by(k - 1, order);
-        all.truncate(k);
+    // The k-th best key; then every candidate at least as good, in id
+    // order, sorted (ties stay in id order) and cut at k.
+    let mut keys: Vec<u32> = logits.iter().map(|&l| descending_key(l)).collect();
+    let kth = *keys.select_nth_unstable(k - 1).1;
+    let at_least: Vec<(u32, f32)> = (logits.iter().enumerate())
+        .filter(|&(_, &l)| descending_key(l) <= kth)
+        .map(|(i, &l)| (i as u32, l))
+        .collect();
+    let mut best = sort_by_logit(at_least);
+    best.truncate(k);
+    best
+}
+
+/// `pairs` (token, logit), given in id order, in the candidates' order:
+/// the logit descending, the lower id first among equals. A stable radix
+/// sort on `descending_key`, three passes of 11 bits (a pass whose digit all
+/// keys share is skipped): a top-p cut of a flat distribution sorts tens of
+/// thousands of candidates per token, where a comparison sort took
+/// milliseconds. The order is total, so this is the order any sort gives.
+fn sort_by_logit(pairs: Vec<(u32, f32)>) -> Vec<(u32, f32)> {
+    debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0), "pairs in id order");
+    const BITS: u32 = 11;
+    const RADIX: usize = 1 << BITS;
+    if pairs.len() <= 64 {
+        let mut pairs = pairs;
+        pairs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        return pairs;
     }
-    all.sort_unstable_by(order);
-    all
+    let mut items: Vec<(u32, (u32, f32))> = pairs.into_iter().map(|p| (descending_key(p.1), p)).collect();
+    let mut spare = items.clone();
+    for shift in [0, BITS, 2 * BITS] {
+        let digit = |key: u32| ((key >> shift) as usize) & (RADIX - 1);
+        let mut counts = vec![0usize; RADIX];
+        for &(key, _) in &items {
+            counts[digit(key)] += 1;
+        }
+        if counts[digit(items[0].0)] == items.len() {
+            continue;
+        }
+        let mut start = 0;
+        for count in counts.iter_mut() {
+            (*count, start) = (start, start + *count);
+        }
+        for &item in &items {
+            let at = &mut counts[digit(item.0)];
+            spare[*at] = item;
+            *at += 1;
+        }
+        std::mem::swap(&mut items, &mut spare);
+    }
+    items.into_iter().map(|(_, p)| p).collect()
+}
+
+/// A key whose unsigned order is the logits' descending `total_cmp` order.
+#[inline(always)]
+fn descending_key(x: f32) -> u32 {
+    !((total_order_key(x) as u32) ^ 0x8000_0000)
 }
 
 /// The k up to which `top_k` scans once instead of selecting.
@@ -267,13 +326,12 @@ impl<'a> Order<'a> {
             })
             .unwrap_or(BUCKETS - 1);
         // Whole buckets: every logit at or above some value, a prefix of the order.
-        let mut prefix: Vec<(u32, f32)> = (self.logits.iter().enumerate())
+        let prefix: Vec<(u32, f32)> = (self.logits.iter().enumerate())
             .filter(|&(_, &l)| bucket(l) <= last)
             .map(|(id, &l)| (id as u32, l))
             .collect();
         if prefix.len() > self.sorted.len() {
-            prefix.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            self.sorted = prefix;
+            self.sorted = sort_by_logit(prefix);
         }
     }
 

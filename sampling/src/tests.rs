@@ -197,12 +197,36 @@ fn the_chunk_filter_keeps_total_cmp_order() {
         let (a, b) = (f32::from_bits(next()), f32::from_bits(next()));
         assert_eq!(total_order_key(a).cmp(&total_order_key(b)), a.total_cmp(&b));
     }
-    for k in [1, 3, 40, 256] {
+    // Up to 256 the scan; above, the selection and the radix sort.
+    for k in [1, 3, 40, 256, 257, 3000, 4099] {
         let mut all: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         all.truncate(k);
         let bits = |v: &[(u32, f32)]| v.iter().map(|&(i, l)| (i, l.to_bits())).collect::<Vec<_>>();
         assert_eq!(bits(&top_k(&logits, k)), bits(&all), "k {k}");
+    }
+}
+
+#[test]
+fn the_radix_sort_is_the_comparison_sort() {
+    let mut next = xorshift(17);
+    for n in [0, 1, 64, 65, 1000, 20_000] {
+        // Narrow ranges (shared high digits: skipped passes), ties, and any bits.
+        for spread in [4u32, 4000, u32::MAX] {
+            let pairs: Vec<(u32, f32)> = (0..n)
+                .map(|i| {
+                    let l = match spread {
+                        u32::MAX => f32::from_bits(next()),
+                        _ => (next() % spread) as f32 / 400.0 - 2.0,
+                    };
+                    (i, l)
+                })
+                .collect();
+            let mut expected = pairs.clone();
+            expected.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let bits = |v: &[(u32, f32)]| v.iter().map(|&(i, l)| (i, l.to_bits())).collect::<Vec<_>>();
+            assert_eq!(bits(&sort_by_logit(pairs)), bits(&expected), "n {n} spread {spread}");
+        }
     }
 }
 

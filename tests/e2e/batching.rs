@@ -1,15 +1,19 @@
 //! Steps of many tenants batched over real HTTP: every tenant's greedy text is
 //! the text it gets alone, also beside neighbours that time out or hang up,
-//! and a tenant that floods the server does not starve a quiet one.
+//! a prompt's logits do not depend on how it is cut into chunks, and a tenant
+//! that floods the server does not starve a quiet one.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use realm_host::compute::BatchPolicy;
 use serde_json::json;
 
-use crate::support::{DEFAULT_MODEL, Deployment, Server, completion, golden_models, metric, tenant, wait_for};
+use crate::support::{
+    self, DEFAULT_MODEL, Deployment, Server, block_on, completion, golden_models, metric, tenant, wait_for,
+};
 
 const PROMPTS: [&str; 4] = [
     "The capital of France is",
@@ -73,6 +77,42 @@ fn each_tenant_gets_its_own_greedy_text_when_batched() {
             mean >= 1.5,
             "{model}: four concurrent tenants ran {mean:.2} sequences per batch"
         );
+    }
+}
+
+/// However the scheduler cuts a prompt into chunks (by `--max-batch-tokens`
+/// alone, or smaller beside other sequences' decode steps), the logits after
+/// it are the same bits as after the prompt in one piece: the cuts keep every
+/// row on the kernels it takes in one piece (the K-quant models change
+/// kernels at 4 and 8 rows).
+#[test]
+fn a_prompt_gives_the_same_logits_however_it_is_cut() {
+    let note = "Here is a note about how a bicycle works, and why its chain needs oil. ";
+    let text = format!("{}Write a short essay.", note.repeat(20));
+    let whole = support::instance_batching(BatchPolicy::unbatched());
+    let cut: Vec<_> = [64, 37, 8]
+        .into_iter()
+        .map(|cap| {
+            let policy = BatchPolicy {
+                max_tokens: cap,
+                prefill_beside_decode: cap,
+                ..BatchPolicy::default()
+            };
+            (cap, support::instance_batching(policy))
+        })
+        .collect();
+    for model in golden_models() {
+        let ids = block_on(whole.tokenize(model, &text, true, false)).expect("tokenize");
+        assert!(ids.len() > 300, "{model}: a prompt of {} tokens", ids.len());
+        // A length that no cut divides: each has a last piece to place.
+        let ids = ids[..298].to_vec();
+        let expected = block_on(whole.evaluate(model, ids.clone())).expect("evaluate");
+        for (cap, instance) in &cut {
+            let got = block_on(instance.evaluate(model, ids.clone())).expect("evaluate");
+            let same =
+                got.len() == expected.len() && got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{model}: the prompt cut at {cap} tokens gives other logits");
+        }
     }
 }
 

@@ -123,6 +123,13 @@ pub fn shared_compute() -> Arc<ServerContext> {
         .clone()
 }
 
+/// A fresh instance on its own scheduler, which batches as `policy` says.
+pub fn instance_batching(policy: BatchPolicy) -> InstanceHandle {
+    let backend = compute::start_backend(device(), 2).expect("the test device's backend");
+    let shared = ServerContext::new(Scheduler::new(backend, policy)).expect("a server context");
+    block_on(InstanceHandle::spawn(runtime(), settings(2048, shared))).expect("instance")
+}
+
 /// One engine instance on the default model, shared by the tests of this binary.
 pub fn instance() -> InstanceHandle {
     static INSTANCE: OnceLock<InstanceHandle> = OnceLock::new();

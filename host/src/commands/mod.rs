@@ -89,6 +89,10 @@ pub struct EngineArgs {
     /// beside the decode steps.
     #[arg(long, default_value_t = BatchPolicy::default().max_tokens)]
     max_batch_tokens: usize,
+    /// Prompt tokens per chunk while other sequences' decode steps share the
+    /// batch: each of their tokens waits for at most this much prefill.
+    #[arg(long, default_value_t = BatchPolicy::default().prefill_beside_decode)]
+    max_prefill_beside_decode: usize,
     /// The longest a step waits for other tenants' steps to join its batch, in
     /// milliseconds (a lone sequence never waits).
     #[arg(long, default_value_t = BatchPolicy::default().wait.as_secs_f64() * 1000.0)]
@@ -114,12 +118,17 @@ impl EngineArgs {
         anyhow::ensure!(self.max_batch >= 1, "--max-batch must be at least 1");
         anyhow::ensure!(self.max_batch_tokens >= 1, "--max-batch-tokens must be at least 1");
         anyhow::ensure!(
+            self.max_prefill_beside_decode >= 1,
+            "--max-prefill-beside-decode must be at least 1"
+        );
+        anyhow::ensure!(
             self.batch_wait_ms.is_finite() && (0.0..=1000.0).contains(&self.batch_wait_ms),
             "--batch-wait-ms must be between 0 and 1000"
         );
         Ok(BatchPolicy {
             max_sequences: self.max_batch,
             max_tokens: self.max_batch_tokens,
+            prefill_beside_decode: self.max_prefill_beside_decode,
             wait: Duration::from_secs_f64(self.batch_wait_ms / 1000.0),
         })
     }

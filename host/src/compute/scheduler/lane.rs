@@ -189,7 +189,12 @@ impl Lane {
             .collect();
         let mut picked: Vec<(usize, usize)> = state
             .shares
-            .select(&candidates, self.policy.max_sequences, self.policy.max_tokens)
+            .select(
+                &candidates,
+                self.policy.max_sequences,
+                self.policy.max_tokens,
+                self.policy.prefill_beside_decode,
+            )
             .into_iter()
             .map(|(c, tokens)| (eligible[c], tokens))
             .collect();

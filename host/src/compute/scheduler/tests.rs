@@ -171,6 +171,7 @@ fn batched_steps_equal_the_same_steps_alone() {
     let policy = BatchPolicy {
         max_sequences: 8,
         max_tokens: 8,
+        prefill_beside_decode: 8,
         wait: Duration::from_millis(500),
     };
     let batched = Scheduler::new(backend(), policy);
@@ -211,6 +212,7 @@ fn a_masked_sequence_batches_with_free_ones_and_keeps_to_its_mask() {
     let policy = BatchPolicy {
         max_sequences: 8,
         max_tokens: 64,
+        prefill_beside_decode: 64,
         wait: Duration::from_millis(500),
     };
     let batched = Scheduler::new(backend(), policy);
@@ -242,8 +244,14 @@ fn a_masked_sequence_batches_with_free_ones_and_keeps_to_its_mask() {
         assert_eq!(top(&outputs[0][step]), free, "step {step}: the free sequence");
         assert_eq!(top(&outputs[1][step]), odd, "step {step}: the masked sequence");
     }
+    // A lane learns of a seat at its first step, so one sequence's first
+    // step may run before the other's arrives, which leaves its last step
+    // unpaired too: all the others pair.
     let totals = batched.totals();
-    assert!(totals.sequences >= 2 * totals.batches, "steps ran batched: {totals:?}");
+    assert!(
+        totals.sequences + 2 >= 2 * totals.batches,
+        "steps ran batched: {totals:?}"
+    );
 }
 
 #[test]

@@ -4,7 +4,8 @@
 #
 #   scripts/bench-serve.sh [--peer llama-server] [--model M ...] [--threads 2]
 #                          [--concurrency 1,4,16] [--requests-per-client 2]
-#                          [--max-tokens 64] [--isa native|avx2|avx512] [--out DIR]
+#                          [--max-tokens 64] [--isa native|avx2|avx512]
+#                          [--realm-args "ARGS"] [--out DIR]
 #
 # Builds what it needs (target/realm.wasm, realm-host; with --peer, llama.cpp's
 # llama-server from the PyPI source package llama-cpp-python==0.3.36, built
@@ -20,7 +21,8 @@
 # TTFT p50/p99, ITL p50/p99 per server, and realm/llama-server ratios
 # (output tokens/s: higher is better; TTFT: realm's over llama-server's, lower
 # is better). --isa avx2 (or avx512) runs both servers at that instruction
-# set (as scripts/bench.sh --isa). Models default to the three of scripts/fetch-models.sh --all
+# set (as scripts/bench.sh --isa). --realm-args passes more options to
+# realm-host serve (e.g. "--max-prefill-beside-decode 64"). Models default to the three of scripts/fetch-models.sh --all
 # that are present.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -30,6 +32,7 @@ peer=""
 models=()
 threads=2
 isa=native
+realm_args=()
 concurrency=1,4,16
 per_client=2
 max_tokens=64
@@ -40,11 +43,12 @@ while [ $# -gt 0 ]; do
     --model) models+=("$2"); shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --isa) isa="$2"; shift 2 ;;
+    --realm-args) read -ra realm_args <<<"$2"; shift 2 ;;
     --concurrency) concurrency="$2"; shift 2 ;;
     --requests-per-client) per_client="$2"; shift 2 ;;
     --max-tokens) max_tokens="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -94,7 +98,7 @@ start() { # name model
   case "$1" in
     realm) target/release/realm-host serve --listen "127.0.0.1:$port" --threads "$threads" --device cpu \
              --component target/realm.wasm --models-dir models --instances "$most" --ctx-size 2048 \
-             > "$out/$1-$2.log" 2>&1 & ;;
+             "${realm_args[@]}" > "$out/$1-$2.log" 2>&1 & ;;
     llama-server) "$BIN/llama-server" -m "models/$2.gguf" --host 127.0.0.1 --port "$port" -t "$threads" \
              --parallel "$most" -c $(( most * 2048 )) --cont-batching > "$out/$1-$2.log" 2>&1 & ;;
   esac
